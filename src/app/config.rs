@@ -1,0 +1,541 @@
+//! Typed configuration: built-in defaults (`config/default.toml`) < optional file < environment variables,
+//! validated once at start-up with errors that name the offending key.
+
+use std::fmt;
+
+use serde::Deserialize;
+use toml::Value;
+
+const DEFAULT_TOML: &str = include_str!("../../config/default.toml");
+
+/// Secrets that must not show up in `Debug` output or logs.
+#[derive(Clone, Deserialize, Default, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub database: DatabaseConfig,
+    pub redis: RedisConfig,
+    pub web: WebConfig,
+    pub auth: AuthConfig,
+    pub orgs: OrgsConfig,
+    pub oauth: OAuthConfig,
+    pub secrets: SecretsConfig,
+    pub enterprise: EnterpriseConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    pub host: String,
+    pub port: u16,
+    pub env: RunEnv,
+    pub log_level: String,
+    pub log_format: LogFormat,
+    pub workers: usize,
+    pub shutdown_grace_secs: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunEnv {
+    Development,
+    Test,
+    Production,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Auto,
+    Json,
+    Text,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseConfig {
+    pub url: Secret,
+    pub migrate_url: Secret,
+    pub pool_size: usize,
+    pub connect_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisConfig {
+    pub url: Secret,
+    pub timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebConfig {
+    pub base_url: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    pub token_secret: Secret,
+    pub token_secret_previous: Secret,
+    pub refresh_secret: Secret,
+    pub oauth_state_secret: Secret,
+    pub access_ttl_secs: i64,
+    pub session_ttl_secs: i64,
+    pub session_absolute_ttl_secs: i64,
+    pub oauth_context_ttl_secs: i64,
+    pub session_cookie_name: String,
+    pub cookie_secure: CookieSecure,
+    pub session_cache_ttl_secs: u64,
+    pub login_max_failures: u32,
+    pub login_failure_window_secs: u64,
+}
+
+impl AuthConfig {
+    /// The refresh-token key; falls back to the access-token key as the original does.
+    pub fn refresh_key(&self) -> &Secret {
+        if self.refresh_secret.is_empty() {
+            &self.token_secret
+        } else {
+            &self.refresh_secret
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CookieSecure {
+    Auto,
+    True,
+    False,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Enforcement {
+    Strict,
+    Warn,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OrgsConfig {
+    pub context_enforcement: Enforcement,
+    pub personal_trial_credits: i64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OAuthConfig {
+    pub google: GoogleConfig,
+    pub github: GithubConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GoogleConfig {
+    pub client_id: String,
+    pub client_secret: Secret,
+    pub redirect_uri: String,
+    pub issuer_url: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GithubConfig {
+    pub client_id: String,
+    pub client_secret: Secret,
+    pub redirect_uri: String,
+    pub authorize_url: String,
+    pub token_url: String,
+    pub api_url: String,
+}
+
+impl GoogleConfig {
+    pub fn enabled(&self) -> bool {
+        all_set(&self.client_id, &self.client_secret, &self.redirect_uri)
+    }
+}
+
+impl GithubConfig {
+    pub fn enabled(&self) -> bool {
+        all_set(&self.client_id, &self.client_secret, &self.redirect_uri)
+    }
+}
+
+fn all_set(id: &str, secret: &Secret, redirect: &str) -> bool {
+    !id.trim().is_empty() && !secret.expose().trim().is_empty() && !redirect.trim().is_empty()
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretsConfig {
+    pub kek_id: String,
+    pub kek_base64: Secret,
+    pub kek_previous: Secret,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnterpriseConfig {
+    pub provider_module: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid TOML: {message}")]
+    Parse { path: String, message: String },
+    #[error("config key `{key}` (env {env}): {message}")]
+    Env {
+        key: &'static str,
+        env: &'static str,
+        message: String,
+    },
+    #[error("config: {0}")]
+    Shape(String),
+    #[error("config key `{key}`: {message}")]
+    Invalid { key: &'static str, message: String },
+}
+
+/// Environment variables and the config key each one sets. The first name wins when several are set.
+const ENV_KEYS: &[(&str, &str)] = &[
+    ("API_HOST", "server.host"),
+    ("API_PORT", "server.port"),
+    ("VESPID_ENV", "server.env"),
+    ("NODE_ENV", "server.env"),
+    ("API_LOG_LEVEL", "server.log_level"),
+    ("LOG_FORMAT", "server.log_format"),
+    ("HTTP_WORKERS", "server.workers"),
+    ("SHUTDOWN_GRACE_SEC", "server.shutdown_grace_secs"),
+    ("DATABASE_URL", "database.url"),
+    ("DATABASE_MIGRATE_URL", "database.migrate_url"),
+    ("DATABASE_POOL_SIZE", "database.pool_size"),
+    ("DATABASE_CONNECT_TIMEOUT_MS", "database.connect_timeout_ms"),
+    ("REDIS_URL", "redis.url"),
+    ("REDIS_TIMEOUT_MS", "redis.timeout_ms"),
+    ("WEB_BASE_URL", "web.base_url"),
+    ("AUTH_TOKEN_SECRET", "auth.token_secret"),
+    ("AUTH_TOKEN_SECRET_PREVIOUS", "auth.token_secret_previous"),
+    ("REFRESH_TOKEN_SECRET", "auth.refresh_secret"),
+    ("OAUTH_STATE_SECRET", "auth.oauth_state_secret"),
+    ("ACCESS_TOKEN_TTL_SEC", "auth.access_ttl_secs"),
+    ("SESSION_TTL_SEC", "auth.session_ttl_secs"),
+    ("SESSION_ABSOLUTE_TTL_SEC", "auth.session_absolute_ttl_secs"),
+    ("OAUTH_CONTEXT_TTL_SEC", "auth.oauth_context_ttl_secs"),
+    ("SESSION_COOKIE_NAME", "auth.session_cookie_name"),
+    ("COOKIE_SECURE", "auth.cookie_secure"),
+    ("AUTH_SESSION_CACHE_TTL_SEC", "auth.session_cache_ttl_secs"),
+    ("LOGIN_MAX_FAILURES", "auth.login_max_failures"),
+    ("LOGIN_FAILURE_WINDOW_SEC", "auth.login_failure_window_secs"),
+    ("ORG_CONTEXT_ENFORCEMENT", "orgs.context_enforcement"),
+    ("PERSONAL_TRIAL_CREDITS", "orgs.personal_trial_credits"),
+    ("GOOGLE_CLIENT_ID", "oauth.google.client_id"),
+    ("GOOGLE_CLIENT_SECRET", "oauth.google.client_secret"),
+    ("GOOGLE_REDIRECT_URI", "oauth.google.redirect_uri"),
+    ("GOOGLE_ISSUER_URL", "oauth.google.issuer_url"),
+    ("GITHUB_CLIENT_ID", "oauth.github.client_id"),
+    ("GITHUB_CLIENT_SECRET", "oauth.github.client_secret"),
+    ("GITHUB_REDIRECT_URI", "oauth.github.redirect_uri"),
+    ("GITHUB_AUTHORIZE_URL", "oauth.github.authorize_url"),
+    ("GITHUB_TOKEN_URL", "oauth.github.token_url"),
+    ("GITHUB_API_URL", "oauth.github.api_url"),
+    ("SECRETS_KEK_ID", "secrets.kek_id"),
+    ("SECRETS_KEK_BASE64", "secrets.kek_base64"),
+    ("SECRETS_KEK_PREVIOUS", "secrets.kek_previous"),
+    (
+        "VESPID_ENTERPRISE_PROVIDER_MODULE",
+        "enterprise.provider_module",
+    ),
+];
+
+/// Known default secrets that production refuses.
+const KNOWN_DEFAULT_SECRETS: &[&str] = &["dev-auth-secret", "dev-oauth-state-secret", "change-me"];
+
+impl Config {
+    /// Loads defaults, then `file` (if any), then the process environment.
+    pub fn load(file: Option<&str>) -> Result<Self, ConfigError> {
+        Self::load_with(file, |name| std::env::var(name).ok())
+    }
+
+    /// Same as [`Config::load`] with an explicit environment, so tests need not touch the process env.
+    pub fn load_with(
+        file: Option<&str>,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
+        let mut root: Value = toml::from_str(DEFAULT_TOML).map_err(|e| ConfigError::Parse {
+            path: "<built-in defaults>".into(),
+            message: e.to_string(),
+        })?;
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.to_string(),
+                source,
+            })?;
+            let overlay: Value = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+                path: path.to_string(),
+                message: e.to_string(),
+            })?;
+            merge(&mut root, overlay);
+        }
+        let mut seen: Vec<&str> = Vec::new();
+        for (name, key) in ENV_KEYS {
+            if seen.contains(key) {
+                continue;
+            }
+            let Some(raw) = env(name).filter(|v| !v.trim().is_empty()) else {
+                continue;
+            };
+            seen.push(key);
+            set_key(&mut root, key, name, raw.trim())?;
+        }
+        let config: Config = root
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Shape(e.message().to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn is_production(&self) -> bool {
+        self.server.env == RunEnv::Production
+    }
+
+    pub fn cookie_secure(&self) -> bool {
+        match self.auth.cookie_secure {
+            CookieSecure::True => true,
+            CookieSecure::False => false,
+            CookieSecure::Auto => self.is_production(),
+        }
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key: &'static str, message: &str| ConfigError::Invalid {
+            key,
+            message: message.to_string(),
+        };
+        if self.database.pool_size == 0 {
+            return Err(invalid("database.pool_size", "must be at least 1"));
+        }
+        for (key, ttl) in [
+            ("auth.access_ttl_secs", self.auth.access_ttl_secs),
+            ("auth.session_ttl_secs", self.auth.session_ttl_secs),
+            (
+                "auth.session_absolute_ttl_secs",
+                self.auth.session_absolute_ttl_secs,
+            ),
+            (
+                "auth.oauth_context_ttl_secs",
+                self.auth.oauth_context_ttl_secs,
+            ),
+        ] {
+            if ttl <= 0 {
+                return Err(invalid(key, "must be a positive number of seconds"));
+            }
+        }
+        if self.auth.session_cookie_name.is_empty()
+            || !self
+                .auth
+                .session_cookie_name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
+            return Err(invalid(
+                "auth.session_cookie_name",
+                "must be a non-empty token of letters, digits, '_' or '-'",
+            ));
+        }
+        if url::Url::parse(&self.web.base_url).is_err() {
+            return Err(invalid("web.base_url", "must be an absolute URL"));
+        }
+        if self.auth.token_secret.is_empty() {
+            return Err(invalid("auth.token_secret", "must not be empty"));
+        }
+        if self.is_production() {
+            for (key, secret) in [
+                ("auth.token_secret", &self.auth.token_secret),
+                ("auth.oauth_state_secret", &self.auth.oauth_state_secret),
+            ] {
+                let value = secret.expose();
+                if KNOWN_DEFAULT_SECRETS.contains(&value) || value.len() < 32 {
+                    return Err(invalid(
+                        key,
+                        "production needs a secret of at least 32 bytes that is not a built-in default",
+                    ));
+                }
+            }
+            if !self.auth.refresh_secret.is_empty() && self.auth.refresh_secret.expose().len() < 32
+            {
+                return Err(invalid(
+                    "auth.refresh_secret",
+                    "production needs at least 32 bytes",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Deep-merges `overlay` into `base` (tables merge key by key, everything else replaces).
+fn merge(base: &mut Value, overlay: Value) {
+    match (base, overlay) {
+        (Value::Table(base), Value::Table(overlay)) => {
+            for (key, value) in overlay {
+                match base.get_mut(&key) {
+                    Some(existing) => merge(existing, value),
+                    None => {
+                        base.insert(key, value);
+                    }
+                }
+            }
+        }
+        (base, overlay) => *base = overlay,
+    }
+}
+
+/// Sets `key` (dotted path) from an env string, parsed to the type the default has.
+fn set_key(
+    root: &mut Value,
+    key: &'static str,
+    env: &'static str,
+    raw: &str,
+) -> Result<(), ConfigError> {
+    let err = |message: String| ConfigError::Env { key, env, message };
+    let mut node = root;
+    let mut parts = key.split('.').peekable();
+    while let Some(part) = parts.next() {
+        let table = node
+            .as_table_mut()
+            .ok_or_else(|| err("config shape mismatch".into()))?;
+        if parts.peek().is_none() {
+            let current = table.get(part).ok_or_else(|| err("unknown key".into()))?;
+            let parsed = match current {
+                Value::Integer(_) => raw
+                    .parse::<i64>()
+                    .map(Value::Integer)
+                    .map_err(|_| err(format!("expected an integer, got {raw:?}")))?,
+                Value::Boolean(_) => match raw.to_ascii_lowercase().as_str() {
+                    "true" | "1" | "yes" => Value::Boolean(true),
+                    "false" | "0" | "no" => Value::Boolean(false),
+                    _ => return Err(err(format!("expected true or false, got {raw:?}"))),
+                },
+                _ => Value::String(normalize_enum(key, raw)),
+            };
+            check_enum(key, &parsed).map_err(err)?;
+            table.insert(part.to_string(), parsed);
+            return Ok(());
+        }
+        node = table
+            .get_mut(part)
+            .ok_or_else(|| err("unknown key".into()))?;
+    }
+    Err(err("empty key".into()))
+}
+
+fn normalize_enum(key: &str, raw: &str) -> String {
+    match key {
+        "server.env" | "server.log_format" | "auth.cookie_secure" | "orgs.context_enforcement" => {
+            raw.to_ascii_lowercase()
+        }
+        _ => raw.to_string(),
+    }
+}
+
+/// Gives enum-valued env vars a message naming the allowed values (serde's would not name the env var).
+fn check_enum(key: &str, value: &Value) -> Result<(), String> {
+    let allowed: &[&str] = match key {
+        "server.env" => &["development", "test", "production"],
+        "server.log_format" => &["auto", "json", "text"],
+        "auth.cookie_secure" => &["auto", "true", "false"],
+        "orgs.context_enforcement" => &["strict", "warn"],
+        _ => return Ok(()),
+    };
+    match value.as_str() {
+        Some(v) if allowed.contains(&v) => Ok(()),
+        _ => Err(format!("must be one of {}", allowed.join(", "))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let pairs: Vec<(String, String)> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::load_with(None, move |name| {
+            pairs
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
+        })
+    }
+
+    #[test]
+    fn defaults_load() {
+        let c = load(&[]).expect("defaults are valid");
+        assert_eq!(c.server.port, 3001);
+        assert_eq!(c.orgs.context_enforcement, Enforcement::Strict);
+        assert_eq!(c.auth.session_cookie_name, "vespid_session");
+    }
+
+    #[test]
+    fn env_overrides_and_names_bad_keys() {
+        let c = load(&[("API_PORT", "4000"), ("ORG_CONTEXT_ENFORCEMENT", "WARN")]).expect("valid");
+        assert_eq!(c.server.port, 4000);
+        assert_eq!(c.orgs.context_enforcement, Enforcement::Warn);
+        let e = load(&[("ORG_CONTEXT_ENFORCEMENT", "lenient")]).expect_err("invalid");
+        assert!(e.to_string().contains("ORG_CONTEXT_ENFORCEMENT"), "{e}");
+        let e = load(&[("API_PORT", "abc")]).expect_err("invalid");
+        assert!(e.to_string().contains("server.port"), "{e}");
+    }
+
+    #[test]
+    fn production_refuses_default_and_short_secrets() {
+        let e = load(&[("VESPID_ENV", "production")]).expect_err("defaults refused");
+        assert!(e.to_string().contains("auth.token_secret"), "{e}");
+        let long = "x".repeat(40);
+        let e = load(&[
+            ("NODE_ENV", "production"),
+            ("AUTH_TOKEN_SECRET", &long),
+            ("OAUTH_STATE_SECRET", "short"),
+        ])
+        .expect_err("short refused");
+        assert!(e.to_string().contains("oauth_state_secret"), "{e}");
+        let c = load(&[
+            ("NODE_ENV", "production"),
+            ("AUTH_TOKEN_SECRET", &long),
+            ("OAUTH_STATE_SECRET", &long),
+        ])
+        .expect("valid production");
+        assert!(c.cookie_secure());
+        assert_eq!(format!("{:?}", c.auth.token_secret), "***");
+    }
+}

@@ -1,0 +1,154 @@
+//! In-memory cache of live sessions and memberships, so an authenticated request does not need a database
+//! round trip for each of them. Revocations are immediate: this process drops the entry itself and tells
+//! every other instance over Redis pub/sub; the TTL only bounds staleness if that channel is down.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use dashmap::DashMap;
+use fred::prelude::*;
+use uuid::Uuid;
+
+use crate::platform::redis::Redis;
+
+pub const CHANNEL: &str = "vespid:auth:invalidate";
+
+#[derive(Debug, Clone)]
+pub struct CachedSession {
+    pub user_id: Uuid,
+    pub refresh_token_hash: String,
+    pub expires_at: DateTime<Utc>,
+    checked: Instant,
+}
+
+#[derive(Debug, Clone)]
+struct CachedMember {
+    role: String,
+    membership_id: Uuid,
+    checked: Instant,
+}
+
+pub struct AuthCache {
+    ttl: Duration,
+    sessions: DashMap<Uuid, CachedSession>,
+    members: DashMap<(Uuid, Uuid), CachedMember>,
+}
+
+impl AuthCache {
+    pub fn new(ttl: Duration) -> Arc<Self> {
+        Arc::new(Self {
+            ttl,
+            sessions: DashMap::new(),
+            members: DashMap::new(),
+        })
+    }
+
+    pub fn session(&self, id: Uuid) -> Option<CachedSession> {
+        let entry = self.sessions.get(&id)?;
+        (entry.checked.elapsed() < self.ttl && entry.expires_at > Utc::now()).then(|| entry.clone())
+    }
+
+    pub fn put_session(
+        &self,
+        id: Uuid,
+        user_id: Uuid,
+        refresh_token_hash: String,
+        expires_at: DateTime<Utc>,
+    ) {
+        if self.ttl.is_zero() {
+            return;
+        }
+        self.sessions.insert(
+            id,
+            CachedSession {
+                user_id,
+                refresh_token_hash,
+                expires_at,
+                checked: Instant::now(),
+            },
+        );
+    }
+
+    /// `(role, membership id)` of a cached membership.
+    pub fn member(&self, org: Uuid, user: Uuid) -> Option<(String, Uuid)> {
+        let entry = self.members.get(&(org, user))?;
+        (entry.checked.elapsed() < self.ttl).then(|| (entry.role.clone(), entry.membership_id))
+    }
+
+    pub fn put_member(&self, org: Uuid, user: Uuid, role: &str, membership_id: Uuid) {
+        if self.ttl.is_zero() {
+            return;
+        }
+        self.members.insert(
+            (org, user),
+            CachedMember {
+                role: role.to_string(),
+                membership_id,
+                checked: Instant::now(),
+            },
+        );
+    }
+
+    fn apply(&self, message: &str) {
+        let mut parts = message.split(':');
+        match (parts.next(), parts.next(), parts.next()) {
+            (Some("session"), Some(id), None) => {
+                if let Ok(id) = Uuid::parse_str(id) {
+                    self.sessions.remove(&id);
+                }
+            }
+            (Some("user"), Some(id), None) => {
+                if let Ok(id) = Uuid::parse_str(id) {
+                    self.sessions.retain(|_, s| s.user_id != id);
+                }
+            }
+            (Some("member"), Some(org), Some(user)) => {
+                if let (Ok(org), Ok(user)) = (Uuid::parse_str(org), Uuid::parse_str(user)) {
+                    self.members.remove(&(org, user));
+                }
+            }
+            _ => self.clear(),
+        }
+    }
+
+    pub fn clear(&self) {
+        self.sessions.clear();
+        self.members.clear();
+    }
+
+    /// Drops the entry here and broadcasts to other instances; a Redis failure only leaves them on TTL.
+    pub async fn invalidate(&self, redis: &Redis, message: String) {
+        self.apply(&message);
+        if let Err(e) = redis.client.publish::<i64, _, _>(CHANNEL, message).await {
+            tracing::warn!(error = %e, "auth cache invalidation not broadcast; other instances rely on the TTL");
+        }
+    }
+
+    /// Listens for other instances' invalidations. After a reconnect we may have missed some, so the whole
+    /// cache is dropped.
+    pub fn spawn_listener(self: &Arc<Self>, redis: &Redis) {
+        let cache = Arc::clone(self);
+        let mut rx = redis.subscriber.message_rx();
+        tokio::spawn(async move {
+            while let Ok(msg) = rx.recv().await {
+                if let Some(text) = msg.value.as_string() {
+                    cache.apply(&text);
+                }
+            }
+        });
+        let cache = Arc::clone(self);
+        let mut reconnects = redis.subscriber.reconnect_rx();
+        tokio::spawn(async move {
+            while reconnects.recv().await.is_ok() {
+                cache.clear();
+            }
+        });
+        let subscriber = redis.subscriber.clone();
+        tokio::spawn(async move {
+            if let Err(e) = subscriber.subscribe(CHANNEL).await {
+                tracing::warn!(error = %e, "cannot subscribe to auth invalidations yet; will retry on reconnect");
+            }
+        });
+    }
+}

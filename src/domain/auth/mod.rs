@@ -1,0 +1,475 @@
+//! Authentication: sign-up, login, sessions with rotating refresh tokens, access-token verification, and
+//! the per-request resolution of the caller (bearer first, then the refresh cookie).
+
+pub mod cache;
+pub mod extract;
+pub mod model;
+#[cfg(feature = "oidc")]
+pub mod oauth;
+pub mod password;
+pub mod ratelimit;
+pub mod routes;
+pub mod store;
+pub mod tokens;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{TimeZone, Utc};
+use diesel_async::scoped_futures::ScopedFutureExt;
+use uuid::Uuid;
+
+use crate::app::config::Config;
+use crate::platform::crypto;
+use crate::platform::db::{self, PgPool, TenantCtx};
+use crate::platform::http::ApiError;
+use crate::platform::redis::Redis;
+use cache::AuthCache;
+use model::{NewSession, NewUser, Principal, User};
+use tokens::{SessionView, TokenKeys};
+
+/// Where a request came from, recorded on its session.
+#[derive(Debug, Clone, Default)]
+pub struct ClientMeta {
+    pub user_agent: Option<String>,
+    pub ip: Option<String>,
+}
+
+/// A freshly created or rotated session: the wire object and the refresh cookie value.
+pub struct IssuedSession {
+    pub session: SessionView,
+    pub refresh_token: String,
+}
+
+pub struct AuthService {
+    pub keys: TokenKeys,
+    pub cache: Arc<AuthCache>,
+    pub limiter: ratelimit::LoginLimiter,
+    config: Arc<Config>,
+    db: PgPool,
+    redis: Redis,
+}
+
+fn now() -> i64 {
+    Utc::now().timestamp()
+}
+
+impl AuthService {
+    pub fn new(config: Arc<Config>, db: PgPool, redis: Redis) -> Self {
+        let cache = AuthCache::new(Duration::from_secs(config.auth.session_cache_ttl_secs));
+        cache.spawn_listener(&redis);
+        Self {
+            keys: TokenKeys::new(&config.auth),
+            limiter: ratelimit::LoginLimiter::new(
+                redis.clone(),
+                config.auth.login_max_failures,
+                config.auth.login_failure_window_secs,
+            ),
+            cache,
+            config,
+            db,
+            redis,
+        }
+    }
+
+    /// Creates the account (email lower-cased and trimmed) and a first session.
+    pub async fn signup(
+        &self,
+        email: &str,
+        password: String,
+        display_name: Option<String>,
+        meta: &ClientMeta,
+    ) -> Result<(User, IssuedSession), ApiError> {
+        let email = email.trim().to_lowercase();
+        let hash = password::hash(password)
+            .await
+            .map_err(|_| ApiError::internal())?;
+        let id = Uuid::new_v4();
+        let user = db::plain(&self.db, |c| {
+            async move {
+                store::insert_user(
+                    c,
+                    NewUser {
+                        id,
+                        email: &email,
+                        password_hash: &hash,
+                        display_name: display_name.as_deref(),
+                    },
+                )
+                .await
+                .map_err(ApiError::from)
+            }
+            .scope_boxed()
+        })
+        .await?
+        .ok_or_else(|| ApiError::conflict("Email already registered"))?;
+        let issued = self.create_session(&user, meta).await?;
+        Ok((user, issued))
+    }
+
+    /// Same answer for unknown email and wrong password, in about the same time; failures are throttled
+    /// per account and per client IP.
+    pub async fn login(
+        &self,
+        email: &str,
+        password: String,
+        meta: &ClientMeta,
+    ) -> Result<(User, IssuedSession), ApiError> {
+        let email = email.trim().to_lowercase();
+        self.limiter.check(&email, meta.ip.as_deref()).await?;
+        let lookup = email.clone();
+        let user = db::plain(&self.db, |c| {
+            async move {
+                store::find_user_by_email(c, &lookup)
+                    .await
+                    .map_err(ApiError::from)
+            }
+            .scope_boxed()
+        })
+        .await?;
+        let stored = user
+            .as_ref()
+            .map(|u| u.password_hash.clone())
+            .unwrap_or_else(|| password::dummy_hash().to_string());
+        let verdict = password::verify(password.clone(), stored).await;
+        let (user, needs_rehash) = match (user, verdict) {
+            (Some(u), password::Verdict::Ok { needs_rehash }) => (u, needs_rehash),
+            _ => {
+                self.limiter
+                    .record_failure(&email, meta.ip.as_deref())
+                    .await;
+                return Err(ApiError::unauthorized("Invalid credentials"));
+            }
+        };
+        if needs_rehash {
+            // Legacy scrypt hash: upgrade to argon2id now that we know the password.
+            if let Ok(new_hash) = password::hash(password).await {
+                let id = user.id;
+                let _ = db::plain(&self.db, |c| {
+                    async move {
+                        store::set_password_hash(c, id, &new_hash)
+                            .await
+                            .map_err(ApiError::from)
+                    }
+                    .scope_boxed()
+                })
+                .await;
+            }
+        }
+        let issued = self.create_session(&user, meta).await?;
+        Ok((user, issued))
+    }
+
+    pub async fn create_session(
+        &self,
+        user: &User,
+        meta: &ClientMeta,
+    ) -> Result<IssuedSession, ApiError> {
+        let session_id = Uuid::new_v4();
+        let now_ts = now();
+        let expires = now_ts + self.config.auth.session_ttl_secs;
+        let absolute = now_ts + self.config.auth.session_absolute_ttl_secs;
+        let refresh_token = self
+            .keys
+            .mint_refresh(session_id, user.id, expires.min(absolute));
+        let hash = crypto::sha256_hex(refresh_token.as_bytes());
+        let (user_id, meta) = (user.id, meta.clone());
+        let expires_at = ts(expires.min(absolute));
+        let absolute_at = ts(absolute);
+        db::tenant_tx(&self.db, TenantCtx::user(user_id), |c| {
+            async move {
+                store::insert_session(
+                    c,
+                    NewSession {
+                        id: session_id,
+                        user_id,
+                        refresh_token_hash: &hash,
+                        expires_at,
+                        absolute_expires_at: absolute_at,
+                        user_agent: meta.user_agent.as_deref(),
+                        ip: meta.ip.as_deref(),
+                    },
+                )
+                .await
+                .map_err(ApiError::from)
+            }
+            .scope_boxed()
+        })
+        .await?;
+        Ok(IssuedSession {
+            session: self
+                .keys
+                .mint_access(user.id, &user.email, session_id, now_ts),
+            refresh_token,
+        })
+    }
+
+    /// Resolves the caller: a valid bearer token of a live session, else a valid refresh cookie (without
+    /// rotation; the caller then gets a fresh access token in `x-access-token`).
+    pub async fn authenticate(
+        &self,
+        bearer: Option<&str>,
+        cookie: Option<&str>,
+    ) -> Result<Option<(Principal, Option<String>)>, ApiError> {
+        if let Some(claims) = bearer.and_then(|t| self.keys.verify_access(t)) {
+            if self.session_live(claims.sid, claims.sub).await?.is_some() {
+                tracing::Span::current().record("user_id", tracing::field::display(claims.sub));
+                return Ok(Some((
+                    Principal {
+                        user_id: claims.sub,
+                        email: claims.email,
+                        session_id: claims.sid,
+                        via_cookie: false,
+                    },
+                    None,
+                )));
+            }
+        }
+        let Some(cookie) = cookie else {
+            return Ok(None);
+        };
+        let Some((principal, _)) = self.check_refresh_cookie(cookie).await? else {
+            return Ok(None);
+        };
+        let minted = self
+            .keys
+            .mint_access(
+                principal.user_id,
+                &principal.email,
+                principal.session_id,
+                now(),
+            )
+            .token;
+        tracing::Span::current().record("user_id", tracing::field::display(principal.user_id));
+        Ok(Some((principal, Some(minted))))
+    }
+
+    /// A live session's refresh-token hash, from the cache or the database (which also marks it used: at
+    /// most once per cache TTL, instead of on every request).
+    async fn session_live(
+        &self,
+        session_id: Uuid,
+        user_id: Uuid,
+    ) -> Result<Option<String>, ApiError> {
+        if let Some(s) = self.cache.session(session_id) {
+            return Ok((s.user_id == user_id).then_some(s.refresh_token_hash));
+        }
+        let live = db::tenant_tx(&self.db, TenantCtx::user(user_id), |c| {
+            async move {
+                store::touch_live_session(c, session_id, user_id)
+                    .await
+                    .map_err(ApiError::from)
+            }
+            .scope_boxed()
+        })
+        .await?;
+        Ok(live.map(|s| {
+            let expires = s.expires_at.min(s.absolute_expires_at);
+            self.cache
+                .put_session(session_id, user_id, s.refresh_token_hash.clone(), expires);
+            s.refresh_token_hash
+        }))
+    }
+
+    /// Signature, expiry, live session and the stored hash (constant-time). Returns the principal and the
+    /// hash presented.
+    async fn check_refresh_cookie(
+        &self,
+        cookie: &str,
+    ) -> Result<Option<(Principal, String)>, ApiError> {
+        let Some(payload) = self.keys.verify_refresh(cookie, now()) else {
+            return Ok(None);
+        };
+        let presented = crypto::sha256_hex(cookie.as_bytes());
+        let Some(stored) = self
+            .session_live(payload.session_id, payload.user_id)
+            .await?
+        else {
+            return Ok(None);
+        };
+        if !crypto::ct_eq(presented.as_bytes(), stored.as_bytes()) {
+            return Ok(None);
+        }
+        let Some(user) = self.user(payload.user_id).await? else {
+            return Ok(None);
+        };
+        Ok(Some((
+            Principal {
+                user_id: user.id,
+                email: user.email,
+                session_id: payload.session_id,
+                via_cookie: true,
+            },
+            presented,
+        )))
+    }
+
+    pub async fn user(&self, id: Uuid) -> Result<Option<User>, ApiError> {
+        db::plain(&self.db, |c| {
+            async move { store::find_user(c, id).await.map_err(ApiError::from) }.scope_boxed()
+        })
+        .await
+    }
+
+    /// Rotates the refresh token (compare-and-swap on its hash). A correctly signed token that is no longer
+    /// the current one means it was copied: the session is revoked.
+    pub async fn refresh(&self, cookie: &str) -> Result<(User, IssuedSession), ApiError> {
+        let invalid = || ApiError::unauthorized("Refresh token is invalid or expired");
+        let payload = self
+            .keys
+            .verify_refresh(cookie, now())
+            .ok_or_else(invalid)?;
+        let (sid, uid) = (payload.session_id, payload.user_id);
+        let old_hash = crypto::sha256_hex(cookie.as_bytes());
+        let user = self.user(uid).await?.ok_or_else(invalid)?;
+        let now_ts = now();
+        let new_token_expiry = now_ts + self.config.auth.session_ttl_secs;
+        // Rotation reads the absolute cap inside the same transaction as the swap.
+        let keys = &self.keys;
+        let old = old_hash.clone();
+        let outcome = db::tenant_tx(&self.db, TenantCtx::user(uid), |c| {
+            async move {
+                let Some(live) = store::touch_live_session(c, sid, uid).await? else {
+                    return Ok::<_, ApiError>(Rotation::Dead);
+                };
+                if !crypto::ct_eq(live.refresh_token_hash.as_bytes(), old.as_bytes()) {
+                    store::revoke_session(c, sid).await?;
+                    return Ok(Rotation::Reused);
+                }
+                let expiry = new_token_expiry.min(live.absolute_expires_at.timestamp());
+                let token = keys.mint_refresh(sid, uid, expiry);
+                let new_hash = crypto::sha256_hex(token.as_bytes());
+                if store::rotate_refresh(c, sid, uid, &old, &new_hash, ts(expiry)).await? {
+                    Ok(Rotation::Rotated {
+                        token,
+                        hash: new_hash,
+                        expiry,
+                    })
+                } else {
+                    Ok(Rotation::Dead)
+                }
+            }
+            .scope_boxed()
+        })
+        .await?;
+        match outcome {
+            Rotation::Rotated {
+                token,
+                hash,
+                expiry,
+            } => {
+                self.cache.put_session(sid, uid, hash, ts(expiry));
+                Ok((
+                    user.clone(),
+                    IssuedSession {
+                        session: self.keys.mint_access(uid, &user.email, sid, now_ts),
+                        refresh_token: token,
+                    },
+                ))
+            }
+            Rotation::Reused => {
+                tracing::warn!(session_id = %sid, "superseded refresh token presented; session revoked");
+                self.cache
+                    .invalidate(&self.redis, format!("session:{sid}"))
+                    .await;
+                Err(invalid())
+            }
+            Rotation::Dead => Err(invalid()),
+        }
+    }
+
+    pub async fn logout(&self, p: &Principal) -> Result<(), ApiError> {
+        let (sid, uid) = (p.session_id, p.user_id);
+        db::tenant_tx(&self.db, TenantCtx::user(uid), |c| {
+            async move { store::revoke_session(c, sid).await.map_err(ApiError::from) }.scope_boxed()
+        })
+        .await?;
+        self.cache
+            .invalidate(&self.redis, format!("session:{sid}"))
+            .await;
+        Ok(())
+    }
+
+    pub async fn logout_all(&self, p: &Principal) -> Result<usize, ApiError> {
+        let uid = p.user_id;
+        let n = db::tenant_tx(&self.db, TenantCtx::user(uid), |c| {
+            async move {
+                store::revoke_all_sessions(c, uid)
+                    .await
+                    .map_err(ApiError::from)
+            }
+            .scope_boxed()
+        })
+        .await?;
+        self.cache
+            .invalidate(&self.redis, format!("user:{uid}"))
+            .await;
+        Ok(n)
+    }
+
+    /// Finds or creates the user of an OAuth login. Only verified emails reach here, so linking to an
+    /// existing account by email is safe.
+    pub async fn oauth_user(
+        &self,
+        email: &str,
+        display_name: Option<String>,
+    ) -> Result<User, ApiError> {
+        let email = email.trim().to_lowercase();
+        let lookup = email.clone();
+        let existing = db::plain(&self.db, |c| {
+            async move {
+                store::find_user_by_email(c, &lookup)
+                    .await
+                    .map_err(ApiError::from)
+            }
+            .scope_boxed()
+        })
+        .await?;
+        if let Some(u) = existing {
+            return Ok(u);
+        }
+        let hash = password::unusable_hash();
+        let id = Uuid::new_v4();
+        let lookup = email.clone();
+        db::plain(&self.db, |c| {
+            async move {
+                let name = display_name
+                    .as_deref()
+                    .map(|n| n.chars().take(120).collect::<String>());
+                match store::insert_user(
+                    c,
+                    NewUser {
+                        id,
+                        email: &email,
+                        password_hash: &hash,
+                        display_name: name.as_deref(),
+                    },
+                )
+                .await?
+                {
+                    Some(u) => Ok(u),
+                    // Lost a race with a concurrent sign-up of the same email: use that account.
+                    None => store::find_user_by_email(c, &lookup)
+                        .await?
+                        .ok_or_else(ApiError::internal),
+                }
+            }
+            .scope_boxed()
+        })
+        .await
+    }
+}
+
+enum Rotation {
+    Rotated {
+        token: String,
+        hash: String,
+        expiry: i64,
+    },
+    Reused,
+    Dead,
+}
+
+fn ts(secs: i64) -> chrono::DateTime<Utc> {
+    Utc.timestamp_opt(secs, 0).single().unwrap_or_else(Utc::now)
+}

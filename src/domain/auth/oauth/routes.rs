@@ -1,0 +1,3 @@
+//! OAuth routes (placeholder).
+
+pub fn configure(_cfg: &mut actix_web::web::ServiceConfig) {}

@@ -1,0 +1,194 @@
+//! Queries for users (no RLS) and auth sessions (user context).
+
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use diesel::upsert::on_constraint;
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use uuid::Uuid;
+
+use super::model::{LiveSession, NewSession, NewUser, User};
+use crate::platform::db::schema::{auth_sessions, users};
+
+diesel::define_sql_function!(fn lower(x: diesel::sql_types::Text) -> diesel::sql_types::Text);
+
+pub async fn find_user_by_email(
+    conn: &mut AsyncPgConnection,
+    email: &str,
+) -> QueryResult<Option<User>> {
+    users::table
+        .filter(lower(users::email).eq(email.to_lowercase()))
+        .select(User::as_select())
+        .first(conn)
+        .await
+        .optional()
+}
+
+pub async fn find_user(conn: &mut AsyncPgConnection, id: Uuid) -> QueryResult<Option<User>> {
+    users::table
+        .find(id)
+        .select(User::as_select())
+        .first(conn)
+        .await
+        .optional()
+}
+
+/// Inserts unless the email (case-insensitively) exists; `None` means it did.
+pub async fn insert_user(
+    conn: &mut AsyncPgConnection,
+    new: NewUser<'_>,
+) -> QueryResult<Option<User>> {
+    diesel::sql_query(
+        "INSERT INTO users (id, email, password_hash, display_name) VALUES ($1, $2, $3, $4) \
+         ON CONFLICT ((lower(email))) DO NOTHING \
+         RETURNING id, email, password_hash, display_name, created_at",
+    )
+    .bind::<diesel::sql_types::Uuid, _>(new.id)
+    .bind::<diesel::sql_types::Text, _>(new.email)
+    .bind::<diesel::sql_types::Text, _>(new.password_hash)
+    .bind::<diesel::sql_types::Nullable<diesel::sql_types::Text>, _>(new.display_name)
+    .get_result::<UserRow>(conn)
+    .await
+    .optional()
+    .map(|r| r.map(User::from))
+}
+
+#[derive(QueryableByName)]
+struct UserRow {
+    #[diesel(sql_type = diesel::sql_types::Uuid)]
+    id: Uuid,
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    email: String,
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    password_hash: String,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
+    display_name: Option<String>,
+    #[diesel(sql_type = diesel::sql_types::Timestamptz)]
+    created_at: DateTime<Utc>,
+}
+
+impl From<UserRow> for User {
+    fn from(r: UserRow) -> Self {
+        Self {
+            id: r.id,
+            email: r.email,
+            password_hash: r.password_hash,
+            display_name: r.display_name,
+            created_at: r.created_at,
+        }
+    }
+}
+
+pub async fn set_password_hash(
+    conn: &mut AsyncPgConnection,
+    id: Uuid,
+    hash: &str,
+) -> QueryResult<()> {
+    diesel::update(users::table.find(id))
+        .set(users::password_hash.eq(hash))
+        .execute(conn)
+        .await
+        .map(|_| ())
+}
+
+pub async fn insert_session(conn: &mut AsyncPgConnection, new: NewSession<'_>) -> QueryResult<()> {
+    diesel::insert_into(auth_sessions::table)
+        .values(new)
+        .on_conflict(on_constraint("auth_sessions_pkey"))
+        .do_nothing()
+        .execute(conn)
+        .await
+        .map(|_| ())
+}
+
+/// Marks a live session used and returns it; `None` when revoked, expired or unknown.
+pub async fn touch_live_session(
+    conn: &mut AsyncPgConnection,
+    session_id: Uuid,
+    user_id: Uuid,
+) -> QueryResult<Option<LiveSession>> {
+    let now = Utc::now();
+    diesel::update(
+        auth_sessions::table
+            .filter(auth_sessions::id.eq(session_id))
+            .filter(auth_sessions::user_id.eq(user_id))
+            .filter(auth_sessions::revoked_at.is_null())
+            .filter(auth_sessions::expires_at.gt(now))
+            .filter(auth_sessions::absolute_expires_at.gt(now)),
+    )
+    .set(auth_sessions::last_used_at.eq(now))
+    .returning((
+        auth_sessions::refresh_token_hash,
+        auth_sessions::expires_at,
+        auth_sessions::absolute_expires_at,
+    ))
+    .get_result(conn)
+    .await
+    .optional()
+}
+
+/// Compare-and-swap rotation: succeeds only while `old_hash` is still current, so two parallel refreshes
+/// with the same token cannot both win.
+pub async fn rotate_refresh(
+    conn: &mut AsyncPgConnection,
+    session_id: Uuid,
+    user_id: Uuid,
+    old_hash: &str,
+    new_hash: &str,
+    new_expires: DateTime<Utc>,
+) -> QueryResult<bool> {
+    let now = Utc::now();
+    let n = diesel::update(
+        auth_sessions::table
+            .filter(auth_sessions::id.eq(session_id))
+            .filter(auth_sessions::user_id.eq(user_id))
+            .filter(auth_sessions::refresh_token_hash.eq(old_hash))
+            .filter(auth_sessions::revoked_at.is_null())
+            .filter(auth_sessions::expires_at.gt(now))
+            .filter(auth_sessions::absolute_expires_at.gt(now)),
+    )
+    .set((
+        auth_sessions::refresh_token_hash.eq(new_hash),
+        auth_sessions::expires_at.eq(new_expires),
+        auth_sessions::last_used_at.eq(now),
+    ))
+    .execute(conn)
+    .await?;
+    Ok(n == 1)
+}
+
+pub async fn session_expiry(
+    conn: &mut AsyncPgConnection,
+    session_id: Uuid,
+) -> QueryResult<Option<DateTime<Utc>>> {
+    auth_sessions::table
+        .find(session_id)
+        .select(auth_sessions::expires_at)
+        .first(conn)
+        .await
+        .optional()
+}
+
+pub async fn revoke_session(conn: &mut AsyncPgConnection, session_id: Uuid) -> QueryResult<usize> {
+    diesel::update(
+        auth_sessions::table
+            .filter(auth_sessions::id.eq(session_id))
+            .filter(auth_sessions::revoked_at.is_null()),
+    )
+    .set(auth_sessions::revoked_at.eq(Utc::now()))
+    .execute(conn)
+    .await
+}
+
+pub async fn revoke_all_sessions(
+    conn: &mut AsyncPgConnection,
+    user_id: Uuid,
+) -> QueryResult<usize> {
+    diesel::update(
+        auth_sessions::table
+            .filter(auth_sessions::user_id.eq(user_id))
+            .filter(auth_sessions::revoked_at.is_null()),
+    )
+    .set(auth_sessions::revoked_at.eq(Utc::now()))
+    .execute(conn)
+    .await
+}

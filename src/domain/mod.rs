@@ -1,0 +1,5 @@
+//! Domains: each folder owns its model, queries, service functions and routes.
+
+pub mod auth;
+pub mod meta;
+pub mod orgs;

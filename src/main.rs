@@ -1,0 +1,96 @@
+//! The `vespid` command line: parse and hand over.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use vespid::app::config::Config;
+use vespid::app::telemetry;
+use vespid::platform::db::migrate;
+use vespid::roles::{self, Roles};
+
+#[derive(Parser)]
+#[command(
+    name = "vespid",
+    version,
+    about = "Vespid: multi-tenant automation platform in one binary"
+)]
+struct Cli {
+    /// A TOML file layered over the built-in defaults (environment variables still win).
+    #[arg(long, global = true, env = "VESPID_CONFIG")]
+    config: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run one or more roles in this process.
+    ///
+    /// Roles: `api` (HTTP API: auth, orgs, workflows, runs, secrets, agents, meta), `worker` (executes
+    /// queued workflow runs), `continuation` (resumes runs blocked on a remote executor), `gateway` (agent
+    /// WebSocket edge and session brain). `all` = every role, for a single-node install; give a comma list
+    /// (e.g. `api,worker`) to scale roles out over one PostgreSQL and one Redis.
+    Serve {
+        /// `all`, or a comma-separated list of api, worker, continuation, gateway.
+        #[arg(long, default_value = "all")]
+        role: Roles,
+        /// Do not apply pending migrations at start-up.
+        #[arg(long)]
+        no_migrate: bool,
+    },
+    /// Apply pending database migrations (as DATABASE_MIGRATE_URL, the owner role) and exit.
+    Migrate,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match Config::load(cli.config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("vespid: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    telemetry::init(&config);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("vespid: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Serve { role, no_migrate } => roles::serve(config, role, !no_migrate)
+                .await
+                .map_err(|e| e.to_string()),
+            Command::Migrate => {
+                let url = if config.database.migrate_url.is_empty() {
+                    config.database.url.expose().to_string()
+                } else {
+                    config.database.migrate_url.expose().to_string()
+                };
+                migrate::run(&url)
+                    .await
+                    .map(|applied| {
+                        for m in &applied {
+                            println!("applied {m}");
+                        }
+                        println!("{} migration(s) applied", applied.len());
+                    })
+                    .map_err(|e| e.to_string())
+            }
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "vespid stopped with an error");
+            eprintln!("vespid: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

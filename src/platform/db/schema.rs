@@ -1,0 +1,138 @@
+//! Diesel table definitions, written to match `migrations/` (the migrations are authoritative).
+
+diesel::table! {
+    roles (key) {
+        key -> Text,
+        name -> Text,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    users (id) {
+        id -> Uuid,
+        email -> Text,
+        password_hash -> Text,
+        display_name -> Nullable<Text>,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    organizations (id) {
+        id -> Uuid,
+        slug -> Text,
+        name -> Text,
+        settings -> Jsonb,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    memberships (id) {
+        id -> Uuid,
+        organization_id -> Uuid,
+        user_id -> Uuid,
+        role_key -> Text,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    organization_invitations (id) {
+        id -> Uuid,
+        organization_id -> Uuid,
+        email -> Text,
+        role_key -> Text,
+        invited_by_user_id -> Uuid,
+        token -> Text,
+        status -> Text,
+        expires_at -> Timestamptz,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    auth_sessions (id) {
+        id -> Uuid,
+        user_id -> Uuid,
+        refresh_token_hash -> Text,
+        expires_at -> Timestamptz,
+        absolute_expires_at -> Timestamptz,
+        revoked_at -> Nullable<Timestamptz>,
+        user_agent -> Nullable<Text>,
+        ip -> Nullable<Text>,
+        created_at -> Timestamptz,
+        last_used_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    oauth_states (state_hash) {
+        state_hash -> Text,
+        provider -> Text,
+        code_verifier -> Text,
+        nonce -> Text,
+        expires_at -> Timestamptz,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    connector_secrets (id) {
+        id -> Uuid,
+        organization_id -> Uuid,
+        connector_id -> Text,
+        name -> Text,
+        kek_id -> Text,
+        enc_alg -> Text,
+        dek_ciphertext -> Bytea,
+        dek_iv -> Bytea,
+        dek_tag -> Bytea,
+        secret_ciphertext -> Bytea,
+        secret_iv -> Bytea,
+        secret_tag -> Bytea,
+        created_by_user_id -> Uuid,
+        updated_by_user_id -> Uuid,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    organization_credit_balances (organization_id) {
+        organization_id -> Uuid,
+        balance_credits -> Int8,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    organization_credit_ledger (id) {
+        id -> Uuid,
+        organization_id -> Uuid,
+        delta_credits -> Int8,
+        reason -> Text,
+        stripe_event_id -> Nullable<Text>,
+        workflow_run_id -> Nullable<Uuid>,
+        created_by_user_id -> Nullable<Uuid>,
+        metadata -> Jsonb,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::joinable!(memberships -> organizations (organization_id));
+diesel::joinable!(memberships -> users (user_id));
+
+diesel::allow_tables_to_appear_in_same_query!(
+    roles,
+    users,
+    organizations,
+    memberships,
+    organization_invitations,
+    auth_sessions,
+    oauth_states,
+    connector_secrets,
+    organization_credit_balances,
+    organization_credit_ledger,
+);

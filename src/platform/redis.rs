@@ -1,0 +1,73 @@
+//! Redis through fred: one shared client with reconnects and bounded command timeouts, plus a subscriber for
+//! cross-instance fan-out (cache invalidation now, run queue wake-ups later).
+
+use std::time::Duration;
+
+use fred::clients::SubscriberClient;
+use fred::prelude::*;
+use fred::types::config::{
+    Config as FredConfig, ConnectionConfig, PerformanceConfig, ReconnectPolicy,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RedisError {
+    #[error("invalid REDIS_URL: {0}")]
+    Url(String),
+    #[error("redis: {0}")]
+    Command(#[from] fred::error::Error),
+}
+
+#[derive(Clone)]
+pub struct Redis {
+    pub client: Client,
+    pub subscriber: SubscriberClient,
+}
+
+fn builder(url: &str, timeout: Duration) -> Result<fred::types::Builder, RedisError> {
+    let config = FredConfig::from_url(url).map_err(|e| RedisError::Url(e.to_string()))?;
+    let mut builder = fred::types::Builder::from_config(config);
+    builder
+        .set_policy(ReconnectPolicy::new_exponential(0, 100, 2_000, 2))
+        .set_performance_config(PerformanceConfig {
+            default_command_timeout: timeout,
+            ..Default::default()
+        })
+        .set_connection_config(ConnectionConfig {
+            connection_timeout: timeout,
+            internal_command_timeout: timeout,
+            // Fail fast while disconnected instead of queueing commands until Redis is back.
+            max_command_attempts: 1,
+            ..Default::default()
+        });
+    Ok(builder)
+}
+
+impl Redis {
+    /// Connects in the background (reconnecting forever); waits up to `timeout` for the first connection
+    /// so that start-up can report Redis, but never fails start-up because Redis is down.
+    pub async fn connect(url: &str, timeout: Duration) -> Result<Self, RedisError> {
+        let b = builder(url, timeout)?;
+        let client = b.build()?;
+        let subscriber = b.build_subscriber_client()?;
+        client.connect();
+        subscriber.connect();
+        let _ = subscriber.manage_subscriptions();
+        let wait = tokio::time::timeout(timeout, client.wait_for_connect()).await;
+        if !matches!(wait, Ok(Ok(()))) {
+            tracing::warn!(
+                "redis is not reachable yet; continuing and reconnecting in the background"
+            );
+        }
+        Ok(Self { client, subscriber })
+    }
+
+    pub async fn ping(&self) -> Result<(), RedisError> {
+        let _: String = self.client.ping(None).await?;
+        Ok(())
+    }
+
+    pub async fn quit(&self) {
+        let _ = self.subscriber.quit().await;
+        let _ = self.client.quit().await;
+    }
+}

@@ -1,0 +1,68 @@
+//! The api role: the actix-web server and its routes.
+
+use std::net::TcpListener;
+use std::time::Duration;
+
+use actix_web::dev::Server;
+use actix_web::middleware::from_fn;
+use actix_web::{web, App, HttpResponse, HttpServer};
+use serde_json::json;
+
+use crate::app::state::AppState;
+use crate::domain::{auth, meta, orgs};
+use crate::platform::db;
+use crate::platform::http::{self, CorsOrigin};
+
+/// All routes, for the server and for in-process tests.
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/healthz", web::get().to(healthz))
+        .route("/readyz", web::get().to(readyz));
+    auth::routes::configure(cfg);
+    orgs::routes::configure(cfg);
+    meta::routes::configure(cfg);
+}
+
+async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(json!({ "ok": true }))
+}
+
+/// Readiness: PostgreSQL and Redis each answer within the configured bounds.
+async fn readyz(state: web::Data<AppState>) -> HttpResponse {
+    let (pg, redis) = tokio::join!(db::ping(&state.db), state.redis.ping());
+    let (pg_ok, redis_ok) = (pg.is_ok(), redis.is_ok());
+    let body = json!({
+        "ok": pg_ok && redis_ok,
+        "postgres": if pg_ok { "ok" } else { "unavailable" },
+        "redis": if redis_ok { "ok" } else { "unavailable" },
+    });
+    if pg_ok && redis_ok {
+        HttpResponse::Ok().json(body)
+    } else {
+        HttpResponse::ServiceUnavailable().json(body)
+    }
+}
+
+pub fn server(state: AppState, listener: TcpListener) -> std::io::Result<Server> {
+    let workers = state.config.server.workers;
+    let grace = state.config.server.shutdown_grace_secs;
+    let data = web::Data::new(state.clone());
+    let cors = web::Data::new(CorsOrigin(
+        state.config.web.base_url.trim_end_matches('/').to_string(),
+    ));
+    let mut server = HttpServer::new(move || {
+        App::new()
+            .app_data(data.clone())
+            .app_data(cors.clone())
+            .app_data(http::query_config("Invalid query"))
+            .wrap(from_fn(http::edge))
+            .configure(routes)
+            .default_service(web::to(http::not_found))
+    })
+    .listen(listener)?
+    .shutdown_timeout(grace)
+    .client_request_timeout(Duration::from_secs(10));
+    if workers > 0 {
+        server = server.workers(workers);
+    }
+    Ok(server.run())
+}

@@ -1,0 +1,124 @@
+//! Roles wire components; they hold no logic. `--role=all` = api, worker, continuation, gateway.
+
+pub mod api;
+pub mod background;
+
+use std::net::TcpListener;
+use std::str::FromStr;
+
+use crate::app::config::Config;
+use crate::app::state::{AppState, StartError};
+use crate::platform::db::migrate;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Api,
+    Worker,
+    Continuation,
+    Gateway,
+}
+
+impl Role {
+    pub const ALL: [Role; 4] = [Role::Api, Role::Worker, Role::Continuation, Role::Gateway];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Api => "api",
+            Role::Worker => "worker",
+            Role::Continuation => "continuation",
+            Role::Gateway => "gateway",
+        }
+    }
+}
+
+/// A parsed `--role` value: `all` or a comma-separated subset.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Roles(pub Vec<Role>);
+
+impl FromStr for Roles {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let mut roles = Vec::new();
+        for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let add: &[Role] = match part {
+                "all" => &Role::ALL,
+                "api" => &[Role::Api],
+                "worker" => &[Role::Worker],
+                "continuation" => &[Role::Continuation],
+                "gateway" => &[Role::Gateway],
+                other => {
+                    return Err(format!(
+                        "unknown role `{other}` (expected all, api, worker, continuation, gateway)"
+                    ))
+                }
+            };
+            for r in add {
+                if !roles.contains(r) {
+                    roles.push(*r);
+                }
+            }
+        }
+        if roles.is_empty() {
+            return Err("no role given".into());
+        }
+        Ok(Roles(roles))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Migrate(#[from] migrate::MigrateError),
+    #[error(transparent)]
+    Start(#[from] StartError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("http server: {0}")]
+    Server(std::io::Error),
+}
+
+/// Runs the selected roles until SIGINT/SIGTERM.
+pub async fn serve(config: Config, roles: Roles, run_migrations: bool) -> Result<(), ServeError> {
+    if run_migrations {
+        let url = if config.database.migrate_url.is_empty() {
+            config.database.url.expose().to_string()
+        } else {
+            config.database.migrate_url.expose().to_string()
+        };
+        let applied = migrate::run(&url).await?;
+        tracing::info!(applied = applied.len(), "migrations applied");
+    }
+    let names: Vec<&str> = roles.0.iter().map(|r| r.name()).collect();
+    tracing::info!(roles = %names.join(","), version = env!("CARGO_PKG_VERSION"), "vespid starting");
+    let state = AppState::build(config, None).await?;
+    let mut background = Vec::new();
+    for role in &roles.0 {
+        if *role != Role::Api {
+            background.push(background::spawn(*role, state.clone()));
+        }
+    }
+    if roles.0.contains(&Role::Api) {
+        let addr = format!("{}:{}", state.config.server.host, state.config.server.port);
+        let listener = TcpListener::bind(&addr).map_err(|source| ServeError::Listen {
+            addr: addr.clone(),
+            source,
+        })?;
+        tracing::info!(%addr, "api listening");
+        // actix handles SIGINT/SIGTERM itself: stops accepting, drains in-flight requests, then returns.
+        api::server(state.clone(), listener)
+            .map_err(ServeError::Server)?
+            .await
+            .map_err(ServeError::Server)?;
+    } else {
+        crate::app::shutdown::signal().await;
+    }
+    tracing::info!("shutting down");
+    for handle in background {
+        handle.abort();
+    }
+    state.redis.quit().await;
+    Ok(())
+}
