@@ -86,6 +86,7 @@ pub struct DatabaseConfig {
 #[serde(deny_unknown_fields)]
 pub struct RedisConfig {
     pub url: Secret,
+    pub key_prefix: String,
     pub timeout_ms: u64,
 }
 
@@ -239,6 +240,7 @@ const ENV_KEYS: &[(&str, &str)] = &[
     ("DATABASE_POOL_SIZE", "database.pool_size"),
     ("DATABASE_CONNECT_TIMEOUT_MS", "database.connect_timeout_ms"),
     ("REDIS_URL", "redis.url"),
+    ("REDIS_KEY_PREFIX", "redis.key_prefix"),
     ("REDIS_TIMEOUT_MS", "redis.timeout_ms"),
     ("WEB_BASE_URL", "web.base_url"),
     ("AUTH_TOKEN_SECRET", "auth.token_secret"),

@@ -56,6 +56,7 @@ impl AppState {
         }
         let redis = Redis::connect(
             config.redis.url.expose(),
+            &config.redis.key_prefix,
             Duration::from_millis(config.redis.timeout_ms),
         )
         .await?;

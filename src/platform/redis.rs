@@ -21,6 +21,7 @@ pub enum RedisError {
 pub struct Redis {
     pub client: Client,
     pub subscriber: SubscriberClient,
+    prefix: String,
 }
 
 fn builder(url: &str, timeout: Duration) -> Result<fred::types::Builder, RedisError> {
@@ -45,7 +46,7 @@ fn builder(url: &str, timeout: Duration) -> Result<fred::types::Builder, RedisEr
 impl Redis {
     /// Connects in the background (reconnecting forever); waits up to `timeout` for the first connection
     /// so that start-up can report Redis, but never fails start-up because Redis is down.
-    pub async fn connect(url: &str, timeout: Duration) -> Result<Self, RedisError> {
+    pub async fn connect(url: &str, prefix: &str, timeout: Duration) -> Result<Self, RedisError> {
         let b = builder(url, timeout)?;
         let client = b.build()?;
         let subscriber = b.build_subscriber_client()?;
@@ -58,7 +59,16 @@ impl Redis {
                 "redis is not reachable yet; continuing and reconnecting in the background"
             );
         }
-        Ok(Self { client, subscriber })
+        Ok(Self {
+            client,
+            subscriber,
+            prefix: prefix.to_string(),
+        })
+    }
+
+    /// A key or channel name inside this install's namespace.
+    pub fn key(&self, name: &str) -> String {
+        format!("{}{name}", self.prefix)
     }
 
     pub async fn ping(&self) -> Result<(), RedisError> {

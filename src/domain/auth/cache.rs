@@ -12,7 +12,7 @@ use uuid::Uuid;
 
 use crate::platform::redis::Redis;
 
-pub const CHANNEL: &str = "vespid:auth:invalidate";
+pub const CHANNEL: &str = "auth:invalidate";
 
 #[derive(Debug, Clone)]
 pub struct CachedSession {
@@ -120,7 +120,11 @@ impl AuthCache {
     /// Drops the entry here and broadcasts to other instances; a Redis failure only leaves them on TTL.
     pub async fn invalidate(&self, redis: &Redis, message: String) {
         self.apply(&message);
-        if let Err(e) = redis.client.publish::<i64, _, _>(CHANNEL, message).await {
+        if let Err(e) = redis
+            .client
+            .publish::<i64, _, _>(redis.key(CHANNEL), message)
+            .await
+        {
             tracing::warn!(error = %e, "auth cache invalidation not broadcast; other instances rely on the TTL");
         }
     }
@@ -145,8 +149,9 @@ impl AuthCache {
             }
         });
         let subscriber = redis.subscriber.clone();
+        let channel = redis.key(CHANNEL);
         tokio::spawn(async move {
-            if let Err(e) = subscriber.subscribe(CHANNEL).await {
+            if let Err(e) = subscriber.subscribe(channel).await {
                 tracing::warn!(error = %e, "cannot subscribe to auth invalidations yet; will retry on reconnect");
             }
         });

@@ -23,14 +23,15 @@ impl LoginLimiter {
         }
     }
 
-    fn keys(email: &str, ip: Option<&str>) -> Vec<String> {
+    fn keys(&self, email: &str, ip: Option<&str>) -> Vec<String> {
         // The email is hashed so Redis never holds account names.
         let mut keys = vec![format!(
-            "vespid:rl:login:acct:{}",
+            "{}rl:login:acct:{}",
+            self.redis.key(""),
             crypto::sha256_hex(email.as_bytes())
         )];
         if let Some(ip) = ip {
-            keys.push(format!("vespid:rl:login:ip:{ip}"));
+            keys.push(self.redis.key(&format!("rl:login:ip:{ip}")));
         }
         keys
     }
@@ -39,7 +40,7 @@ impl LoginLimiter {
         if self.max_failures == 0 {
             return Ok(());
         }
-        for key in Self::keys(email, ip) {
+        for key in self.keys(email, ip) {
             let count: Result<Option<u64>, _> = self.redis.client.get(&key).await;
             match count {
                 Ok(Some(n)) if n >= u64::from(self.max_failures) => {
@@ -75,7 +76,7 @@ impl LoginLimiter {
         if self.max_failures == 0 {
             return;
         }
-        for key in Self::keys(email, ip) {
+        for key in self.keys(email, ip) {
             let counted: Result<u64, _> = self.redis.client.incr(&key).await;
             match counted {
                 Ok(1) => {

@@ -1,0 +1,9 @@
+//! Integration tests: one binary (links once), a module per area. Each test gets its own database cloned
+//! from a migrated template and its own app on an ephemeral port.
+
+mod common;
+
+mod auth;
+mod basics;
+mod orgs;
+mod rls;
