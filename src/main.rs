@@ -40,6 +40,18 @@ enum Command {
     },
     /// Apply pending database migrations (as DATABASE_MIGRATE_URL, the owner role) and exit.
     Migrate,
+    /// Connector-secret maintenance.
+    Secrets {
+        #[command(subcommand)]
+        command: SecretsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum SecretsCommand {
+    /// Re-wrap every secret's data key under the active KEK (SECRETS_KEK_ID/SECRETS_KEK_BASE64), reading
+    /// old keys from SECRETS_KEK_PREVIOUS. Idempotent and resumable; runs while the service is up.
+    Rotate,
 }
 
 fn main() -> ExitCode {
@@ -83,6 +95,11 @@ fn main() -> ExitCode {
                     })
                     .map_err(|e| e.to_string())
             }
+            Command::Secrets {
+                command: SecretsCommand::Rotate,
+            } => roles::rotate_secrets(config)
+                .await
+                .map_err(|e| e.to_string()),
         }
     });
     match result {

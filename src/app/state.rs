@@ -6,6 +6,7 @@ use std::time::Duration;
 use crate::app::config::Config;
 use crate::domain::auth::AuthService;
 use crate::domain::meta::provider::{self, EnterpriseProvider};
+use crate::platform::crypto::envelope::Keyring;
 use crate::platform::db::{self, PgPool};
 use crate::platform::redis::Redis;
 
@@ -16,6 +17,7 @@ pub struct AppState {
     pub redis: Redis,
     pub auth: Arc<AuthService>,
     pub provider: Arc<dyn EnterpriseProvider>,
+    pub secrets: Arc<Keyring>,
     #[cfg(feature = "oidc")]
     pub oauth: Arc<crate::domain::auth::oauth::OAuthService>,
 }
@@ -26,6 +28,8 @@ pub enum StartError {
     Db(#[from] db::DbError),
     #[error(transparent)]
     Redis(#[from] crate::platform::redis::RedisError),
+    #[error("config key `secrets.kek_previous` (env SECRETS_KEK_PREVIOUS): {0}")]
+    Keyring(String),
     #[error("the application database role `{0}` bypasses row-level security (superuser or BYPASSRLS); production refuses it")]
     RlsBypass(String),
 }
@@ -62,6 +66,14 @@ impl AppState {
         .await?;
         let provider =
             provider.unwrap_or_else(|| provider::load(&config.enterprise.provider_module));
+        let secrets = Arc::new(
+            Keyring::new(
+                &config.secrets.kek_id,
+                config.secrets.kek_base64.expose(),
+                config.secrets.kek_previous.expose(),
+            )
+            .map_err(StartError::Keyring)?,
+        );
         let auth = Arc::new(AuthService::new(config.clone(), db.clone(), redis.clone()));
         Ok(Self {
             #[cfg(feature = "oidc")]
@@ -74,6 +86,7 @@ impl AppState {
             redis,
             auth,
             provider,
+            secrets,
         })
     }
 }

@@ -9,7 +9,7 @@ use actix_web::{web, App, HttpResponse, HttpServer};
 use serde_json::json;
 
 use crate::app::state::AppState;
-use crate::domain::{auth, meta, orgs};
+use crate::domain::{auth, meta, orgs, secrets};
 use crate::platform::db;
 use crate::platform::http::{self, CorsOrigin};
 
@@ -20,6 +20,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     auth::routes::configure(cfg);
     orgs::routes::configure(cfg);
     meta::routes::configure(cfg);
+    secrets::routes::configure(cfg);
 }
 
 async fn healthz() -> HttpResponse {

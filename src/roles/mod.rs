@@ -8,6 +8,7 @@ use std::str::FromStr;
 
 use crate::app::config::Config;
 use crate::app::state::{AppState, StartError};
+use crate::domain::secrets;
 use crate::platform::db::migrate;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,6 +79,49 @@ pub enum ServeError {
     },
     #[error("http server: {0}")]
     Server(std::io::Error),
+    #[error("stored connector secrets use KEK id(s) {0} that the keyring does not have: set SECRETS_KEK_ID/SECRETS_KEK_BASE64 (and SECRETS_KEK_PREVIOUS while rotating)")]
+    MissingKek(String),
+    #[error("cannot check stored secrets' keys: {0}")]
+    KekCheck(String),
+    #[error("secret rotation: {0}")]
+    Rotate(String),
+}
+
+/// Refuses to run with a keyring that cannot decrypt the secrets already stored.
+async fn check_keyring(state: &AppState) -> Result<(), ServeError> {
+    let unknown = secrets::unknown_keks(&state.db, &state.secrets)
+        .await
+        .map_err(|e| ServeError::KekCheck(e.to_string()))?;
+    if !unknown.is_empty() {
+        return Err(ServeError::MissingKek(unknown.join(", ")));
+    }
+    if let Some(e) = state.secrets.active_error() {
+        tracing::warn!(
+            reason = e,
+            "no usable secrets KEK: secret writes answer 503 SECRETS_NOT_CONFIGURED"
+        );
+    }
+    Ok(())
+}
+
+/// `vespid secrets rotate`.
+pub async fn rotate_secrets(config: Config) -> Result<(), ServeError> {
+    let state = AppState::build(config, None).await?;
+    let report = secrets::rotate_all(&state.db, &state.secrets)
+        .await
+        .map_err(|e| ServeError::Rotate(e.to_string()))?;
+    println!(
+        "re-wrapped {} secret(s) in {} org(s); {} failed",
+        report.rewrapped, report.orgs, report.failed
+    );
+    state.redis.quit().await;
+    if report.failed > 0 {
+        return Err(ServeError::Rotate(format!(
+            "{} secret(s) could not be re-wrapped",
+            report.failed
+        )));
+    }
+    Ok(())
 }
 
 /// Runs the selected roles until SIGINT/SIGTERM.
@@ -94,6 +138,7 @@ pub async fn serve(config: Config, roles: Roles, run_migrations: bool) -> Result
     let names: Vec<&str> = roles.0.iter().map(|r| r.name()).collect();
     tracing::info!(roles = %names.join(","), version = env!("CARGO_PKG_VERSION"), "vespid starting");
     let state = AppState::build(config, None).await?;
+    check_keyring(&state).await?;
     let mut background = Vec::new();
     for role in &roles.0 {
         if *role != Role::Api {

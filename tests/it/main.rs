@@ -5,5 +5,8 @@ mod common;
 
 mod auth;
 mod basics;
+mod fake_oauth;
+mod oauth;
 mod orgs;
 mod rls;
+mod secrets;

@@ -10,8 +10,8 @@ use diesel_async::pooled_connection::deadpool::{Object, Pool};
 use diesel_async::pooled_connection::{
     AsyncDieselConnectionManager, ManagerConfig, RecyclingMethod,
 };
-use diesel_async::scoped_futures::{ScopedBoxFuture, ScopedFutureExt};
-use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use diesel_async::scoped_futures::ScopedBoxFuture;
+use diesel_async::{AnsiTransactionManager, AsyncPgConnection, RunQueryDsl, TransactionManager};
 use uuid::Uuid;
 
 pub type PgPool = Pool<AsyncPgConnection>;
@@ -123,14 +123,26 @@ where
     R: Send + 'a,
 {
     let mut conn = conn(pool).await?;
-    conn.transaction::<R, E, _>(move |c| {
-        async move {
-            set_context(c, ctx).await?;
-            f(c).await
+    // BEGIN and the context travel in one round trip. The ids are UUIDs formatted by `uuid` (hex and
+    // dashes only), so inlining them cannot inject SQL. The transaction manager tracks the depth, so a
+    // future dropped mid-way leaves the connection marked broken and the pool discards it.
+    let sql = format!(
+        "BEGIN; SELECT set_config('app.current_user_id', '{}', true), set_config('app.current_org_id', '{}', true)",
+        ctx.user.map(|u| u.to_string()).unwrap_or_default(),
+        ctx.org.map(|o| o.to_string()).unwrap_or_default(),
+    );
+    AnsiTransactionManager::begin_transaction_sql(&mut *conn, &sql).await?;
+    match f(&mut conn).await {
+        Ok(value) => {
+            AnsiTransactionManager::commit_transaction(&mut *conn).await?;
+            Ok(value)
         }
-        .scope_boxed()
-    })
-    .await
+        Err(e) => {
+            // A failed rollback leaves the manager broken; the pool then drops the connection.
+            let _ = AnsiTransactionManager::rollback_transaction(&mut *conn).await;
+            Err(e)
+        }
+    }
 }
 
 /// For tables without RLS (`users`, `oauth_states`): a plain pooled connection.

@@ -136,3 +136,13 @@ diesel::allow_tables_to_appear_in_same_query!(
     organization_credit_balances,
     organization_credit_ledger,
 );
+
+diesel::table! {
+    secret_kek_refs (organization_id, kek_id) {
+        organization_id -> Uuid,
+        kek_id -> Text,
+        rows -> Int8,
+    }
+}
+
+diesel::allow_tables_to_appear_in_same_query!(connector_secrets, secret_kek_refs);

@@ -1,3 +1,367 @@
-//! OAuth routes (placeholder).
+//! `GET /v1/auth/oauth/{provider}/start` and `/callback`: the browser flow (redirects) and the JSON flow
+//! (`?mode=json`), with the callback's checks in the contract's order.
 
-pub fn configure(_cfg: &mut actix_web::web::ServiceConfig) {}
+use std::borrow::Cow;
+
+use actix_web::cookie::{time::Duration as CookieDuration, Cookie, SameSite};
+use actix_web::http::header::LOCATION;
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
+use serde_json::json;
+
+use super::{OAuthError, Provider, NONCE_COOKIE, STATE_COOKIE};
+use crate::app::config::Config;
+use crate::app::state::AppState;
+use crate::domain::auth::model::User;
+use crate::domain::auth::routes::{clear_cookie, client_meta, session_cookie, session_response};
+use crate::domain::auth::IssuedSession;
+use crate::domain::orgs;
+use crate::platform::http::{request_id, route_of, ApiError, Invalid};
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/v1/auth/oauth/{provider}/start", web::get().to(start))
+        .route(
+            "/v1/auth/oauth/{provider}/callback",
+            web::get().to(callback),
+        );
+}
+
+fn provider_of(req: &HttpRequest) -> Result<Provider, ApiError> {
+    req.match_info()
+        .get("provider")
+        .and_then(Provider::parse)
+        .ok_or_else(|| ApiError::bad_request("Unsupported OAuth provider"))
+}
+
+/// Every value of every query parameter, in order.
+fn query_pairs(req: &HttpRequest) -> Vec<(String, String)> {
+    url::form_urlencoded::parse(req.query_string().as_bytes())
+        .into_owned()
+        .collect()
+}
+
+fn values<'q>(pairs: &'q [(String, String)], name: &str) -> Vec<&'q str> {
+    pairs
+        .iter()
+        .filter(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+        .collect()
+}
+
+fn oauth_cookie(config: &Config, name: &str, value: String) -> Cookie<'static> {
+    Cookie::build(name.to_string(), value)
+        .http_only(true)
+        .path("/")
+        .same_site(SameSite::Lax)
+        .secure(config.cookie_secure())
+        .max_age(CookieDuration::seconds(config.auth.oauth_context_ttl_secs))
+        .finish()
+}
+
+fn found(location: &str) -> actix_web::HttpResponseBuilder {
+    let mut res = HttpResponse::Found();
+    res.insert_header((LOCATION, location.to_string()));
+    res
+}
+
+async fn start(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    let provider = provider_of(&req)?;
+    let json_mode = values(&query_pairs(&req), "mode").first() == Some(&"json");
+    let started = state.oauth.start(provider).await.map_err(|e| {
+        if let Some(cause) = e.cause() {
+            tracing::warn!(provider = provider.as_str(), cause, "OAuth start failed");
+        }
+        e.into_api(provider)
+    })?;
+    let config = &state.config;
+    let mut res = if json_mode {
+        let mut res = HttpResponse::Ok();
+        res.json(json!({
+            "provider": provider.as_str(),
+            "authorizationUrl": started.authorization_url,
+        }))
+    } else {
+        found(&started.authorization_url).finish()
+    };
+    add_cookies(
+        &mut res,
+        [
+            oauth_cookie(config, STATE_COOKIE, started.state_cookie),
+            oauth_cookie(config, NONCE_COOKIE, started.nonce_cookie),
+        ],
+    );
+    Ok(res)
+}
+
+/// The validated callback query.
+struct CallbackQuery {
+    code: String,
+    state: String,
+    json: bool,
+}
+
+enum Parsed {
+    Ok(CallbackQuery),
+    /// The provider sent `?error=…` without a code (the user cancelled or was refused).
+    Denied {
+        json: bool,
+    },
+}
+
+/// Step 2: `code` and `state` non-empty strings, `mode` absent or `json`; else a 400 with details.
+fn parse_callback(pairs: &[(String, String)]) -> Result<Parsed, ApiError> {
+    let mut invalid = Invalid::default();
+    let mut single = |name: &str| -> Option<&str> {
+        match values(pairs, name).as_slice() {
+            [] => None,
+            [one] => Some(*one),
+            _ => {
+                invalid.field(name, "Expected string, received array");
+                None
+            }
+        }
+    };
+    let (code, state, mode, error) = (
+        single("code"),
+        single("state"),
+        single("mode"),
+        single("error"),
+    );
+    let mode_ok = mode.is_none_or(|m| m == "json");
+    let json = mode == Some("json");
+    if invalid.is_empty()
+        && mode_ok
+        && code.is_none_or(str::is_empty)
+        && error.is_some_and(|e| !e.is_empty())
+    {
+        return Ok(Parsed::Denied { json });
+    }
+    for (name, value) in [("code", code), ("state", state)] {
+        match value {
+            None if values(pairs, name).is_empty() => invalid.field(name, "Required"),
+            Some("") => invalid.field(name, "String must contain at least 1 character(s)"),
+            _ => {}
+        }
+    }
+    if !mode_ok {
+        invalid.field("mode", "Invalid literal value, expected \"json\"");
+    }
+    invalid.finish("Invalid OAuth callback query")?;
+    match (code, state) {
+        (Some(code), Some(state)) => Ok(Parsed::Ok(CallbackQuery {
+            code: code.to_string(),
+            state: state.to_string(),
+            json,
+        })),
+        _ => Err(ApiError::bad_request("Invalid OAuth callback query")),
+    }
+}
+
+/// How far a failed callback got: from the consume step on, the OAuth cookies are cleared.
+struct Failure {
+    error: OAuthError,
+    consumed: bool,
+}
+
+impl Failure {
+    fn before_consume(error: impl Into<OAuthError>) -> Self {
+        Self {
+            error: error.into(),
+            consumed: false,
+        }
+    }
+    fn after_consume(error: impl Into<OAuthError>) -> Self {
+        Self {
+            error: error.into(),
+            consumed: true,
+        }
+    }
+}
+
+async fn callback(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    let provider = provider_of(&req)?;
+    let query = match parse_callback(&query_pairs(&req))? {
+        Parsed::Ok(q) => q,
+        Parsed::Denied { json } => {
+            let failure = Failure::after_consume(OAuthError::AccessDenied);
+            return Ok(fail(&state, &req, provider, json, failure));
+        }
+    };
+    match sign_in(&state, &req, provider, &query).await {
+        Ok((user, issued)) => Ok(succeed(&state.config, provider, query.json, &user, issued)),
+        Err(failure) => Ok(fail(&state, &req, provider, query.json, failure)),
+    }
+}
+
+/// Steps a-h: cookies, consume, nonce, exchange, user, session, personal workspace.
+async fn sign_in(
+    state: &AppState,
+    req: &HttpRequest,
+    provider: Provider,
+    query: &CallbackQuery,
+) -> Result<(User, IssuedSession), Failure> {
+    let state_cookie = req.cookie(STATE_COOKIE);
+    let nonce_cookie = req.cookie(NONCE_COOKIE);
+    let nonce = state
+        .oauth
+        .check_cookies(
+            state_cookie.as_ref().map(|c| c.value()),
+            nonce_cookie.as_ref().map(|c| c.value()),
+            &query.state,
+        )
+        .map_err(Failure::before_consume)?;
+    let pending = state
+        .oauth
+        .consume(provider, &query.state, &nonce)
+        .await
+        .map_err(Failure::after_consume)?;
+    let identity = state
+        .oauth
+        .identify(provider, &query.code, &pending)
+        .await
+        .map_err(Failure::after_consume)?;
+    let user = state
+        .auth
+        .oauth_user(&identity.email, identity.display_name)
+        .await
+        .map_err(Failure::after_consume)?;
+    let issued = state
+        .auth
+        .create_session(&user, &client_meta(req))
+        .await
+        .map_err(Failure::after_consume)?;
+    orgs::ensure_personal_workspace(state, user.id)
+        .await
+        .map_err(Failure::after_consume)?;
+    Ok((user, issued))
+}
+
+fn succeed(
+    config: &Config,
+    provider: Provider,
+    json_mode: bool,
+    user: &User,
+    issued: IssuedSession,
+) -> HttpResponse {
+    let mut res = if json_mode {
+        session_response(
+            config,
+            StatusCode::OK,
+            user,
+            issued,
+            Some(("provider", json!(provider.as_str()))),
+        )
+    } else {
+        let location = super::web_redirect(
+            config,
+            &[
+                ("oauth", Cow::Borrowed("success")),
+                ("provider", Cow::Borrowed(provider.as_str())),
+            ],
+        );
+        found(&location)
+            .cookie(session_cookie(config, issued.refresh_token))
+            .finish()
+    };
+    add_cookies(&mut res, cleared(config));
+    res
+}
+
+/// The failure path: the `oauth_callback_failed` event, then the mapped error as JSON or as a redirect
+/// to the web app's `/auth` page.
+fn fail(
+    state: &AppState,
+    req: &HttpRequest,
+    provider: Provider,
+    json_mode: bool,
+    failure: Failure,
+) -> HttpResponse {
+    let cause = failure.error.cause().map(str::to_string);
+    let error = failure.error.into_api(provider);
+    tracing::warn!(
+        event = "oauth_callback_failed",
+        provider = provider.as_str(),
+        reasonCode = %error.code,
+        requestId = %request_id(req),
+        path = %route_of(req),
+        cause = cause.as_deref(),
+        "OAuth callback failed"
+    );
+    let config = &state.config;
+    let mut res = if json_mode {
+        error.error_response()
+    } else {
+        let location = super::web_redirect(
+            config,
+            &[
+                ("oauth", Cow::Borrowed("error")),
+                ("provider", Cow::Borrowed(provider.as_str())),
+                ("code", error.code.clone()),
+            ],
+        );
+        found(&location).finish()
+    };
+    if failure.consumed {
+        add_cookies(&mut res, cleared(config));
+    }
+    res
+}
+
+fn cleared(config: &Config) -> [Cookie<'static>; 2] {
+    [
+        clear_cookie(config, STATE_COOKIE),
+        clear_cookie(config, NONCE_COOKIE),
+    ]
+}
+
+fn add_cookies(res: &mut HttpResponse, cookies: impl IntoIterator<Item = Cookie<'static>>) {
+    for c in cookies {
+        if let Err(e) = res.add_cookie(&c) {
+            tracing::error!(error = %e, cookie = c.name(), "cannot set cookie");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pairs(q: &str) -> Vec<(String, String)> {
+        url::form_urlencoded::parse(q.as_bytes())
+            .into_owned()
+            .collect()
+    }
+
+    #[test]
+    fn callback_query_rules() {
+        assert!(matches!(
+            parse_callback(&pairs("code=c&state=s")),
+            Ok(Parsed::Ok(CallbackQuery { json: false, .. }))
+        ));
+        assert!(matches!(
+            parse_callback(&pairs("code=c&state=s&mode=json")),
+            Ok(Parsed::Ok(CallbackQuery { json: true, .. }))
+        ));
+        for bad in [
+            "",
+            "code=c",
+            "state=s",
+            "code=&state=s",
+            "code=c&state=s&mode=xml",
+            "code=c&code=d&state=s",
+            "error=access_denied&mode=xml",
+        ] {
+            let e = parse_callback(&pairs(bad)).err().expect(bad);
+            assert_eq!(e.status, StatusCode::BAD_REQUEST, "{bad}");
+            assert!(e.details.is_some(), "{bad}");
+        }
+        assert!(matches!(
+            parse_callback(&pairs("error=access_denied&state=s")),
+            Ok(Parsed::Denied { json: false })
+        ));
+        assert!(matches!(
+            parse_callback(&pairs("error=access_denied&mode=json")),
+            Ok(Parsed::Denied { json: true })
+        ));
+    }
+}

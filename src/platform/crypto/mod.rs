@@ -10,6 +10,8 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+pub mod envelope;
+
 type HmacSha256 = Hmac<Sha256>;
 
 /// `n` random bytes from the OS CSPRNG, base64url without padding.

@@ -1,0 +1,3 @@
+DROP TRIGGER IF EXISTS connector_secrets_kek_refs ON connector_secrets;
+DROP FUNCTION IF EXISTS app.track_secret_kek();
+DROP TABLE IF EXISTS secret_kek_refs;

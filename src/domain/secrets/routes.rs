@@ -1,0 +1,130 @@
+//! `/v1/orgs/{orgId}/secrets…`: owner/admin only; the value goes in, never out.
+
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde_json::json;
+use zeroize::Zeroizing;
+
+use super::model::SecretView;
+use crate::app::state::AppState;
+use crate::domain::meta;
+use crate::domain::orgs::model::Role;
+use crate::domain::orgs::{self, OrgCtx};
+use crate::platform::http::{path_uuid, ApiError, Form, JsonBody};
+
+const ROLE_MESSAGE: &str = "Role is not allowed to manage secrets";
+/// Cap on a secret's size (Improve: the original had none).
+const MAX_VALUE_BYTES: usize = 64 * 1024;
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/v1/orgs/{orgId}/secrets", web::get().to(list))
+        .route("/v1/orgs/{orgId}/secrets", web::post().to(create))
+        .route("/v1/orgs/{orgId}/secrets/{secretId}", web::put().to(update))
+        .route(
+            "/v1/orgs/{orgId}/secrets/{secretId}",
+            web::delete().to(remove),
+        );
+}
+
+fn secret_id(req: &HttpRequest) -> Result<uuid::Uuid, ApiError> {
+    path_uuid(req, "secretId", || {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "SECRET_NOT_FOUND",
+            "Secret not found",
+        )
+    })
+}
+
+/// The value: a non-empty string within the cap; whitespace-only is its own error (checked after shape).
+fn value_field(f: &mut Form<'_>) -> Option<Zeroizing<String>> {
+    let v = f.string("value", 1, usize::MAX).map(Zeroizing::new);
+    if v.as_ref().is_some_and(|v| v.len() > MAX_VALUE_BYTES) {
+        f.invalid().field(
+            "value",
+            format!("Secret value must be at most {MAX_VALUE_BYTES} bytes"),
+        );
+        return None;
+    }
+    v
+}
+
+fn require_non_blank(value: &str) -> Result<(), ApiError> {
+    if value.trim().is_empty() {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "SECRET_VALUE_REQUIRED",
+            "Secret value is required",
+        ));
+    }
+    Ok(())
+}
+
+async fn list(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    // The query is validated before the org context (spec order).
+    let query =
+        web::Query::<std::collections::HashMap<String, String>>::from_query(req.query_string())
+            .map_err(|_| ApiError::bad_request("Invalid list secrets query"))?;
+    let connector = query.get("connectorId").cloned();
+    if connector.as_deref().is_some_and(str::is_empty) {
+        return Err(ApiError::bad_request("Invalid list secrets query")
+            .with_details(json!({"formErrors": [], "fieldErrors": {"connectorId": ["String must contain at least 1 character(s)"]}})));
+    }
+    let ctx = orgs::context::resolve(&req).await?;
+    ctx.require(Role::Admin, ROLE_MESSAGE)?;
+    let secrets = super::list(&ctx, &state, connector).await?;
+    let views: Vec<SecretView> = secrets.iter().map(SecretView::from).collect();
+    Ok(HttpResponse::Ok().json(json!({ "secrets": views })))
+}
+
+async fn create(
+    state: web::Data<AppState>,
+    ctx: OrgCtx,
+    body: JsonBody,
+) -> Result<HttpResponse, ApiError> {
+    ctx.require(Role::Admin, ROLE_MESSAGE)?;
+    let mut f = Form::new(&body.0);
+    let connector_id = f.string("connectorId", 1, 80);
+    let name = f.string("name", 1, 80);
+    let value = value_field(&mut f);
+    f.finish("Invalid secret payload")?;
+    let (Some(connector_id), Some(name), Some(value)) = (connector_id, name, value) else {
+        return Err(ApiError::bad_request("Invalid secret payload"));
+    };
+    require_non_blank(&value)?;
+    let allowed = meta::allowed_secret_connectors(state.provider.as_ref());
+    if !allowed.contains(&connector_id) {
+        return Err(ApiError::bad_request("Invalid connectorId for secret")
+            .with_details(json!({ "connectorId": connector_id, "allowed": allowed })));
+    }
+    let secret = super::create(&ctx, &state, connector_id, name, value).await?;
+    Ok(HttpResponse::Created().json(json!({ "secret": SecretView::from(&secret) })))
+}
+
+async fn update(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    ctx: OrgCtx,
+    body: JsonBody,
+) -> Result<HttpResponse, ApiError> {
+    ctx.require(Role::Admin, ROLE_MESSAGE)?;
+    let mut f = Form::new(&body.0);
+    let value = value_field(&mut f);
+    f.finish("Invalid secret payload")?;
+    let value = value.ok_or_else(|| ApiError::bad_request("Invalid secret payload"))?;
+    require_non_blank(&value)?;
+    let id = secret_id(&req)?;
+    let secret = super::update_value(&ctx, &state, id, value).await?;
+    Ok(HttpResponse::Ok().json(json!({ "secret": SecretView::from(&secret) })))
+}
+
+async fn remove(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    ctx: OrgCtx,
+) -> Result<HttpResponse, ApiError> {
+    ctx.require(Role::Admin, ROLE_MESSAGE)?;
+    let id = secret_id(&req)?;
+    super::delete(&ctx, &state, id).await?;
+    Ok(HttpResponse::Ok().json(json!({ "ok": true })))
+}

@@ -1,0 +1,421 @@
+//! Connector secrets (identity spec §4, §7.8, §7.9): write-only values, envelope encryption bound to the org,
+//! owner/admin only, KEK rotation.
+
+use base64::Engine;
+use serde_json::{json, Value};
+use uuid::Uuid;
+use vespid::domain::secrets;
+use vespid::platform::crypto::envelope::Keyring;
+
+use crate::common::{self, Options, TestApp};
+
+fn kek(byte: u8) -> String {
+    base64::engine::general_purpose::STANDARD.encode([byte; 32])
+}
+
+async fn app_with_kek() -> TestApp {
+    common::spawn_with(
+        Options::default()
+            .env("SECRETS_KEK_ID", "test-kek-v1")
+            .env("SECRETS_KEK_BASE64", &kek(7)),
+    )
+    .await
+}
+
+fn no_value(v: &Value) {
+    assert!(v.get("value").is_none(), "value leaked: {v}");
+    assert!(v.get("kekId").is_none(), "kek id leaked: {v}");
+}
+
+#[tokio::test]
+async fn crud_roles_and_shapes() {
+    let app = app_with_kek().await;
+    let owner = app.signup("owner").await;
+    let member = app.signup("member").await;
+    let org = app.create_org(&owner).await;
+    app.add_member(org, &owner, &member, "member").await;
+    let base = format!("/v1/orgs/{org}/secrets");
+
+    let r = app
+        .post(&base)
+        .as_user(&owner)
+        .org(org)
+        .json(json!({"connectorId": "github", "name": "token", "value": "ghp_test_token"}))
+        .send()
+        .await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    assert_eq!(r.body["secret"]["connectorId"], "github");
+    assert_eq!(r.body["secret"]["name"], "token");
+    no_value(&r.body["secret"]);
+    let first = r.body["secret"]["id"].as_str().expect("id").to_string();
+
+    let r = app
+        .post(&base)
+        .as_user(&owner)
+        .org(org)
+        .json(json!({"connectorId": "llm.openai", "name": "openai", "value": "sk-test"}))
+        .send()
+        .await;
+    assert_eq!(
+        (r.status.as_u16(), r.body["secret"]["connectorId"].as_str()),
+        (201, Some("llm.openai"))
+    );
+
+    let r = app.get(&base).as_user(&owner).org(org).send().await;
+    assert_eq!(r.status, 200);
+    let list = r.body["secrets"].as_array().expect("list");
+    assert_eq!(list.len(), 2);
+    assert_eq!(list[0]["connectorId"], "github", "sorted by connectorId");
+    list.iter().for_each(no_value);
+    assert!(!r.body.to_string().contains("ghp_test_token"));
+
+    let r = app
+        .get(&format!("{base}?connectorId=llm.openai"))
+        .as_user(&owner)
+        .org(org)
+        .send()
+        .await;
+    assert_eq!(r.body["secrets"].as_array().map(Vec::len), Some(1));
+    let r = app
+        .get(&format!("{base}?connectorId="))
+        .as_user(&owner)
+        .org(org)
+        .send()
+        .await;
+    assert_eq!((r.status.as_u16(), r.code()), (400, "BAD_REQUEST"));
+
+    let r = app
+        .post(&base)
+        .as_user(&owner)
+        .org(org)
+        .json(json!({"connectorId": "github", "name": "token", "value": "again"}))
+        .send()
+        .await;
+    assert_eq!(
+        (r.status.as_u16(), r.code()),
+        (409, "SECRET_ALREADY_EXISTS")
+    );
+
+    // Members may not manage secrets at all, reading included.
+    for r in [
+        app.post(&base)
+            .as_user(&member)
+            .org(org)
+            .json(json!({"connectorId": "github", "name": "m", "value": "x"}))
+            .send()
+            .await,
+        app.get(&base).as_user(&member).org(org).send().await,
+        app.put(&format!("{base}/{first}"))
+            .as_user(&member)
+            .org(org)
+            .json(json!({"value": "x"}))
+            .send()
+            .await,
+        app.delete(&format!("{base}/{first}"))
+            .as_user(&member)
+            .org(org)
+            .send()
+            .await,
+    ] {
+        assert_eq!(
+            (r.status.as_u16(), r.code()),
+            (403, "FORBIDDEN"),
+            "{:?}",
+            r.body
+        );
+    }
+
+    let r = app
+        .put(&format!("{base}/{first}"))
+        .as_user(&owner)
+        .org(org)
+        .json(json!({"value": "ghp_rotated"}))
+        .send()
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    no_value(&r.body["secret"]);
+    assert_ne!(r.body["secret"]["updatedAt"], r.body["secret"]["createdAt"]);
+
+    let r = app
+        .delete(&format!("{base}/{first}"))
+        .as_user(&owner)
+        .org(org)
+        .send()
+        .await;
+    assert_eq!((r.status.as_u16(), &r.body), (200, &json!({"ok": true})));
+    let r = app
+        .delete(&format!("{base}/{first}"))
+        .as_user(&owner)
+        .org(org)
+        .send()
+        .await;
+    assert_eq!((r.status.as_u16(), r.code()), (404, "SECRET_NOT_FOUND"));
+    // The same connector + name can be created again at once.
+    let r = app
+        .post(&base)
+        .as_user(&owner)
+        .org(org)
+        .json(json!({"connectorId": "github", "name": "token", "value": "ghp_new"}))
+        .send()
+        .await;
+    assert_eq!(r.status, 201);
+}
+
+#[tokio::test]
+async fn validation_order_and_errors() {
+    let app = app_with_kek().await;
+    let owner = app.signup("owner").await;
+    let org = owner.personal_org;
+    let base = format!("/v1/orgs/{org}/secrets");
+    let r = app
+        .post(&base)
+        .as_user(&owner)
+        .org(org)
+        .json(json!({"connectorId": "github", "name": "t", "value": "   "}))
+        .send()
+        .await;
+    assert_eq!(
+        (r.status.as_u16(), r.code()),
+        (400, "SECRET_VALUE_REQUIRED")
+    );
+    let r = app
+        .post(&base)
+        .as_user(&owner)
+        .org(org)
+        .json(json!({"connectorId": "nope", "name": "t", "value": "v"}))
+        .send()
+        .await;
+    assert_eq!((r.status.as_u16(), r.code()), (400, "BAD_REQUEST"));
+    assert_eq!(r.body["details"]["connectorId"], "nope");
+    assert_eq!(
+        r.body["details"]["allowed"],
+        json!([
+            "jira",
+            "github",
+            "slack",
+            "email",
+            "llm.openai",
+            "llm.anthropic",
+            "llm.gemini",
+            "llm.vertex.oauth"
+        ])
+    );
+    let r = app
+        .post(&base)
+        .as_user(&owner)
+        .org(org)
+        .json(json!({"connectorId": "github"}))
+        .send()
+        .await;
+    assert_eq!((r.status.as_u16(), r.code()), (400, "BAD_REQUEST"));
+    assert!(r.body["details"]["fieldErrors"]["value"].is_array());
+    let big = "x".repeat(64 * 1024 + 1);
+    let r = app
+        .post(&base)
+        .as_user(&owner)
+        .org(org)
+        .json(json!({"connectorId": "github", "name": "t", "value": big}))
+        .send()
+        .await;
+    assert_eq!((r.status.as_u16(), r.code()), (400, "BAD_REQUEST"));
+    // Org context before body validation.
+    let r = app.post(&base).as_user(&owner).json(json!({})).send().await;
+    assert_eq!(r.code(), "ORG_CONTEXT_REQUIRED");
+    // Non-UUID secret id: 404, not 500.
+    let r = app
+        .put(&format!("{base}/not-a-uuid"))
+        .as_user(&owner)
+        .org(org)
+        .json(json!({"value": "v"}))
+        .send()
+        .await;
+    assert_eq!((r.status.as_u16(), r.code()), (404, "SECRET_NOT_FOUND"));
+    let r = app
+        .put(&format!("{base}/{}", Uuid::new_v4()))
+        .as_user(&owner)
+        .org(org)
+        .json(json!({"value": "v"}))
+        .send()
+        .await;
+    assert_eq!((r.status.as_u16(), r.code()), (404, "SECRET_NOT_FOUND"));
+}
+
+#[tokio::test]
+async fn without_kek_writes_fail_but_list_and_delete_work() {
+    let app = common::spawn().await;
+    let owner = app.signup("owner").await;
+    let org = owner.personal_org;
+    let base = format!("/v1/orgs/{org}/secrets");
+    let r = app
+        .post(&base)
+        .as_user(&owner)
+        .org(org)
+        .json(json!({"connectorId": "github", "name": "t", "value": "v"}))
+        .send()
+        .await;
+    assert_eq!(
+        (r.status.as_u16(), r.code()),
+        (503, "SECRETS_NOT_CONFIGURED")
+    );
+    let r = app
+        .put(&format!("{base}/{}", Uuid::new_v4()))
+        .as_user(&owner)
+        .org(org)
+        .json(json!({"value": "v"}))
+        .send()
+        .await;
+    assert_eq!(
+        (r.status.as_u16(), r.code()),
+        (503, "SECRETS_NOT_CONFIGURED")
+    );
+    let r = app.get(&base).as_user(&owner).org(org).send().await;
+    assert_eq!((r.status.as_u16(), &r.body), (200, &json!({"secrets": []})));
+    let r = app
+        .delete(&format!("{base}/{}", Uuid::new_v4()))
+        .as_user(&owner)
+        .org(org)
+        .send()
+        .await;
+    assert_eq!(r.code(), "SECRET_NOT_FOUND");
+}
+
+/// Reads the raw row as the owner role (FORCE RLS: it needs the org context too).
+async fn raw_row(app: &TestApp, org: Uuid) -> (String, Vec<u8>, Vec<u8>, Uuid) {
+    let db = app.owner_db().await;
+    db.batch_execute(&format!(
+        "SELECT set_config('app.current_org_id', '{org}', false)"
+    ))
+    .await
+    .expect("ctx");
+    let row = db
+        .query_one(
+            "SELECT kek_id, secret_ciphertext, dek_ciphertext, id FROM connector_secrets LIMIT 1",
+            &[],
+        )
+        .await
+        .expect("row");
+    (row.get(0), row.get(1), row.get(2), row.get(3))
+}
+
+#[tokio::test]
+async fn stored_as_ciphertext_bound_to_its_org() {
+    let app = app_with_kek().await;
+    let a = app.signup("a").await;
+    let b = app.signup("b").await;
+    let (org_a, org_b) = (a.personal_org, b.personal_org);
+    let value = "ghp_super_secret_value_123";
+    let r = app
+        .post(&format!("/v1/orgs/{org_a}/secrets"))
+        .as_user(&a)
+        .org(org_a)
+        .json(json!({"connectorId": "github", "name": "token", "value": value}))
+        .send()
+        .await;
+    assert_eq!(r.status, 201);
+    let id: Uuid = r.body["secret"]["id"]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .expect("id");
+
+    let (kek_id, ct, dek, _) = raw_row(&app, org_a).await;
+    assert_eq!(kek_id, "test-kek-v1");
+    assert!(
+        !ct.windows(value.len()).any(|w| w == value.as_bytes()),
+        "plaintext stored"
+    );
+    assert_eq!(dek.len(), 32, "wrapped DEK without its tag");
+
+    // The runtime can reveal it in its own org...
+    let plain = secrets::reveal(&app.state.db, &app.state.secrets, org_a, id)
+        .await
+        .expect("reveal");
+    assert_eq!(plain.as_str(), value);
+    // ...but not through another org's context (RLS: not found).
+    assert!(matches!(
+        secrets::reveal(&app.state.db, &app.state.secrets, org_b, id).await,
+        Err(secrets::SecretAccessError::NotFound)
+    ));
+    // Moving the ciphertext row to org B (someone with DB write access) makes it undecryptable: AAD.
+    let db = app.owner_db().await;
+    db.batch_execute(&format!(
+        "BEGIN; SELECT set_config('app.current_org_id', '{org_a}', true); \
+         ALTER TABLE connector_secrets NO FORCE ROW LEVEL SECURITY; \
+         UPDATE connector_secrets SET organization_id = '{org_b}' WHERE id = '{id}'; \
+         ALTER TABLE connector_secrets FORCE ROW LEVEL SECURITY; COMMIT;"
+    ))
+    .await
+    .expect("move row");
+    assert!(matches!(
+        secrets::reveal(&app.state.db, &app.state.secrets, org_b, id).await,
+        Err(secrets::SecretAccessError::Crypto(_))
+    ));
+    // B's admin cannot touch A's secret through B's routes, nor A's routes.
+    let r = app
+        .get(&format!("/v1/orgs/{org_a}/secrets"))
+        .as_user(&b)
+        .org(org_a)
+        .send()
+        .await;
+    assert_eq!(r.code(), "ORG_ACCESS_DENIED");
+}
+
+#[tokio::test]
+async fn kek_rotation_rewraps_and_old_key_can_be_dropped() {
+    let app = app_with_kek().await;
+    let owner = app.signup("owner").await;
+    let org = owner.personal_org;
+    let mut ids = Vec::new();
+    for name in ["a", "b", "c"] {
+        let r = app
+            .post(&format!("/v1/orgs/{org}/secrets"))
+            .as_user(&owner)
+            .org(org)
+            .json(json!({"connectorId": "slack", "name": name, "value": format!("v-{name}")}))
+            .send()
+            .await;
+        assert_eq!(r.status, 201);
+        ids.push(
+            r.body["secret"]["id"]
+                .as_str()
+                .and_then(|s| s.parse::<Uuid>().ok())
+                .expect("id"),
+        );
+    }
+    let (_, ct_before, _, _) = raw_row(&app, org).await;
+
+    // A keyring that lacks the old key: start-up would refuse it.
+    let new_only = Keyring::new("test-kek-v2", &kek(9), "").expect("ring");
+    assert_eq!(
+        secrets::unknown_keks(&app.state.db, &new_only)
+            .await
+            .expect("check"),
+        ["test-kek-v1"]
+    );
+
+    // Rotate: new active key, old one decrypt-only.
+    let ring =
+        Keyring::new("test-kek-v2", &kek(9), &format!("test-kek-v1:{}", kek(7))).expect("ring");
+    let report = secrets::rotate_all(&app.state.db, &ring)
+        .await
+        .expect("rotate");
+    assert_eq!((report.orgs, report.rewrapped, report.failed), (1, 3, 0));
+    // Idempotent: nothing left to do.
+    let again = secrets::rotate_all(&app.state.db, &ring)
+        .await
+        .expect("rotate again");
+    assert_eq!((again.orgs, again.rewrapped), (0, 0));
+
+    let (kek_id, ct_after, _, _) = raw_row(&app, org).await;
+    assert_eq!(kek_id, "test-kek-v2");
+    assert_eq!(ct_before, ct_after, "only the DEK is re-wrapped");
+    assert!(secrets::unknown_keks(&app.state.db, &new_only)
+        .await
+        .expect("check")
+        .is_empty());
+    for (id, name) in ids.iter().zip(["a", "b", "c"]) {
+        let v = secrets::reveal(&app.state.db, &new_only, org, *id)
+            .await
+            .expect("reveal with new key only");
+        assert_eq!(v.as_str(), format!("v-{name}"));
+    }
+}
