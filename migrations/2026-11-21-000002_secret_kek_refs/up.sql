@@ -1,6 +1,7 @@
--- Which KEKs wrap secrets of which orgs, kept by a trigger. Start-up reads it to refuse a keyring that
--- cannot decrypt existing secrets, and `vespid secrets rotate` reads it to find the orgs to re-wrap,
--- without any cross-tenant read of `connector_secrets` itself (that table stays strictly RLS-bound).
+-- Which KEKs wrap secrets of which orgs, kept by a trigger. Start-up asks `app.secret_kek_ids()` (key ids
+-- only) to refuse a keyring that cannot decrypt existing secrets; `vespid secrets rotate` reads the table as
+-- the owner role to find the orgs to re-wrap. The application role cannot read the table itself (it lists
+-- org ids across tenants), and `connector_secrets` stays strictly RLS-bound.
 CREATE TABLE secret_kek_refs (
   organization_id uuid NOT NULL REFERENCES organizations(id) ON DELETE CASCADE,
   kek_id text NOT NULL,
@@ -28,11 +29,17 @@ CREATE TRIGGER connector_secrets_kek_refs
   AFTER INSERT OR UPDATE OF kek_id, organization_id OR DELETE ON connector_secrets
   FOR EACH ROW EXECUTE FUNCTION app.track_secret_kek();
 
+-- Key ids in use, nothing about tenants.
+CREATE OR REPLACE FUNCTION app.secret_kek_ids() RETURNS SETOF text
+  LANGUAGE sql STABLE SECURITY DEFINER SET search_path = public, pg_temp AS $$
+  SELECT DISTINCT kek_id FROM secret_kek_refs WHERE rows > 0
+$$;
+REVOKE EXECUTE ON FUNCTION app.secret_kek_ids() FROM PUBLIC;
+
 DO $$
 BEGIN
   IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'vespid_app') THEN
-    -- Read-only for the app: the trigger (running as the owner) is the only writer.
-    GRANT SELECT ON secret_kek_refs TO vespid_app;
     REVOKE EXECUTE ON FUNCTION app.track_secret_kek() FROM PUBLIC;
+    GRANT EXECUTE ON FUNCTION app.secret_kek_ids() TO vespid_app;
   END IF;
 END $$;

@@ -14,7 +14,7 @@ pub fn init(config: &Config) {
         .and_then(|f| EnvFilter::try_new(f).ok())
         .unwrap_or_else(|| {
             EnvFilter::new(format!(
-                "{level},actix_server=warn,fred=warn,hyper=warn,reqwest=warn"
+                "{level},actix_server=warn,fred=warn,hyper=warn,reqwest=warn,tokio_postgres=warn"
             ))
         });
     let json = match config.server.log_format {

@@ -52,7 +52,8 @@ impl Redis {
         let subscriber = b.build_subscriber_client()?;
         client.connect();
         subscriber.connect();
-        let _ = subscriber.manage_subscriptions();
+        // Re-subscribes after reconnects; the task lives as long as the client.
+        drop(subscriber.manage_subscriptions());
         let wait = tokio::time::timeout(timeout, client.wait_for_connect()).await;
         if !matches!(wait, Ok(Ok(()))) {
             tracing::warn!(

@@ -106,8 +106,15 @@ async fn check_keyring(state: &AppState) -> Result<(), ServeError> {
 
 /// `vespid secrets rotate`.
 pub async fn rotate_secrets(config: Config) -> Result<(), ServeError> {
+    let owner_url = if config.database.migrate_url.is_empty() {
+        config.database.url.expose().to_string()
+    } else {
+        config.database.migrate_url.expose().to_string()
+    };
     let state = AppState::build(config, None).await?;
-    let report = secrets::rotate_all(&state.db, &state.secrets)
+    let owner = crate::platform::db::build_pool(&owner_url, 1, std::time::Duration::from_secs(5))
+        .map_err(|e| ServeError::Rotate(e.to_string()))?;
+    let report = secrets::rotate_all(&state.db, &owner, &state.secrets)
         .await
         .map_err(|e| ServeError::Rotate(e.to_string()))?;
     println!(

@@ -251,10 +251,32 @@ async fn cookie_only_create_org_returns_working_access_token() {
 async fn refresh_with_cookie_returns_new_session_for_same_session_id() {
     let app = spawn().await;
     let u = app.signup("refresh").await;
+    // Bring the session close to its end: refreshing slides it to now + SESSION_TTL_SEC.
+    let db = owner_as_user(&app, &u.id.to_string()).await;
+    let n = db
+        .execute(
+            "UPDATE auth_sessions SET expires_at = now() + interval '1 hour', \
+                    last_used_at = now() - interval '1 day' WHERE id = $1::text::uuid",
+            &[&u.session_id.to_string()],
+        )
+        .await
+        .expect("shorten session");
+    assert_eq!(n, 1);
     let r = refresh(&app, &u.cookie).await;
     assert_eq!(st(&r), 200, "{:?}", r.body);
     assert_eq!(session_id_of(&r), u.session_id.to_string());
     assert_eq!(user_id_of(&r), u.id.to_string());
+    let row = db
+        .query_one(
+            "SELECT expires_at > now() + interval '6 days', last_used_at > now() - interval '1 minute', \
+                    refresh_token_hash FROM auth_sessions WHERE id = $1::text::uuid",
+            &[&u.session_id.to_string()],
+        )
+        .await
+        .expect("row");
+    assert!(row.get::<_, bool>(0), "expires_at slid forward");
+    assert!(row.get::<_, bool>(1), "last_used_at updated");
+    assert_eq!(row.get::<_, String>(2), sha256_hex(&cookie_of(&r)));
     assert_eq!(r.body["user"]["email"], u.email.as_str());
     let new_cookie = cookie_of(&r);
     assert_ne!(new_cookie, u.cookie, "refresh rotates the cookie");
@@ -348,6 +370,10 @@ async fn signup_rejects_invalid_payloads_with_field_details() {
         (json!({ "password": PASSWORD }), "email"),
         (json!({ "email": good, "password": 12345678 }), "password"),
         (json!({ "email": null, "password": PASSWORD }), "email"),
+        (
+            json!({ "email": format!(" {good}"), "password": PASSWORD }),
+            "email",
+        ),
     ] {
         let r = app.post("/v1/auth/signup").json(body.clone()).send().await;
         assert_eq!(
@@ -716,12 +742,13 @@ async fn parallel_refreshes_with_one_cookie_only_one_wins() {
 
 #[tokio::test]
 async fn absolute_session_lifetime_caps_sliding_refresh() {
-    let app = spawn_with(Options::default().env("SESSION_ABSOLUTE_TTL_SEC", "3")).await;
+    let app = spawn_with(Options::default().env("SESSION_ABSOLUTE_TTL_SEC", "4")).await;
     let email = app.unique_email("absolute");
     let r = signup_raw(&app, &email, PASSWORD).await;
-    // Server timestamps are whole seconds: the session ends between 2 and 3 s after the signup request.
+    // Server timestamps are whole seconds: the session ends between 3 and 4 s after the signup request.
     let signed_up = Instant::now();
     assert_eq!(st(&r), 201, "{:?}", r.body);
+    let (uid, sid) = (user_id_of(&r), session_id_of(&r));
     let r = refresh(&app, &cookie_of(&r)).await;
     assert_eq!(
         st(&r),
@@ -731,9 +758,22 @@ async fn absolute_session_lifetime_caps_sliding_refresh() {
     );
     let (cookie, token) = (cookie_of(&r), token_of(&r));
     assert_eq!(st(&me_bearer(&app, &token).await), 200);
+    // The sliding renewal did not extend the session past its absolute end.
+    let db = owner_as_user(&app, &uid).await;
+    let capped: bool = db
+        .query_one(
+            "SELECT expires_at <= absolute_expires_at \
+                    AND absolute_expires_at <= created_at + interval '5 seconds' \
+             FROM auth_sessions WHERE id = $1::text::uuid",
+            &[&sid],
+        )
+        .await
+        .expect("row")
+        .get(0);
+    assert!(capped, "expires_at capped by absolute_expires_at");
 
     tokio::time::sleep(
-        (signed_up + Duration::from_millis(3300)).saturating_duration_since(Instant::now()),
+        (signed_up + Duration::from_millis(4300)).saturating_duration_since(Instant::now()),
     )
     .await;
     assert_unauthorized(
@@ -1021,6 +1061,238 @@ async fn access_token_key_rotation_across_instances() {
     );
 }
 
+/// A second instance of the same deployment: same database, same Redis prefix.
+async fn second_instance(first: &TestApp, opts: Options) -> TestApp {
+    spawn_with(
+        opts.env("DATABASE_URL", &common::app_url(&first.db))
+            .env("DATABASE_MIGRATE_URL", &common::owner_url(&first.db))
+            .env("REDIS_KEY_PREFIX", &format!("test:{}:", first.db)),
+    )
+    .await
+}
+
+/// Polls `f` for up to 2 s until it gives `want` (instances learn revocations over Redis pub/sub, which takes
+/// milliseconds, not the cache TTL). Returns the last answer.
+async fn poll_for<F, Fut>(want: u16, mut f: F) -> Resp
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Resp>,
+{
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let r = f().await;
+        if st(&r) == want || Instant::now() >= deadline {
+            return r;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn eventually<F, Fut>(want: u16, what: &str, f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Resp>,
+{
+    let r = poll_for(want, f).await;
+    assert_eq!(
+        st(&r),
+        want,
+        "{what}: expected {want}, still {} after 2 s: {:?}",
+        st(&r),
+        r.body
+    );
+}
+
+#[tokio::test]
+async fn revocations_reach_other_instances() {
+    let a = spawn().await;
+    let b = second_instance(&a, Options::default()).await;
+    let u = a.signup("multi").await;
+    let l = login(&a, &u.email, PASSWORD).await;
+    let v = a.signup("multi-theft").await;
+    let w = a.signup("multi-all").await;
+    let w2 = token_of(&login(&a, &w.email, PASSWORD).await);
+    // Instance B has seen (and may cache) every session.
+    for t in [&u.token, &token_of(&l), &v.token, &w.token, &w2] {
+        assert_eq!(st(&me_bearer(&b, t).await), 200);
+    }
+
+    // Logout on A.
+    assert_eq!(
+        st(&a.post("/v1/auth/logout").bearer(&u.token).send().await),
+        200
+    );
+    eventually(401, "logged-out token on B", || me_bearer(&b, &u.token)).await;
+    assert_eq!(
+        st(&me_bearer(&b, &token_of(&l)).await),
+        200,
+        "other session unaffected"
+    );
+
+    // Theft detection on A.
+    let r = refresh(&a, &v.cookie).await;
+    assert_eq!(st(&r), 200);
+    assert_unauthorized(&refresh(&a, &v.cookie).await, "reuse");
+    eventually(401, "token of a stolen session on B", || {
+        me_bearer(&b, &v.token)
+    })
+    .await;
+
+    // logout-all on A.
+    let r = a.post("/v1/auth/logout-all").bearer(&w.token).send().await;
+    assert_eq!(r.body["revokedCount"], 2, "{:?}", r.body);
+    eventually(401, "logout-all, first session on B", || {
+        me_bearer(&b, &w.token)
+    })
+    .await;
+    eventually(401, "logout-all, second session on B", || {
+        me_bearer(&b, &w2)
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn rotation_on_one_instance_is_seen_by_another() {
+    let a = spawn().await;
+    let b = second_instance(&a, Options::default()).await;
+    let u = a.signup("multi-rotate").await;
+    // B knows the session with its first refresh token.
+    assert_eq!(st(&me_cookie(&b, &u.cookie).await), 200);
+    assert_eq!(st(&me_bearer(&b, &u.token).await), 200);
+
+    let r = refresh(&a, &u.cookie).await;
+    assert_eq!(st(&r), 200, "{:?}", r.body);
+    let new_cookie = cookie_of(&r);
+    // The current cookie authenticates on B, the superseded one does not.
+    let current = poll_for(200, || me_cookie(&b, &new_cookie)).await;
+    let superseded = poll_for(401, || me_cookie(&b, &u.cookie)).await;
+    assert_eq!(
+        (st(&current), st(&superseded)),
+        (200, 401),
+        "on instance B after rotating on A: current cookie {:?}, superseded cookie {:?}",
+        current.body,
+        superseded.body
+    );
+    // Refreshing on B with the current cookie works.
+    let r = refresh(&b, &new_cookie).await;
+    assert_eq!(st(&r), 200, "{:?}", r.body);
+}
+
+#[tokio::test]
+async fn unusable_or_malformed_password_hashes_never_verify() {
+    // Many failures on purpose: keep the limiter out of the way.
+    let app = spawn_with(Options::default().env("LOGIN_MAX_FAILURES", "1000")).await;
+    let db = app.owner_db().await;
+    let salt = "00112233445566778899aabbccddeeff";
+    for (i, stored) in [
+        "!oauth-only!abcdefghijklmnopqrstuvwxyz".to_string(),
+        "garbage".to_string(),
+        String::new(),
+        "$argon2id$v=19$m=19456,t=2,p=1$broken".to_string(),
+        format!("{salt}:"),
+        format!("{salt}:zz"),
+        format!("{salt}:{}", "00".repeat(32)),
+        format!("short:{}", "00".repeat(64)),
+        format!(
+            "{}:{}",
+            salt.to_uppercase().replace('0', "G"),
+            "00".repeat(64)
+        ),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let email = app.unique_email(&format!("badhash{i}"));
+        db.execute(
+            "INSERT INTO users (email, password_hash) VALUES ($1, $2)",
+            &[&email, stored],
+        )
+        .await
+        .expect("insert user");
+        for pw in [PASSWORD, "x", stored.as_str()] {
+            if pw.is_empty() {
+                continue;
+            }
+            let r = login(&app, &email, pw).await;
+            assert_eq!(
+                r.body,
+                json!({ "code": "UNAUTHORIZED", "message": "Invalid credentials" }),
+                "hash {stored:?}, password {pw:?}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn custom_cookie_name_and_session_ttl() {
+    let app = spawn_with(
+        Options::default()
+            .env("SESSION_COOKIE_NAME", "my_sess")
+            .env("SESSION_TTL_SEC", "3600"),
+    )
+    .await;
+    let r = signup_raw(&app, &app.unique_email("cname"), PASSWORD).await;
+    assert_eq!(st(&r), 201);
+    assert!(r.cookie(COOKIE).is_none(), "default name not used");
+    let line = r.set_cookie_line("my_sess").expect("custom cookie");
+    assert!(line.contains("Max-Age=3600"), "{line}");
+    let cookie = r.cookie("my_sess").expect("value");
+    let (uid, sid) = (user_id_of(&r), session_id_of(&r));
+    let db = owner_as_user(&app, &uid).await;
+    let ok: bool = db
+        .query_one(
+            "SELECT expires_at BETWEEN now() + interval '3500 seconds' AND now() + interval '3700 seconds' \
+             FROM auth_sessions WHERE id = $1::text::uuid",
+            &[&sid],
+        )
+        .await
+        .expect("row")
+        .get(0);
+    assert!(ok, "expires_at = now + SESSION_TTL_SEC");
+    // Refresh reads the configured name only.
+    let r = app
+        .post("/v1/auth/refresh")
+        .cookie(COOKIE, &cookie)
+        .send()
+        .await;
+    assert_unauthorized(&r, "cookie under the default name");
+    assert_eq!(r.body["message"], "Session cookie is required");
+    let r = app
+        .post("/v1/auth/refresh")
+        .cookie("my_sess", &cookie)
+        .send()
+        .await;
+    assert_eq!(st(&r), 200, "{:?}", r.body);
+    assert!(r.set_cookie_line("my_sess").is_some());
+    let r = app
+        .get("/v1/me")
+        .cookie("my_sess", &r.cookie("my_sess").expect("rotated"))
+        .send()
+        .await;
+    assert_eq!(st(&r), 200, "{:?}", r.body);
+}
+
+#[tokio::test]
+async fn login_limit_lifts_after_the_window() {
+    let app = spawn_with(
+        Options::default()
+            .env("LOGIN_MAX_FAILURES", "2")
+            .env("LOGIN_FAILURE_WINDOW_SEC", "1"),
+    )
+    .await;
+    let u = app.signup("window").await;
+    for _ in 0..2 {
+        assert_unauthorized(&login(&app, &u.email, "Wrong-password-1").await, "failure");
+    }
+    let r = login(&app, &u.email, PASSWORD).await;
+    assert_eq!((st(&r), r.code()), (429, "RATE_LIMITED"), "{:?}", r.body);
+    let secs = retry_after(&r);
+    assert_eq!(secs, 1, "Retry-After within the 1 s window");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let r = login(&app, &u.email, PASSWORD).await;
+    assert_eq!(st(&r), 200, "after Retry-After: {:?}", r.body);
+}
+
 // ---------------------------------------------------------------------------------------------------------
 // CSRF on cookie authentication (Improve)
 
@@ -1069,6 +1341,34 @@ async fn cookie_authenticated_writes_require_the_web_origin() {
     assert_eq!(st(&r), 201, "own Referer: {:?}", r.body);
     let r = create(None, true, false).await;
     assert_eq!(st(&r), 201, "no Origin (non-browser client): {:?}", r.body);
+    let r = create(Some(("origin", "null")), true, false).await;
+    assert_eq!(
+        (st(&r), r.code()),
+        (403, "FORBIDDEN"),
+        "Origin: null: {:?}",
+        r.body
+    );
+    // Origin wins over Referer.
+    let r = app
+        .post("/v1/orgs")
+        .header("origin", EVIL)
+        .header("referer", "http://localhost:3000/orgs/new")
+        .cookie(COOKIE, &u.cookie)
+        .json(json!({ "name": "Csrf Org", "slug": slug() }))
+        .send()
+        .await;
+    assert_eq!((st(&r), r.code()), (403, "FORBIDDEN"), "{:?}", r.body);
+    // Other unsafe methods too.
+    let org = u.personal_org;
+    let r = app
+        .put(&format!("/v1/orgs/{org}/settings"))
+        .org(org)
+        .header("origin", EVIL)
+        .cookie(COOKIE, &u.cookie)
+        .json(json!({ "tools": { "shellRunEnabled": true } }))
+        .send()
+        .await;
+    assert_eq!((st(&r), r.code()), (403, "FORBIDDEN"), "PUT: {:?}", r.body);
     // Bearer authentication is not affected by a foreign Origin.
     let r = create(Some(("origin", EVIL)), false, true).await;
     assert_eq!(st(&r), 201, "bearer with foreign Origin: {:?}", r.body);
@@ -1453,6 +1753,11 @@ async fn logs_never_contain_credentials() {
         .env("API_LOG_LEVEL", "debug")
         .env("LOG_FORMAT", "json")
         .env("LOGIN_MAX_FAILURES", "2")
+        .env("SECRETS_KEK_ID", "test-kek-v1")
+        .env(
+            "SECRETS_KEK_BASE64",
+            base64::engine::general_purpose::STANDARD.encode([7u8; 32]),
+        )
         .stdout(out)
         .stderr(err)
         .spawn()
@@ -1612,6 +1917,45 @@ async fn logs_never_contain_credentials() {
         )
         .await;
     assert_eq!(st(&r), 200, "{:?}", r.body);
+    // Connector secret values, created and rotated.
+    let secret1 = format!("ghp_log_secret_{}", Uuid::new_v4().simple());
+    let secret2 = format!("ghp_log_rotated_{}", Uuid::new_v4().simple());
+    secrets.push(("secret value".into(), secret1.clone()));
+    secrets.push(("rotated secret value".into(), secret2.clone()));
+    let r = api
+        .send(
+            Method::POST,
+            &format!("/v1/orgs/{org}/secrets"),
+            Some(json!({ "connectorId": "github", "name": "token", "value": secret1 })),
+            &[("authorization", &l1_bearer), ("x-org-id", &org)],
+        )
+        .await;
+    assert_eq!(st(&r), 201, "{:?}", r.body);
+    let secret_id = r.body["secret"]["id"]
+        .as_str()
+        .expect("secret id")
+        .to_string();
+    let r = api
+        .send(
+            Method::PUT,
+            &format!("/v1/orgs/{org}/secrets/{secret_id}"),
+            Some(json!({ "value": secret2 })),
+            &[("authorization", &l1_bearer), ("x-org-id", &org)],
+        )
+        .await;
+    assert_eq!(st(&r), 200, "{:?}", r.body);
+    // A failing OAuth callback (logged as oauth_callback_failed) must not log the code.
+    let code = format!("oauthcode{}", Uuid::new_v4().simple());
+    secrets.push(("OAuth code".into(), code.clone()));
+    let r = api
+        .send(
+            Method::GET,
+            &format!("/v1/auth/oauth/google/callback?code={code}&state=s{code}&mode=json"),
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(st(&r), 401, "{:?}", r.body);
     // Failed logins up to the limit (rate-limit warning).
     for _ in 0..2 {
         let r = api
@@ -1655,13 +1999,30 @@ async fn logs_never_contain_credentials() {
         "rate-limit warning missing:\n{text}"
     );
     assert!(
+        text.contains("oauth_callback_failed"),
+        "OAuth failure event missing:\n{text}"
+    );
+    assert!(
+        text.contains("/v1/auth/refresh"),
+        "debug request lines missing:\n{text}"
+    );
+    assert!(
         text.contains("invitation_accept_failed"),
         "accept warning missing:\n{text}"
     );
     let mut leaks = Vec::new();
     for (what, value) in &secrets {
-        if let Some(line) = text.lines().find(|l| l.contains(value.as_str())) {
-            leaks.push(format!("{what} in: {line}"));
+        // In clear, and as the decimal byte list that debug-printed query parameters use.
+        let bytes = value
+            .bytes()
+            .map(|b| b.to_string())
+            .collect::<Vec<_>>()
+            .join(", ");
+        for (form, needle) in [("", value.as_str()), (" (as bytes)", bytes.as_str())] {
+            if let Some(line) = text.lines().find(|l| l.contains(needle)) {
+                let line: String = line.chars().take(600).collect();
+                leaks.push(format!("{what}{form} in: {line}"));
+            }
         }
     }
     assert!(

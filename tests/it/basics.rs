@@ -108,7 +108,7 @@ async fn error_envelope_at_the_edge() {
     // Malformed JSON.
     let r = app
         .post("/v1/orgs")
-        .as_user(&u)
+        .by(&u)
         .raw("application/json", "{bad")
         .send()
         .await;
@@ -119,7 +119,7 @@ async fn error_envelope_at_the_edge() {
     // JSON content type with an empty body.
     let r = app
         .post("/v1/orgs")
-        .as_user(&u)
+        .by(&u)
         .raw("application/json", "")
         .send()
         .await;
@@ -130,7 +130,7 @@ async fn error_envelope_at_the_edge() {
     // Wrong content type.
     let r = app
         .post("/v1/orgs")
-        .as_user(&u)
+        .by(&u)
         .raw("text/xml", "<a/>")
         .send()
         .await;
@@ -142,7 +142,7 @@ async fn error_envelope_at_the_edge() {
     let big = format!("{{\"name\":\"{}\"}}", "x".repeat(1024 * 1024 + 10));
     let r = app
         .post("/v1/orgs")
-        .as_user(&u)
+        .by(&u)
         .raw("application/json", big)
         .send()
         .await;
@@ -157,12 +157,7 @@ async fn error_envelope_at_the_edge() {
         json!(5),
         json!({"name": null, "slug": 3}),
     ] {
-        let r = app
-            .post("/v1/orgs")
-            .as_user(&u)
-            .json(body.clone())
-            .send()
-            .await;
+        let r = app.post("/v1/orgs").by(&u).json(body.clone()).send().await;
         assert_eq!(
             (r.status.as_u16(), r.code()),
             (400, "BAD_REQUEST"),
@@ -174,7 +169,7 @@ async fn error_envelope_at_the_edge() {
     // Non-UUID path ids: a clear 4xx.
     let r = app
         .get("/v1/orgs/not-a-uuid/settings")
-        .as_user(&u)
+        .by(&u)
         .org("not-a-uuid")
         .send()
         .await;
@@ -182,7 +177,7 @@ async fn error_envelope_at_the_edge() {
     let org = u.personal_org;
     let r = app
         .post(&format!("/v1/orgs/{org}/members/not-a-uuid/role"))
-        .as_user(&u)
+        .by(&u)
         .org(org)
         .json(json!({"roleKey": "admin"}))
         .send()

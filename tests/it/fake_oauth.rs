@@ -468,9 +468,11 @@ async fn github_token(s: web::Data<Inner>, req: HttpRequest, body: web::Bytes) -
 }
 
 /// GitHub's REST rules: a User-Agent is required, a token must be valid.
-fn github_api_grant(s: &Inner, req: &HttpRequest) -> Result<Grant, HttpResponse> {
+fn github_api_grant(s: &Inner, req: &HttpRequest) -> Result<Grant, Box<HttpResponse>> {
     if !req.headers().contains_key(header::USER_AGENT) {
-        return Err(HttpResponse::Forbidden().body("User-Agent required"));
+        return Err(Box::new(
+            HttpResponse::Forbidden().body("User-Agent required"),
+        ));
     }
     let accept_ok = req
         .headers()
@@ -478,17 +480,17 @@ fn github_api_grant(s: &Inner, req: &HttpRequest) -> Result<Grant, HttpResponse>
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.contains("application/vnd.github+json"));
     if !accept_ok {
-        return Err(HttpResponse::NotAcceptable().finish());
+        return Err(Box::new(HttpResponse::NotAcceptable().finish()));
     }
-    grant_of(s, req)
-        .filter(|g| g.github)
-        .ok_or_else(|| HttpResponse::Unauthorized().json(json!({ "message": "Bad credentials" })))
+    grant_of(s, req).filter(|g| g.github).ok_or_else(|| {
+        Box::new(HttpResponse::Unauthorized().json(json!({ "message": "Bad credentials" })))
+    })
 }
 
 async fn github_user(s: web::Data<Inner>, req: HttpRequest) -> HttpResponse {
     let grant = match github_api_grant(&s, &req) {
         Ok(g) => g,
-        Err(res) => return res,
+        Err(res) => return *res,
     };
     if grant.code == scenario::USER_ERROR {
         return HttpResponse::InternalServerError().finish();
@@ -505,7 +507,7 @@ async fn github_user(s: web::Data<Inner>, req: HttpRequest) -> HttpResponse {
 async fn github_emails(s: web::Data<Inner>, req: HttpRequest) -> HttpResponse {
     let grant = match github_api_grant(&s, &req) {
         Ok(g) => g,
-        Err(res) => return res,
+        Err(res) => return *res,
     };
     let e = &grant.email;
     let list = match grant.code.as_str() {

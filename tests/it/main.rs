@@ -8,5 +8,6 @@ mod basics;
 mod fake_oauth;
 mod oauth;
 mod orgs;
+mod process;
 mod rls;
 mod secrets;

@@ -20,7 +20,7 @@ fn msg(r: &Resp) -> &str {
 
 async fn invite(app: &TestApp, org: Uuid, by: &User, email: &str, role: &str) -> Resp {
     app.post(&format!("/v1/orgs/{org}/invitations"))
-        .as_user(by)
+        .by(by)
         .org(org)
         .json(json!({ "email": email, "roleKey": role }))
         .send()
@@ -43,14 +43,14 @@ async fn invite_token(app: &TestApp, org: Uuid, by: &User, email: &str, role: &s
 
 async fn accept(app: &TestApp, token: &str, user: &User) -> Resp {
     app.post(&format!("/v1/invitations/{token}/accept"))
-        .as_user(user)
+        .by(user)
         .send()
         .await
 }
 
 async fn set_role(app: &TestApp, org: Uuid, by: &User, target: impl Display, role: &str) -> Resp {
     app.post(&format!("/v1/orgs/{org}/members/{target}/role"))
-        .as_user(by)
+        .by(by)
         .org(org)
         .json(json!({ "roleKey": role }))
         .send()
@@ -58,7 +58,7 @@ async fn set_role(app: &TestApp, org: Uuid, by: &User, target: impl Display, rol
 }
 
 async fn me(app: &TestApp, user: &User) -> Resp {
-    let r = app.get("/v1/me").as_user(user).send().await;
+    let r = app.get("/v1/me").by(user).send().await;
     assert_eq!(r.status, 200, "me: {:?}", r.body);
     r
 }
@@ -96,6 +96,20 @@ async fn count(db: &tokio_postgres::Client, sql: &str) -> i64 {
         .get(0)
 }
 
+/// An app with a KEK configured, so secrets can be written.
+async fn spawn_with_kek() -> TestApp {
+    spawn_with(
+        Options::default()
+            .env("SECRETS_KEK_ID", "test-kek-v1")
+            // 32 bytes of 0x07.
+            .env(
+                "SECRETS_KEK_BASE64",
+                "BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc=",
+            ),
+    )
+    .await
+}
+
 fn ts(v: &Value) -> DateTime<Utc> {
     v.as_str()
         .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
@@ -125,19 +139,14 @@ async fn strict_org_context() {
     let body = json!({ "email": app.unique_email("x"), "roleKey": "member" });
 
     // Missing header.
-    let r = app
-        .post(&path)
-        .as_user(&owner)
-        .json(body.clone())
-        .send()
-        .await;
+    let r = app.post(&path).by(&owner).json(body.clone()).send().await;
     assert_eq!(sc(&r), (400, "ORG_CONTEXT_REQUIRED"), "{:?}", r.body);
     assert_eq!(msg(&r), "X-Org-Id header is required");
     assert!(r.header("x-org-context-warning").is_none());
     // Empty header counts as missing.
     let r = app
         .post(&path)
-        .as_user(&owner)
+        .by(&owner)
         .org("")
         .json(body.clone())
         .send()
@@ -146,7 +155,7 @@ async fn strict_org_context() {
     // A random other UUID.
     let r = app
         .post(&path)
-        .as_user(&owner)
+        .by(&owner)
         .org(Uuid::new_v4())
         .json(body.clone())
         .send()
@@ -158,7 +167,7 @@ async fn strict_org_context() {
     for bad in ["not-a-uuid", "1234", long.as_str(), simple.as_str()] {
         let r = app
             .post(&path)
-            .as_user(&owner)
+            .by(&owner)
             .org(bad)
             .json(body.clone())
             .send()
@@ -169,7 +178,7 @@ async fn strict_org_context() {
     // Hex case does not matter.
     let r = app
         .post(&path)
-        .as_user(&owner)
+        .by(&owner)
         .org(org.to_string().to_uppercase())
         .json(body.clone())
         .send()
@@ -178,7 +187,7 @@ async fn strict_org_context() {
     // Outsider with the right header.
     let r = app
         .post(&path)
-        .as_user(&outsider)
+        .by(&outsider)
         .org(org)
         .json(body.clone())
         .send()
@@ -189,7 +198,7 @@ async fn strict_org_context() {
     let ghost = Uuid::new_v4();
     let r = app
         .post(&format!("/v1/orgs/{ghost}/invitations"))
-        .as_user(&owner)
+        .by(&owner)
         .org(ghost)
         .json(body.clone())
         .send()
@@ -198,16 +207,11 @@ async fn strict_org_context() {
     // Order: auth (401) before org context; org context (400) before role (403); role before body (400).
     let r = app.post(&path).json(body.clone()).send().await;
     assert_eq!(sc(&r), (401, "UNAUTHORIZED"), "{:?}", r.body);
-    let r = app
-        .post(&path)
-        .as_user(&member)
-        .json(body.clone())
-        .send()
-        .await;
+    let r = app.post(&path).by(&member).json(body.clone()).send().await;
     assert_eq!(sc(&r), (400, "ORG_CONTEXT_REQUIRED"), "{:?}", r.body);
     let r = app
         .post(&path)
-        .as_user(&member)
+        .by(&member)
         .org(org)
         .json(json!({"email": "bad"}))
         .send()
@@ -215,7 +219,7 @@ async fn strict_org_context() {
     assert_eq!(sc(&r), (403, "FORBIDDEN"), "{:?}", r.body);
     let r = app
         .post(&path)
-        .as_user(&owner)
+        .by(&owner)
         .org(org)
         .json(json!({"email": "bad", "roleKey": "owner"}))
         .send()
@@ -227,6 +231,14 @@ async fn strict_org_context() {
         "{:?}",
         r.body
     );
+    assert!(
+        r.body["details"]["fieldErrors"]["roleKey"].is_array(),
+        "{:?}",
+        r.body
+    );
+    // Owner cannot be invited.
+    let r = invite(&app, org, &owner, &app.unique_email("o"), "owner").await;
+    assert_eq!(sc(&r), (400, "BAD_REQUEST"), "{:?}", r.body);
     assert!(
         r.body["details"]["fieldErrors"]["roleKey"].is_array(),
         "{:?}",
@@ -244,7 +256,7 @@ async fn repeated_org_header_is_malformed() {
     let body = json!({ "email": app.unique_email("x"), "roleKey": "member" });
     let r = app
         .post(&path)
-        .as_user(&owner)
+        .by(&owner)
         .org(org)
         .org(org)
         .json(body)
@@ -269,7 +281,7 @@ async fn warn_mode_falls_back_but_enforces_membership() {
     let body = || json!({ "email": app.unique_email("w"), "roleKey": "member" });
 
     // Missing header: falls back to the route org.
-    let r = app.post(&path).as_user(&owner).json(body()).send().await;
+    let r = app.post(&path).by(&owner).json(body()).send().await;
     assert_eq!(r.status, 201, "{:?}", r.body);
     assert_eq!(r.body["invitation"]["organizationId"], org.to_string());
     assert_eq!(
@@ -279,7 +291,7 @@ async fn warn_mode_falls_back_but_enforces_membership() {
     // Mismatching header.
     let r = app
         .post(&path)
-        .as_user(&owner)
+        .by(&owner)
         .org(Uuid::new_v4())
         .json(body())
         .send()
@@ -295,7 +307,7 @@ async fn warn_mode_falls_back_but_enforces_membership() {
     // Malformed header: the warning is ORG_CONTEXT_REQUIRED (2.2 step 2).
     let r = app
         .post(&path)
-        .as_user(&owner)
+        .by(&owner)
         .org("nope")
         .json(body())
         .send()
@@ -308,7 +320,7 @@ async fn warn_mode_falls_back_but_enforces_membership() {
     // Correct header: no warning.
     let r = app
         .post(&path)
-        .as_user(&owner)
+        .by(&owner)
         .org(org)
         .json(body())
         .send()
@@ -318,14 +330,14 @@ async fn warn_mode_falls_back_but_enforces_membership() {
     // Membership is still enforced.
     let r = app
         .post(&path)
-        .as_user(&outsider)
+        .by(&outsider)
         .org(org)
         .json(body())
         .send()
         .await;
     assert_eq!(sc(&r), (403, "ORG_ACCESS_DENIED"), "{:?}", r.body);
     // The warning header is sent on every status.
-    let r = app.post(&path).as_user(&outsider).json(body()).send().await;
+    let r = app.post(&path).by(&outsider).json(body()).send().await;
     assert_eq!(sc(&r), (403, "ORG_ACCESS_DENIED"), "{:?}", r.body);
     assert_eq!(
         r.header("x-org-context-warning").as_deref(),
@@ -336,7 +348,7 @@ async fn warn_mode_falls_back_but_enforces_membership() {
     for header in [None, Some("not-a-uuid"), Some(org_s.as_str())] {
         let mut req = app
             .post("/v1/orgs/not-a-uuid/invitations")
-            .as_user(&owner)
+            .by(&owner)
             .json(body());
         if let Some(h) = header {
             req = req.org(h);
@@ -351,7 +363,7 @@ async fn warn_mode_falls_back_but_enforces_membership() {
     }
     let r = app
         .get("/v1/orgs/not-a-uuid/settings")
-        .as_user(&owner)
+        .by(&owner)
         .send()
         .await;
     assert_eq!(sc(&r), (400, "INVALID_ORG_CONTEXT"), "{:?}", r.body);
@@ -600,14 +612,14 @@ async fn malformed_unknown_and_mismatched_tokens() {
     assert_eq!(sc(&r), (404, "NOT_FOUND"), "{:?}", r.body);
     // X-Org-Id on accept must be a UUID and match the token's org.
     let path = format!("/v1/invitations/{token}/accept");
-    let r = app.post(&path).as_user(&user).org(other_org).send().await;
+    let r = app.post(&path).by(&user).org(other_org).send().await;
     assert_eq!(sc(&r), (400, "INVALID_ORG_CONTEXT"), "{:?}", r.body);
     assert_eq!(msg(&r), "X-Org-Id does not match invitation organization");
-    let r = app.post(&path).as_user(&user).org("nope").send().await;
+    let r = app.post(&path).by(&user).org("nope").send().await;
     assert_eq!(sc(&r), (400, "INVALID_ORG_CONTEXT"), "{:?}", r.body);
     assert_eq!(msg(&r), "X-Org-Id must be a valid UUID");
     assert_eq!(role_in(&app, &user, org).await, None);
-    let r = app.post(&path).as_user(&user).org(org).send().await;
+    let r = app.post(&path).by(&user).org(org).send().await;
     assert_eq!(r.status, 200, "{:?}", r.body);
     assert_eq!(role_in(&app, &user, org).await.as_deref(), Some("member"));
 }
@@ -733,7 +745,7 @@ async fn create_org_shape_and_validation() {
     let slug = format!("acme-{}", &Uuid::new_v4().simple().to_string()[..8]);
     let r = app
         .post("/v1/orgs")
-        .as_user(&u)
+        .by(&u)
         .json(json!({ "name": "Acme Inc", "slug": slug }))
         .send()
         .await;
@@ -762,7 +774,7 @@ async fn create_org_shape_and_validation() {
     // A zero credit balance row.
     let r = app
         .get(&format!("/v1/orgs/{org_id}/billing/credits"))
-        .as_user(&u)
+        .by(&u)
         .org(org_id)
         .send()
         .await;
@@ -774,7 +786,7 @@ async fn create_org_shape_and_validation() {
     let other = app.signup("other").await;
     let r = app
         .post("/v1/orgs")
-        .as_user(&other)
+        .by(&other)
         .json(json!({ "name": "Other", "slug": slug }))
         .send()
         .await;
@@ -801,12 +813,7 @@ async fn create_org_shape_and_validation() {
         (json!({"name": "Good"}), "slug"),
     ];
     for (body, field) in cases {
-        let r = app
-            .post("/v1/orgs")
-            .as_user(&u)
-            .json(body.clone())
-            .send()
-            .await;
+        let r = app.post("/v1/orgs").by(&u).json(body.clone()).send().await;
         assert_eq!(sc(&r), (400, "BAD_REQUEST"), "{body}: {:?}", r.body);
         assert_eq!(msg(&r), "Invalid organization payload", "{body}");
         assert!(
@@ -856,7 +863,7 @@ async fn personal_workspace_created_once_with_trial_credits() {
     // Credit balance and the trial grant.
     let r = app
         .get(&format!("/v1/orgs/{}/billing/credits", u.personal_org))
-        .as_user(&u)
+        .by(&u)
         .org(u.personal_org)
         .send()
         .await;
@@ -886,7 +893,7 @@ async fn personal_workspace_is_not_duplicated_by_parallel_requests() {
     let me_path = "/v1/me";
     let login = json!({ "email": u.email, "password": PASSWORD });
     let mut personal = u.personal_org;
-    for round in 0..3 {
+    for round in 0..5 {
         // Take the user back to "no membership": delete the personal workspace (cascades).
         let db = owner_ctx(&app, Some(u.id), Some(personal)).await;
         let n = db
@@ -905,9 +912,9 @@ async fn personal_workspace_is_not_duplicated_by_parallel_requests() {
         assert_eq!(count(&db, &mine).await, 0, "round {round}");
 
         let (m1, m2, m3, l1, l2, l3) = tokio::join!(
-            app.get(me_path).as_user(&u).send(),
-            app.get(me_path).as_user(&u).send(),
-            app.get(me_path).as_user(&u).send(),
+            app.get(me_path).by(&u).send(),
+            app.get(me_path).by(&u).send(),
+            app.get(me_path).by(&u).send(),
             app.post("/v1/auth/login").json(login.clone()).send(),
             app.post("/v1/auth/login").json(login.clone()).send(),
             app.post("/v1/auth/login").json(login.clone()).send(),
@@ -946,6 +953,120 @@ async fn personal_workspace_is_not_duplicated_by_parallel_requests() {
 }
 
 #[tokio::test]
+async fn personal_workspace_slug_collision_retries() {
+    let app = spawn().await;
+    let u = app.signup("collide").await;
+    let other = app.signup("squatter").await;
+    let slug = format!("personal-{}", &u.id.simple().to_string()[..8]);
+    // Free the user of memberships, then let someone else take the personal slug.
+    let db = owner_ctx(&app, Some(u.id), Some(u.personal_org)).await;
+    let n = db
+        .execute(
+            &format!("DELETE FROM organizations WHERE id = '{}'", u.personal_org),
+            &[],
+        )
+        .await
+        .expect("delete");
+    assert_eq!(n, 1);
+    let r = app
+        .post("/v1/orgs")
+        .by(&other)
+        .json(json!({ "name": "Squatter", "slug": slug }))
+        .send()
+        .await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let r = me(&app, &u).await;
+    let orgs = r.body["orgs"].as_array().expect("orgs");
+    assert_eq!(orgs.len(), 1, "{orgs:?}");
+    assert_eq!(orgs[0]["name"], "Personal workspace");
+    assert_eq!(orgs[0]["roleKey"], "owner");
+    let got = orgs[0]["slug"].as_str().expect("slug");
+    let suffix = got
+        .strip_prefix(&format!("{slug}-"))
+        .unwrap_or_else(|| panic!("{got} does not extend {slug}"));
+    assert!(
+        suffix.len() == 6 && suffix.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{got}"
+    );
+}
+
+#[tokio::test]
+async fn concurrent_accepts_create_one_membership() {
+    let app = spawn().await;
+    let owner = app.signup("owner").await;
+    let org = app.create_org(&owner).await;
+    for i in 0..3 {
+        let user = app.signup(&format!("twice{i}")).await;
+        let token = invite_token(&app, org, &owner, &user.email, "member").await;
+        let (r1, r2, r3) = tokio::join!(
+            accept(&app, &token, &user),
+            accept(&app, &token, &user),
+            accept(&app, &token, &user),
+        );
+        for r in [&r1, &r2, &r3] {
+            assert_eq!(r.status, 200, "{:?}", r.body);
+            assert_eq!(r.body["result"], r1.body["result"]);
+        }
+        let db = owner_ctx(&app, None, Some(org)).await;
+        assert_eq!(
+            count(
+                &db,
+                &format!(
+                    "SELECT count(*) FROM memberships WHERE user_id = '{}'",
+                    user.id
+                )
+            )
+            .await,
+            1
+        );
+    }
+}
+
+#[tokio::test]
+async fn concurrent_mutual_demotion_keeps_an_owner() {
+    let app = spawn().await;
+    let first = app.signup("first").await;
+    let second = app.signup("second").await;
+    let org = app.create_org(&first).await;
+    app.add_member(org, &first, &second, "member").await;
+    for round in 0..5 {
+        let r = set_role(&app, org, &first, second.id, "owner").await;
+        assert_eq!(r.status, 200, "{:?}", r.body);
+        let r = set_role(&app, org, &second, first.id, "owner").await;
+        assert_eq!(r.status, 200, "{:?}", r.body);
+        let (r1, r2) = tokio::join!(
+            set_role(&app, org, &first, second.id, "member"),
+            set_role(&app, org, &second, first.id, "member"),
+        );
+        let oks = [&r1, &r2].iter().filter(|r| r.status == 200).count();
+        assert!(
+            oks <= 1,
+            "round {round}: both owners demoted each other: {:?} / {:?}",
+            r1.body,
+            r2.body
+        );
+        let db = owner_ctx(&app, None, Some(org)).await;
+        assert!(
+            count(
+                &db,
+                "SELECT count(*) FROM memberships WHERE role_key = 'owner'"
+            )
+            .await
+                >= 1,
+            "round {round}: no owner left"
+        );
+        // Restore: whoever is still owner makes the other one owner again.
+        let (boss, other) = if role_in(&app, &first, org).await.as_deref() == Some("owner") {
+            (&first, &second)
+        } else {
+            (&second, &first)
+        };
+        let r = set_role(&app, org, boss, other.id, "owner").await;
+        assert_eq!(r.status, 200, "{:?}", r.body);
+    }
+}
+
+#[tokio::test]
 async fn no_trial_ledger_row_when_trial_credits_are_zero() {
     let app = spawn_with(Options::default().env("PERSONAL_TRIAL_CREDITS", "0")).await;
     let u = app.signup("notrial").await;
@@ -977,7 +1098,7 @@ async fn org_settings() {
     app.add_member(org, &owner, &member, "member").await;
     let path = format!("/v1/orgs/{org}/settings");
 
-    let r = app.get(&path).as_user(&owner).org(org).send().await;
+    let r = app.get(&path).by(&owner).org(org).send().await;
     assert_eq!(r.status, 200, "{:?}", r.body);
     assert_eq!(
         r.body["settings"],
@@ -993,7 +1114,7 @@ async fn org_settings() {
     );
     let r = app
         .put(&path)
-        .as_user(&owner)
+        .by(&owner)
         .org(org)
         .json(json!({"tools": {"shellRunEnabled": true}}))
         .send()
@@ -1003,7 +1124,7 @@ async fn org_settings() {
     // Section-by-section merge keeps the earlier value.
     let r = app
         .put(&path)
-        .as_user(&owner)
+        .by(&owner)
         .org(org)
         .json(json!({"llm": {"defaults": {"session": {"provider": "openai", "model": "gpt-4o"}}}}))
         .send()
@@ -1015,12 +1136,12 @@ async fn org_settings() {
         "openai"
     );
 
-    let r = app.get(&path).as_user(&member).org(org).send().await;
+    let r = app.get(&path).by(&member).org(org).send().await;
     assert_eq!(r.status, 200, "{:?}", r.body);
     assert_eq!(r.body["settings"]["tools"]["shellRunEnabled"], true);
     let r = app
         .put(&path)
-        .as_user(&member)
+        .by(&member)
         .org(org)
         .json(json!({"tools": {"shellRunEnabled": false}}))
         .send()
@@ -1037,7 +1158,7 @@ async fn org_settings() {
     ] {
         let r = app
             .put(&path)
-            .as_user(&owner)
+            .by(&owner)
             .org(org)
             .json(body.clone())
             .send()
@@ -1045,7 +1166,7 @@ async fn org_settings() {
         assert_eq!(sc(&r), (400, "BAD_REQUEST"), "{body}: {:?}", r.body);
         assert_eq!(msg(&r), "Invalid org settings payload", "{body}");
     }
-    let r = app.get(&path).as_user(&owner).org(org).send().await;
+    let r = app.get(&path).by(&owner).org(org).send().await;
     assert_eq!(r.body["settings"]["tools"]["shellRunEnabled"], true);
 }
 
@@ -1063,15 +1184,17 @@ enum Want {
 struct Route {
     name: &'static str,
     method: Method,
+    /// `{secret}` is replaced by a secret id of the org, a different one per actor.
     path: String,
     body: Option<Value>,
     /// Expected outcome for owner, admin, member, outsider.
     want: [Want; 4],
 }
 
+/// Every org-scoped route against every role (2.1). The outsider sends the right `X-Org-Id`.
 #[tokio::test]
 async fn authz_matrix() {
-    let app = spawn().await;
+    let app = spawn_with_kek().await;
     let owner = app.signup("owner").await;
     let admin = app.signup("admin").await;
     let member = app.signup("member").await;
@@ -1081,75 +1204,124 @@ async fn authz_matrix() {
     app.add_member(org, &owner, &admin, "admin").await;
     app.add_member(org, &owner, &member, "member").await;
     app.add_member(org, &owner, &target, "member").await;
+    let base = format!("/v1/orgs/{org}");
+    // One secret per actor, so a successful DELETE does not change the next actor's outcome.
+    let mut secrets = Vec::new();
+    for i in 0..4 {
+        let r = app
+            .post(&format!("{base}/secrets"))
+            .by(&owner)
+            .org(org)
+            .json(json!({"connectorId": "github", "name": format!("seed-{i}"), "value": "v"}))
+            .send()
+            .await;
+        assert_eq!(r.status, 201, "{:?}", r.body);
+        secrets.push(r.body["secret"]["id"].as_str().expect("id").to_string());
+    }
 
     use Want::{Denied, Forbidden, Ok};
     const INVITE: Want = Forbidden("Role is not allowed to invite members");
     const ROLES: Want = Forbidden("Role is not allowed to change membership roles");
     const SETTINGS: Want = Forbidden("Role is not allowed to manage org settings");
-    let base = format!("/v1/orgs/{org}");
+    const SECRETS: Want = Forbidden("Role is not allowed to manage secrets");
     let role_path = format!("{base}/members/{}/role", target.id);
+    let route = |name, method, path: String, body: Option<Value>, want| Route {
+        name,
+        method,
+        path,
+        body,
+        want,
+    };
     let routes = [
-        Route {
-            name: "invite member",
-            method: Method::POST,
-            path: format!("{base}/invitations"),
-            body: Some(json!({"email": "", "roleKey": "member"})),
-            want: [Ok(201), Ok(201), INVITE, Denied],
-        },
-        Route {
-            name: "invite admin",
-            method: Method::POST,
-            path: format!("{base}/invitations"),
-            body: Some(json!({"email": "", "roleKey": "admin"})),
-            want: [Ok(201), Ok(201), INVITE, Denied],
-        },
-        Route {
-            name: "role -> admin",
-            method: Method::POST,
-            path: role_path.clone(),
-            body: Some(json!({"roleKey": "admin"})),
-            want: [Ok(200), Ok(200), ROLES, Denied],
-        },
-        Route {
-            name: "role -> member",
-            method: Method::POST,
-            path: role_path.clone(),
-            body: Some(json!({"roleKey": "member"})),
-            want: [Ok(200), Ok(200), ROLES, Denied],
-        },
-        Route {
-            name: "get settings",
-            method: Method::GET,
-            path: format!("{base}/settings"),
-            body: None,
-            want: [Ok(200), Ok(200), Ok(200), Denied],
-        },
-        Route {
-            name: "put settings",
-            method: Method::PUT,
-            path: format!("{base}/settings"),
-            body: Some(json!({"tools": {"shellRunEnabled": true}})),
-            want: [Ok(200), Ok(200), SETTINGS, Denied],
-        },
-        Route {
-            name: "get credits",
-            method: Method::GET,
-            path: format!("{base}/billing/credits"),
-            body: None,
-            want: [Ok(200), Ok(200), Ok(200), Denied],
-        },
-        Route {
-            name: "role -> owner",
-            method: Method::POST,
-            path: role_path.clone(),
-            body: Some(json!({"roleKey": "owner"})),
-            want: [
+        route(
+            "invite member",
+            Method::POST,
+            format!("{base}/invitations"),
+            Some(json!({"email": "", "roleKey": "member"})),
+            [Ok(201), Ok(201), INVITE, Denied],
+        ),
+        route(
+            "invite admin",
+            Method::POST,
+            format!("{base}/invitations"),
+            Some(json!({"email": "", "roleKey": "admin"})),
+            [Ok(201), Ok(201), INVITE, Denied],
+        ),
+        route(
+            "role -> admin",
+            Method::POST,
+            role_path.clone(),
+            Some(json!({"roleKey": "admin"})),
+            [Ok(200), Ok(200), ROLES, Denied],
+        ),
+        route(
+            "role -> member",
+            Method::POST,
+            role_path.clone(),
+            Some(json!({"roleKey": "member"})),
+            [Ok(200), Ok(200), ROLES, Denied],
+        ),
+        route(
+            "get settings",
+            Method::GET,
+            format!("{base}/settings"),
+            None,
+            [Ok(200), Ok(200), Ok(200), Denied],
+        ),
+        route(
+            "put settings",
+            Method::PUT,
+            format!("{base}/settings"),
+            Some(json!({"tools": {"shellRunEnabled": true}})),
+            [Ok(200), Ok(200), SETTINGS, Denied],
+        ),
+        route(
+            "get credits",
+            Method::GET,
+            format!("{base}/billing/credits"),
+            None,
+            [Ok(200), Ok(200), Ok(200), Denied],
+        ),
+        route(
+            "list secrets",
+            Method::GET,
+            format!("{base}/secrets"),
+            None,
+            [Ok(200), Ok(200), SECRETS, Denied],
+        ),
+        route(
+            "create secret",
+            Method::POST,
+            format!("{base}/secrets"),
+            Some(json!({"connectorId": "slack", "name": "", "value": "xoxb-1"})),
+            [Ok(201), Ok(201), SECRETS, Denied],
+        ),
+        route(
+            "rotate secret",
+            Method::PUT,
+            format!("{base}/secrets/{{secret}}"),
+            Some(json!({"value": "rotated"})),
+            [Ok(200), Ok(200), SECRETS, Denied],
+        ),
+        route(
+            "delete secret",
+            Method::DELETE,
+            format!("{base}/secrets/{{secret}}"),
+            None,
+            [Ok(200), Ok(200), SECRETS, Denied],
+        ),
+        route(
+            "role -> owner",
+            Method::POST,
+            role_path.clone(),
+            Some(json!({"roleKey": "owner"})),
+            [
                 Ok(200),
                 Forbidden("Only owner can assign owner role"),
                 ROLES,
                 Denied,
             ],
-        },
+        ),
     ];
     let actors = [
         ("owner", &owner),
@@ -1159,14 +1331,15 @@ async fn authz_matrix() {
     ];
     let mut failures = Vec::new();
     for route in &routes {
-        for ((role, user), want) in actors.iter().zip(route.want) {
-            let mut req = app
-                .req(route.method.clone(), &route.path)
-                .as_user(user)
-                .org(org);
+        for (((role, user), want), secret) in actors.iter().zip(route.want).zip(&secrets) {
+            let path = route.path.replace("{secret}", secret);
+            let mut req = app.req(route.method.clone(), &path).by(user).org(org);
             if let Some(mut body) = route.body.clone() {
                 if body.get("email").is_some() {
                     body["email"] = json!(app.unique_email("m"));
+                }
+                if body.get("name").is_some() {
+                    body["name"] = json!(format!("n-{}", Uuid::new_v4().simple()));
                 }
                 req = req.json(body);
             }
@@ -1189,13 +1362,23 @@ async fn authz_matrix() {
 
 #[tokio::test]
 async fn cross_tenant_access_by_id() {
-    let app = spawn().await;
+    let app = spawn_with_kek().await;
     let a = app.signup("a").await;
     let b = app.signup("b").await;
     let b_member = app.signup("bm").await;
     let org_a = app.create_org(&a).await;
     let org_b = app.create_org(&b).await;
     app.add_member(org_b, &b, &b_member, "member").await;
+    let r = app
+        .post(&format!("/v1/orgs/{org_b}/secrets"))
+        .by(&b)
+        .org(org_b)
+        .json(json!({"connectorId": "github", "name": "token", "value": "ghp_b"}))
+        .send()
+        .await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let b_secret = r.body["secret"]["id"].as_str().expect("id").to_string();
+    let b_secret_updated = r.body["secret"]["updatedAt"].clone();
 
     // A's owner addresses org B directly (route and header agree).
     let base = format!("/v1/orgs/{org_b}");
@@ -1217,9 +1400,21 @@ async fn cross_tenant_access_by_id() {
             Some(json!({"tools": {"shellRunEnabled": true}})),
         ),
         (Method::GET, format!("{base}/billing/credits"), None),
+        (Method::GET, format!("{base}/secrets"), None),
+        (
+            Method::POST,
+            format!("{base}/secrets"),
+            Some(json!({"connectorId": "slack", "name": "x", "value": "v"})),
+        ),
+        (
+            Method::PUT,
+            format!("{base}/secrets/{b_secret}"),
+            Some(json!({"value": "stolen"})),
+        ),
+        (Method::DELETE, format!("{base}/secrets/{b_secret}"), None),
     ];
     for (method, path, body) in attempts {
-        let mut req = app.req(method.clone(), &path).as_user(&a).org(org_b);
+        let mut req = app.req(method.clone(), &path).by(&a).org(org_b);
         if let Some(body) = body {
             req = req.json(body);
         }
@@ -1234,7 +1429,7 @@ async fn cross_tenant_access_by_id() {
     // Header of A, route of B: strict mismatch.
     let r = app
         .get(&format!("{base}/settings"))
-        .as_user(&a)
+        .by(&a)
         .org(org_a)
         .send()
         .await;
@@ -1252,11 +1447,46 @@ async fn cross_tenant_access_by_id() {
     assert_eq!(role_in(&app, &b, org_b).await.as_deref(), Some("owner"));
     let r = app
         .get(&format!("{base}/settings"))
-        .as_user(&b)
+        .by(&b)
         .org(org_b)
         .send()
         .await;
     assert_eq!(r.body["settings"]["tools"]["shellRunEnabled"], false);
+    // B's secret id through A's own route: invisible.
+    let a_path = format!("/v1/orgs/{org_a}/secrets/{b_secret}");
+    let r = app
+        .put(&a_path)
+        .by(&a)
+        .org(org_a)
+        .json(json!({"value": "stolen"}))
+        .send()
+        .await;
+    assert_eq!(sc(&r), (404, "SECRET_NOT_FOUND"), "{:?}", r.body);
+    let r = app.delete(&a_path).by(&a).org(org_a).send().await;
+    assert_eq!(sc(&r), (404, "SECRET_NOT_FOUND"), "{:?}", r.body);
+    let r = app
+        .get(&format!("/v1/orgs/{org_a}/secrets"))
+        .by(&a)
+        .org(org_a)
+        .send()
+        .await;
+    assert_eq!(r.body["secrets"], json!([]), "{:?}", r.body);
+    let r = app
+        .get(&format!("{base}/secrets"))
+        .by(&b)
+        .org(org_b)
+        .send()
+        .await;
+    assert_eq!(
+        r.body["secrets"][0]["id"],
+        b_secret.as_str(),
+        "{:?}",
+        r.body
+    );
+    assert_eq!(
+        r.body["secrets"][0]["updatedAt"], b_secret_updated,
+        "rotated"
+    );
     // A's invitation token cannot be redeemed as an org-B token.
     let token = invite_token(&app, org_a, &a, &b_member.email, "member").await;
     let (_, secret) = token.split_once('.').expect("dot");
@@ -1277,7 +1507,7 @@ async fn role_change_takes_effect_immediately() {
     assert_eq!(r.status, 201, "{:?}", r.body);
     let r = app
         .put(&settings)
-        .as_user(&admin)
+        .by(&admin)
         .org(org)
         .json(json!({"tools": {"shellRunEnabled": true}}))
         .send()
@@ -1290,7 +1520,7 @@ async fn role_change_takes_effect_immediately() {
     assert_eq!(sc(&r), (403, "FORBIDDEN"), "{:?}", r.body);
     let r = app
         .put(&settings)
-        .as_user(&admin)
+        .by(&admin)
         .org(org)
         .json(json!({"tools": {"shellRunEnabled": false}}))
         .send()

@@ -4,11 +4,12 @@
 
 use std::collections::BTreeSet;
 
+use base64::Engine;
 use serde_json::json;
 use tokio_postgres::{Client, Error, Row};
 use uuid::Uuid;
 
-use crate::common::{spawn, TestApp, User};
+use crate::common::{spawn, spawn_with, Options, TestApp, User, PASSWORD};
 
 /// Tenant tables keyed by organization, with their org column.
 const ORG_TABLES: [(&str, &str); 6] = [
@@ -89,7 +90,7 @@ fn texts(rows: &[Row]) -> BTreeSet<String> {
 }
 
 /// Two tenants built through the API: A (owner `a`) and B (owner `b`), `m` a member of both, a pending
-/// invitation in each, sessions for everyone; plus a connector secret and a ledger row per org (no API yet).
+/// invitation and a connector secret in each, sessions for everyone; plus a ledger row per org.
 struct Fixture {
     app: TestApp,
     a: User,
@@ -100,14 +101,20 @@ struct Fixture {
 }
 
 async fn fixture() -> Fixture {
-    let app = spawn().await;
+    let kek = base64::engine::general_purpose::STANDARD.encode([7u8; 32]);
+    let app = spawn_with(
+        Options::default()
+            .env("SECRETS_KEK_ID", "test-kek-v1")
+            .env("SECRETS_KEK_BASE64", &kek),
+    )
+    .await;
     let a = app.signup("rls-a").await;
     let b = app.signup("rls-b").await;
     let m = app.signup("rls-m").await;
     // A second session for `a`.
     let r = app
         .post("/v1/auth/login")
-        .json(json!({ "email": a.email, "password": crate::common::PASSWORD }))
+        .json(json!({ "email": a.email, "password": PASSWORD }))
         .send()
         .await;
     assert_eq!(r.status, 200, "{:?}", r.body);
@@ -118,29 +125,35 @@ async fn fixture() -> Fixture {
     for (org, owner) in [(org_a, &a), (org_b, &b)] {
         let r = app
             .post(&format!("/v1/orgs/{org}/invitations"))
-            .as_user(owner)
+            .by(owner)
             .org(org)
             .json(json!({ "email": app.unique_email("pending"), "roleKey": "member" }))
             .send()
             .await;
         assert_eq!(r.status, 201, "{:?}", r.body);
+        let r = app
+            .post(&format!("/v1/orgs/{org}/secrets"))
+            .by(owner)
+            .org(org)
+            .json(json!({ "connectorId": "github", "name": "token", "value": "ghp_test_token" }))
+            .send()
+            .await;
+        assert_eq!(r.status, 201, "{:?}", r.body);
+        // No API writes ledger rows of a created org yet: one through the owner role, in the org's context.
         let mut db = app.owner_db().await;
         let tx = db.transaction().await.expect("begin");
         tx.execute(SET_CTX, &[&owner.id.to_string(), &org.to_string()])
             .await
             .expect("context");
-        tx.batch_execute(&format!(
-            "INSERT INTO connector_secrets (organization_id, connector_id, name, kek_id, dek_ciphertext, \
-               dek_iv, dek_tag, secret_ciphertext, secret_iv, secret_tag, created_by_user_id, updated_by_user_id) \
-             VALUES ('{org}', 'github', 'token', 'test-kek-v1', decode('00', 'hex'), decode('00', 'hex'), \
-               decode('00', 'hex'), decode('00', 'hex'), decode('00', 'hex'), decode('00', 'hex'), \
-               '{id}', '{id}');
-             INSERT INTO organization_credit_ledger (organization_id, delta_credits, reason) \
-             VALUES ('{org}', 5, 'test');",
-            id = owner.id
-        ))
+        tx.execute(
+            &format!(
+                "INSERT INTO organization_credit_ledger (organization_id, delta_credits, reason) \
+                 VALUES ('{org}', 5, 'test')"
+            ),
+            &[],
+        )
         .await
-        .expect("seed secret and ledger");
+        .expect("seed ledger");
         tx.commit().await.expect("commit");
     }
     Fixture {
@@ -526,7 +539,7 @@ async fn sessions_are_isolated_per_user() {
         .await,
         0
     );
-    let r = f.app.get("/v1/me").as_user(&f.a).send().await;
+    let r = f.app.get("/v1/me").by(&f.a).send().await;
     assert_eq!(r.status, 200, "{:?}", r.body);
 }
 

@@ -38,7 +38,7 @@ async fn crud_roles_and_shapes() {
 
     let r = app
         .post(&base)
-        .as_user(&owner)
+        .by(&owner)
         .org(org)
         .json(json!({"connectorId": "github", "name": "token", "value": "ghp_test_token"}))
         .send()
@@ -51,7 +51,7 @@ async fn crud_roles_and_shapes() {
 
     let r = app
         .post(&base)
-        .as_user(&owner)
+        .by(&owner)
         .org(org)
         .json(json!({"connectorId": "llm.openai", "name": "openai", "value": "sk-test"}))
         .send()
@@ -61,7 +61,7 @@ async fn crud_roles_and_shapes() {
         (201, Some("llm.openai"))
     );
 
-    let r = app.get(&base).as_user(&owner).org(org).send().await;
+    let r = app.get(&base).by(&owner).org(org).send().await;
     assert_eq!(r.status, 200);
     let list = r.body["secrets"].as_array().expect("list");
     assert_eq!(list.len(), 2);
@@ -71,14 +71,14 @@ async fn crud_roles_and_shapes() {
 
     let r = app
         .get(&format!("{base}?connectorId=llm.openai"))
-        .as_user(&owner)
+        .by(&owner)
         .org(org)
         .send()
         .await;
     assert_eq!(r.body["secrets"].as_array().map(Vec::len), Some(1));
     let r = app
         .get(&format!("{base}?connectorId="))
-        .as_user(&owner)
+        .by(&owner)
         .org(org)
         .send()
         .await;
@@ -86,7 +86,7 @@ async fn crud_roles_and_shapes() {
 
     let r = app
         .post(&base)
-        .as_user(&owner)
+        .by(&owner)
         .org(org)
         .json(json!({"connectorId": "github", "name": "token", "value": "again"}))
         .send()
@@ -99,20 +99,20 @@ async fn crud_roles_and_shapes() {
     // Members may not manage secrets at all, reading included.
     for r in [
         app.post(&base)
-            .as_user(&member)
+            .by(&member)
             .org(org)
             .json(json!({"connectorId": "github", "name": "m", "value": "x"}))
             .send()
             .await,
-        app.get(&base).as_user(&member).org(org).send().await,
+        app.get(&base).by(&member).org(org).send().await,
         app.put(&format!("{base}/{first}"))
-            .as_user(&member)
+            .by(&member)
             .org(org)
             .json(json!({"value": "x"}))
             .send()
             .await,
         app.delete(&format!("{base}/{first}"))
-            .as_user(&member)
+            .by(&member)
             .org(org)
             .send()
             .await,
@@ -127,7 +127,7 @@ async fn crud_roles_and_shapes() {
 
     let r = app
         .put(&format!("{base}/{first}"))
-        .as_user(&owner)
+        .by(&owner)
         .org(org)
         .json(json!({"value": "ghp_rotated"}))
         .send()
@@ -138,14 +138,14 @@ async fn crud_roles_and_shapes() {
 
     let r = app
         .delete(&format!("{base}/{first}"))
-        .as_user(&owner)
+        .by(&owner)
         .org(org)
         .send()
         .await;
     assert_eq!((r.status.as_u16(), &r.body), (200, &json!({"ok": true})));
     let r = app
         .delete(&format!("{base}/{first}"))
-        .as_user(&owner)
+        .by(&owner)
         .org(org)
         .send()
         .await;
@@ -153,7 +153,7 @@ async fn crud_roles_and_shapes() {
     // The same connector + name can be created again at once.
     let r = app
         .post(&base)
-        .as_user(&owner)
+        .by(&owner)
         .org(org)
         .json(json!({"connectorId": "github", "name": "token", "value": "ghp_new"}))
         .send()
@@ -169,7 +169,7 @@ async fn validation_order_and_errors() {
     let base = format!("/v1/orgs/{org}/secrets");
     let r = app
         .post(&base)
-        .as_user(&owner)
+        .by(&owner)
         .org(org)
         .json(json!({"connectorId": "github", "name": "t", "value": "   "}))
         .send()
@@ -180,7 +180,7 @@ async fn validation_order_and_errors() {
     );
     let r = app
         .post(&base)
-        .as_user(&owner)
+        .by(&owner)
         .org(org)
         .json(json!({"connectorId": "nope", "name": "t", "value": "v"}))
         .send()
@@ -202,7 +202,7 @@ async fn validation_order_and_errors() {
     );
     let r = app
         .post(&base)
-        .as_user(&owner)
+        .by(&owner)
         .org(org)
         .json(json!({"connectorId": "github"}))
         .send()
@@ -212,19 +212,19 @@ async fn validation_order_and_errors() {
     let big = "x".repeat(64 * 1024 + 1);
     let r = app
         .post(&base)
-        .as_user(&owner)
+        .by(&owner)
         .org(org)
         .json(json!({"connectorId": "github", "name": "t", "value": big}))
         .send()
         .await;
     assert_eq!((r.status.as_u16(), r.code()), (400, "BAD_REQUEST"));
     // Org context before body validation.
-    let r = app.post(&base).as_user(&owner).json(json!({})).send().await;
+    let r = app.post(&base).by(&owner).json(json!({})).send().await;
     assert_eq!(r.code(), "ORG_CONTEXT_REQUIRED");
     // Non-UUID secret id: 404, not 500.
     let r = app
         .put(&format!("{base}/not-a-uuid"))
-        .as_user(&owner)
+        .by(&owner)
         .org(org)
         .json(json!({"value": "v"}))
         .send()
@@ -232,7 +232,7 @@ async fn validation_order_and_errors() {
     assert_eq!((r.status.as_u16(), r.code()), (404, "SECRET_NOT_FOUND"));
     let r = app
         .put(&format!("{base}/{}", Uuid::new_v4()))
-        .as_user(&owner)
+        .by(&owner)
         .org(org)
         .json(json!({"value": "v"}))
         .send()
@@ -248,7 +248,7 @@ async fn without_kek_writes_fail_but_list_and_delete_work() {
     let base = format!("/v1/orgs/{org}/secrets");
     let r = app
         .post(&base)
-        .as_user(&owner)
+        .by(&owner)
         .org(org)
         .json(json!({"connectorId": "github", "name": "t", "value": "v"}))
         .send()
@@ -259,7 +259,7 @@ async fn without_kek_writes_fail_but_list_and_delete_work() {
     );
     let r = app
         .put(&format!("{base}/{}", Uuid::new_v4()))
-        .as_user(&owner)
+        .by(&owner)
         .org(org)
         .json(json!({"value": "v"}))
         .send()
@@ -268,11 +268,11 @@ async fn without_kek_writes_fail_but_list_and_delete_work() {
         (r.status.as_u16(), r.code()),
         (503, "SECRETS_NOT_CONFIGURED")
     );
-    let r = app.get(&base).as_user(&owner).org(org).send().await;
+    let r = app.get(&base).by(&owner).org(org).send().await;
     assert_eq!((r.status.as_u16(), &r.body), (200, &json!({"secrets": []})));
     let r = app
         .delete(&format!("{base}/{}", Uuid::new_v4()))
-        .as_user(&owner)
+        .by(&owner)
         .org(org)
         .send()
         .await;
@@ -306,7 +306,7 @@ async fn stored_as_ciphertext_bound_to_its_org() {
     let value = "ghp_super_secret_value_123";
     let r = app
         .post(&format!("/v1/orgs/{org_a}/secrets"))
-        .as_user(&a)
+        .by(&a)
         .org(org_a)
         .json(json!({"connectorId": "github", "name": "token", "value": value}))
         .send()
@@ -352,7 +352,7 @@ async fn stored_as_ciphertext_bound_to_its_org() {
     // B's admin cannot touch A's secret through B's routes, nor A's routes.
     let r = app
         .get(&format!("/v1/orgs/{org_a}/secrets"))
-        .as_user(&b)
+        .by(&b)
         .org(org_a)
         .send()
         .await;
@@ -368,7 +368,7 @@ async fn kek_rotation_rewraps_and_old_key_can_be_dropped() {
     for name in ["a", "b", "c"] {
         let r = app
             .post(&format!("/v1/orgs/{org}/secrets"))
-            .as_user(&owner)
+            .by(&owner)
             .org(org)
             .json(json!({"connectorId": "slack", "name": name, "value": format!("v-{name}")}))
             .send()
@@ -392,18 +392,35 @@ async fn kek_rotation_rewraps_and_old_key_can_be_dropped() {
         ["test-kek-v1"]
     );
 
-    // Rotate: new active key, old one decrypt-only.
+    // Rotate: new active key, old one decrypt-only; the owner role lists the orgs to visit.
+    let owner = vespid::platform::db::build_pool(
+        &common::owner_url(&app.db),
+        1,
+        std::time::Duration::from_secs(5),
+    )
+    .expect("owner pool");
     let ring =
         Keyring::new("test-kek-v2", &kek(9), &format!("test-kek-v1:{}", kek(7))).expect("ring");
-    let report = secrets::rotate_all(&app.state.db, &ring)
+    let report = secrets::rotate_all(&app.state.db, &owner, &ring)
         .await
         .expect("rotate");
     assert_eq!((report.orgs, report.rewrapped, report.failed), (1, 3, 0));
     // Idempotent: nothing left to do.
-    let again = secrets::rotate_all(&app.state.db, &ring)
+    let again = secrets::rotate_all(&app.state.db, &owner, &ring)
         .await
         .expect("rotate again");
     assert_eq!((again.orgs, again.rewrapped), (0, 0));
+
+    // The app role can ask which key ids are in use, but cannot list orgs across tenants.
+    let app_db = app.app_db().await;
+    let err = app_db
+        .query("SELECT * FROM secret_kek_refs", &[])
+        .await
+        .expect_err("denied");
+    assert_eq!(
+        err.code(),
+        Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE)
+    );
 
     let (kek_id, ct_after, _, _) = raw_row(&app, org).await;
     assert_eq!(kek_id, "test-kek-v2");

@@ -29,7 +29,7 @@ fn bearer(req: &HttpRequest) -> Option<String> {
 
 /// Unsafe methods authenticated by cookie must come from the web app's own origin (CSRF defence beyond
 /// SameSite=Lax). Requests without Origin/Referer (non-browser clients) pass.
-fn same_origin(req: &HttpRequest, allowed: &str) -> bool {
+pub fn same_origin(req: &HttpRequest, allowed: &str) -> bool {
     if matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS) {
         return true;
     }

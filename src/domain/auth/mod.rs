@@ -358,6 +358,10 @@ impl AuthService {
                 hash,
                 expiry,
             } => {
+                // Other instances may still hold the old hash: they must forget it now.
+                self.cache
+                    .invalidate(&self.redis, format!("session:{sid}"))
+                    .await;
                 self.cache.put_session(sid, uid, hash, ts(expiry));
                 Ok((
                     user.clone(),

@@ -147,6 +147,10 @@ async fn login(
 }
 
 async fn refresh(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    // Refresh is authenticated by the cookie alone: the same cross-site rule as other cookie writes.
+    if !super::extract::same_origin(&req, &state.config.web.base_url) {
+        return Err(ApiError::forbidden("Cross-site request rejected"));
+    }
     let cookie = req
         .cookie(&state.config.auth.session_cookie_name)
         .map(|c| c.value().to_string())

@@ -13,7 +13,7 @@ use crate::app::state::AppState;
 use crate::domain::auth::extract::AuthUser;
 use crate::domain::auth::model::Principal;
 use crate::platform::db::TenantCtx;
-use crate::platform::http::{hint, parse_uuid, request_id, route_of, ApiError};
+use crate::platform::http::{hint, org_header, parse_uuid, request_id, route_of, ApiError};
 
 #[derive(Debug, Clone)]
 pub struct OrgCtx {
@@ -82,10 +82,7 @@ pub async fn resolve(req: &HttpRequest) -> Result<OrgCtx, ApiError> {
             )
         })?;
     let strict = state.config.orgs.context_enforcement == Enforcement::Strict;
-    let header = req
-        .headers()
-        .get("x-org-id")
-        .map(|v| v.to_str().unwrap_or("\u{fffd}").to_string());
+    let header = org_header(req);
     let bad = |code: &'static str, message: &'static str| {
         ApiError::new(actix_web::http::StatusCode::BAD_REQUEST, code, message)
     };

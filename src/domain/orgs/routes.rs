@@ -11,7 +11,7 @@ use crate::app::state::AppState;
 use crate::domain::auth::extract::AuthUser;
 use crate::platform::db;
 use crate::platform::http::{
-    parse_uuid, path_uuid, request_id, route_of, ApiError, Form, JsonBody,
+    org_header, parse_uuid, path_uuid, request_id, route_of, ApiError, Form, JsonBody,
 };
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -151,8 +151,8 @@ async fn accept(
         .split_once('.')
         .and_then(|(org, _)| parse_uuid(org))
         .ok_or_else(|| ApiError::bad_request("Invalid invitation token"))?;
-    if let Some(h) = req.headers().get("x-org-id") {
-        let h = h.to_str().ok().and_then(parse_uuid).ok_or_else(|| {
+    if let Some(h) = org_header(&req) {
+        let h = parse_uuid(h.trim()).ok_or_else(|| {
             ApiError::new(
                 StatusCode::BAD_REQUEST,
                 "INVALID_ORG_CONTEXT",

@@ -183,7 +183,13 @@ pub struct RotateReport {
 
 /// Re-wraps every DEK not under the active KEK, org by org with that org's context. Idempotent and
 /// resumable: each org commits on its own, and a re-run finds only what is left.
-pub async fn rotate_all(db: &PgPool, keyring: &Keyring) -> Result<RotateReport, SecretAccessError> {
+/// `owner` is a connection pool of the owner role (it lists the orgs to visit); the re-wrap itself runs
+/// through `db` with each org's context.
+pub async fn rotate_all(
+    db: &PgPool,
+    owner: &PgPool,
+    keyring: &Keyring,
+) -> Result<RotateReport, SecretAccessError> {
     let active = keyring
         .active_id()
         .ok_or_else(|| {
@@ -191,7 +197,7 @@ pub async fn rotate_all(db: &PgPool, keyring: &Keyring) -> Result<RotateReport, 
         })?
         .to_string();
     let orgs = {
-        let mut conn = db::conn(db).await?;
+        let mut conn = db::conn(owner).await?;
         store::orgs_needing_rewrap(&mut conn, &active).await?
     };
     let mut report = RotateReport::default();

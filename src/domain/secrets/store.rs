@@ -135,17 +135,22 @@ pub async fn sealed_not_under(
         .await
 }
 
-/// Distinct KEK ids referenced by any secret (no tenant data: ids and counts only).
-pub async fn kek_ids_in_use(conn: &mut AsyncPgConnection) -> QueryResult<Vec<String>> {
-    secret_kek_refs::table
-        .filter(secret_kek_refs::rows.gt(0))
-        .select(secret_kek_refs::kek_id)
-        .distinct()
-        .load(conn)
-        .await
+#[derive(QueryableByName)]
+struct KekId {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    kek_id: String,
 }
 
-/// Orgs holding secrets under a KEK other than `active`.
+/// Distinct KEK ids referenced by any secret, through the definer function (no tenant data).
+pub async fn kek_ids_in_use(conn: &mut AsyncPgConnection) -> QueryResult<Vec<String>> {
+    diesel::sql_query("SELECT kek_id FROM app.secret_kek_ids() AS kek_id")
+        .load::<KekId>(conn)
+        .await
+        .map(|rows| rows.into_iter().map(|r| r.kek_id).collect())
+}
+
+/// Orgs holding secrets under a KEK other than `active`. Needs the owner role: the app role cannot read
+/// `secret_kek_refs`.
 pub async fn orgs_needing_rewrap(
     conn: &mut AsyncPgConnection,
     active: &str,

@@ -142,9 +142,7 @@ impl<'a> Form<'a> {
 
     /// A required string whose length (in chars) lies in `min..=max`.
     pub fn string(&mut self, key: &str, min: usize, max: usize) -> Option<String> {
-        if self.obj.is_none() {
-            return None;
-        }
+        self.obj?;
         match self.get(key) {
             None => {
                 self.invalid.field(key, "Required");

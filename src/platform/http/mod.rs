@@ -43,6 +43,17 @@ pub fn request_id(req: &HttpRequest) -> String {
         .unwrap_or_default()
 }
 
+/// The `X-Org-Id` header as one string. Repeated headers are joined with `,` (as the original saw them),
+/// which makes them malformed rather than silently using the first value; non-ASCII is malformed too.
+pub fn org_header(req: &HttpRequest) -> Option<String> {
+    let values: Vec<&str> = req
+        .headers()
+        .get_all("x-org-id")
+        .map(|v| v.to_str().unwrap_or("\u{fffd}"))
+        .collect();
+    (!values.is_empty()).then(|| values.join(","))
+}
+
 /// Records a hint for the response; used by extractors that run inside handlers.
 pub fn hint(req: &HttpRequest, f: impl FnOnce(&mut ResponseHints)) {
     let mut ext = req.extensions_mut();

@@ -73,6 +73,20 @@ pub async fn pg(url: &str) -> tokio_postgres::Client {
     client
 }
 
+/// Test databases are named `vt_<pid>_…` or `vt_tpl_<pid>`: is that process still running?
+fn owner_alive(db: &str) -> bool {
+    let pid = db
+        .trim_start_matches("vt_tpl_")
+        .trim_start_matches("vt_")
+        .split('_')
+        .next()
+        .and_then(|p| p.parse::<u32>().ok());
+    match pid {
+        Some(pid) => std::path::Path::new(&format!("/proc/{pid}")).exists(),
+        None => false,
+    }
+}
+
 async fn template() -> String {
     TEMPLATE
         .get_or_init(|| async {
@@ -88,6 +102,10 @@ async fn template() -> String {
                 .expect("list databases");
             for row in old {
                 let db: String = row.get(0);
+                // Only databases of test processes that are gone: another run may be using its own.
+                if owner_alive(&db) {
+                    continue;
+                }
                 let _ = admin
                     .batch_execute(&format!("DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)"))
                     .await;
@@ -257,7 +275,7 @@ impl<'a> Req<'a> {
         self.builder = self.builder.header("content-type", content_type).body(body);
         self
     }
-    pub fn as_user(self, u: &User) -> Self {
+    pub fn by(self, u: &User) -> Self {
         self.bearer(&u.token)
     }
     pub async fn send(self) -> Resp {
@@ -351,7 +369,7 @@ impl TestApp {
         let slug = format!("org-{}", &Uuid::new_v4().simple().to_string()[..12]);
         let r = self
             .post("/v1/orgs")
-            .as_user(owner)
+            .by(owner)
             .json(json!({ "name": "Test Org", "slug": slug }))
             .send()
             .await;
@@ -366,7 +384,7 @@ impl TestApp {
     pub async fn add_member(&self, org: Uuid, inviter: &User, user: &User, role: &str) {
         let r = self
             .post(&format!("/v1/orgs/{org}/invitations"))
-            .as_user(inviter)
+            .by(inviter)
             .org(org)
             .json(json!({ "email": user.email, "roleKey": role }))
             .send()
@@ -378,7 +396,7 @@ impl TestApp {
             .to_string();
         let r = self
             .post(&format!("/v1/invitations/{token}/accept"))
-            .as_user(user)
+            .by(user)
             .send()
             .await;
         assert_eq!(r.status, 200, "accept: {:?}", r.body);

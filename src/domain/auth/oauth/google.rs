@@ -155,10 +155,7 @@ pub async fn identify(
     let token = exchange(&client(cfg, &d)?, http, code, pending).await?;
     let nonce = Nonce::new(pending.nonce.clone());
     let (client, claims) = match verify(cfg, &d, &token, &nonce) {
-        Err(OAuthError::Exchange(cause))
-            if cause.starts_with("signature")
-                && d.fetched.elapsed() >= REFRESH_ON_UNKNOWN_KEY_AFTER =>
-        {
+        Err(Refused::Signature(_)) if d.fetched.elapsed() >= REFRESH_ON_UNKNOWN_KEY_AFTER => {
             // Maybe the provider rotated its keys since discovery: fetch them once more.
             let fresh = discovery
                 .refresh(cfg, http)
@@ -169,6 +166,16 @@ pub async fn identify(
         other => other?,
     };
 
+    identity_of(&client, http, &token, &claims).await
+}
+
+/// The email from the ID token, else from userinfo; either way it must be marked verified.
+async fn identity_of(
+    client: &Client,
+    http: &reqwest::Client,
+    token: &CoreTokenResponse,
+    claims: &Claims,
+) -> Result<Identity, OAuthError> {
     let (email, verified, name) = match claims.email() {
         Some(email) => (
             Some(email.to_string()),
@@ -179,7 +186,7 @@ pub async fn identify(
                 .map(|n| n.to_string()),
         ),
         None => {
-            let info = user_info(&client, http, &token, &claims).await?;
+            let info = user_info(client, http, token, claims).await?;
             (
                 info.email().map(|e| e.to_string()),
                 info.email_verified(),
@@ -231,25 +238,55 @@ async fn exchange(
         })
 }
 
-/// The verified ID-token claims (signature via JWKS, `iss`, `aud`, `exp`, nonce) and the client they were
-/// checked with. A nonce mismatch is its own error; signature failures start with "signature".
+/// Why an ID token was refused: a bad signature may only mean our cached keys are stale.
+enum Refused {
+    Signature(String),
+    Other(OAuthError),
+}
+
+impl From<OAuthError> for Refused {
+    fn from(e: OAuthError) -> Self {
+        Self::Other(e)
+    }
+}
+
+impl From<Refused> for OAuthError {
+    fn from(r: Refused) -> Self {
+        match r {
+            Refused::Signature(cause) => OAuthError::exchange(format!("google id_token {cause}")),
+            Refused::Other(e) => e,
+        }
+    }
+}
+
+/// The client built from `d` and the ID-token claims it verified.
 fn verify(
     cfg: &GoogleConfig,
     d: &Discovered,
     token: &CoreTokenResponse,
     nonce: &Nonce,
-) -> Result<(Client, Claims), OAuthError> {
+) -> Result<(Client, Claims), Refused> {
     let client = client(cfg, d)?;
+    let claims = verified_claims(&client, token, nonce)?;
+    Ok((client, claims))
+}
+
+/// Signature via the JWKS, `iss`, `aud`, `exp` and the nonce (its own error), then `at_hash`.
+fn verified_claims(
+    client: &Client,
+    token: &CoreTokenResponse,
+    nonce: &Nonce,
+) -> Result<Claims, Refused> {
     let id_token = token
         .id_token()
         .ok_or_else(|| OAuthError::exchange("google token response has no id_token"))?;
     let verifier = client.id_token_verifier();
     let claims = id_token.claims(&verifier, nonce).map_err(|e| match e {
-        ClaimsVerificationError::InvalidNonce(_) => OAuthError::InvalidNonce,
+        ClaimsVerificationError::InvalidNonce(_) => Refused::Other(OAuthError::InvalidNonce),
         ClaimsVerificationError::SignatureVerification(s) => {
-            OAuthError::exchange(format!("signature: {s}"))
+            Refused::Signature(format!("signature: {s}"))
         }
-        other => OAuthError::exchange(format!("google id_token: {other}")),
+        other => Refused::Other(OAuthError::exchange(format!("google id_token: {other}"))),
     })?;
     // The access token must be the one this ID token was issued with.
     if let Some(expected) = claims.access_token_hash() {
@@ -261,12 +298,10 @@ fn verify(
                 AccessTokenHash::from_token(token.access_token(), alg, key).ok()
             });
         if actual.as_ref() != Some(expected) {
-            return Err(OAuthError::exchange("google id_token at_hash mismatch"));
+            return Err(OAuthError::exchange("google id_token at_hash mismatch").into());
         }
     }
-    let claims = claims.clone();
-    drop(verifier);
-    Ok((client, claims))
+    Ok(claims.clone())
 }
 
 async fn user_info(

@@ -201,13 +201,12 @@ impl OAuthService {
         let flow = Flow::generate();
         let authorization_url = match provider {
             Provider::Google => {
-                google::authorization_url(
-                    &self.config.oauth.google,
-                    &self.google,
-                    self.http()?,
-                    &flow,
-                )
-                .await?
+                let http = self
+                    .http
+                    .as_ref()
+                    .ok_or_else(|| OAuthError::Unavailable("HTTP client unavailable".into()))?;
+                google::authorization_url(&self.config.oauth.google, &self.google, http, &flow)
+                    .await?
             }
             Provider::Github => github::authorization_url(&self.config.oauth.github, &flow)?,
         };

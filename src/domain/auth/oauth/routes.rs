@@ -157,23 +157,24 @@ fn parse_callback(pairs: &[(String, String)]) -> Result<Parsed, ApiError> {
     }
 }
 
-/// How far a failed callback got: from the consume step on, the OAuth cookies are cleared.
+/// A failed callback. Checks a-c keep the OAuth cookies (a later correct callback may still succeed);
+/// from the consume step on the flow is over and they are cleared.
 struct Failure {
     error: OAuthError,
-    consumed: bool,
+    clear_cookies: bool,
 }
 
 impl Failure {
-    fn before_consume(error: impl Into<OAuthError>) -> Self {
+    fn keeping_cookies(error: impl Into<OAuthError>) -> Self {
         Self {
             error: error.into(),
-            consumed: false,
+            clear_cookies: false,
         }
     }
-    fn after_consume(error: impl Into<OAuthError>) -> Self {
+    fn clearing_cookies(error: impl Into<OAuthError>) -> Self {
         Self {
             error: error.into(),
-            consumed: true,
+            clear_cookies: true,
         }
     }
 }
@@ -183,7 +184,8 @@ async fn callback(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpRe
     let query = match parse_callback(&query_pairs(&req))? {
         Parsed::Ok(q) => q,
         Parsed::Denied { json } => {
-            let failure = Failure::after_consume(OAuthError::AccessDenied);
+            // The flow is over; its state row is left to expire and be purged.
+            let failure = Failure::clearing_cookies(OAuthError::AccessDenied);
             return Ok(fail(&state, &req, provider, json, failure));
         }
     };
@@ -200,8 +202,9 @@ async fn sign_in(
     provider: Provider,
     query: &CallbackQuery,
 ) -> Result<(User, IssuedSession), Failure> {
-    let state_cookie = req.cookie(STATE_COOKIE);
-    let nonce_cookie = req.cookie(NONCE_COOKIE);
+    // An emptied cookie counts as missing.
+    let cookie = |name| req.cookie(name).filter(|c| !c.value().is_empty());
+    let (state_cookie, nonce_cookie) = (cookie(STATE_COOKIE), cookie(NONCE_COOKIE));
     let nonce = state
         .oauth
         .check_cookies(
@@ -209,30 +212,30 @@ async fn sign_in(
             nonce_cookie.as_ref().map(|c| c.value()),
             &query.state,
         )
-        .map_err(Failure::before_consume)?;
+        .map_err(Failure::keeping_cookies)?;
     let pending = state
         .oauth
         .consume(provider, &query.state, &nonce)
         .await
-        .map_err(Failure::after_consume)?;
+        .map_err(Failure::clearing_cookies)?;
     let identity = state
         .oauth
         .identify(provider, &query.code, &pending)
         .await
-        .map_err(Failure::after_consume)?;
+        .map_err(Failure::clearing_cookies)?;
     let user = state
         .auth
         .oauth_user(&identity.email, identity.display_name)
         .await
-        .map_err(Failure::after_consume)?;
+        .map_err(Failure::clearing_cookies)?;
     let issued = state
         .auth
         .create_session(&user, &client_meta(req))
         .await
-        .map_err(Failure::after_consume)?;
+        .map_err(Failure::clearing_cookies)?;
     orgs::ensure_personal_workspace(state, user.id)
         .await
-        .map_err(Failure::after_consume)?;
+        .map_err(Failure::clearing_cookies)?;
     Ok((user, issued))
 }
 
@@ -301,7 +304,7 @@ fn fail(
         );
         found(&location).finish()
     };
-    if failure.consumed {
+    if failure.clear_cookies {
         add_cookies(&mut res, cleared(config));
     }
     res

@@ -1,0 +1,273 @@
+//! The `vespid` binary as a user runs it: CLI, config errors, migrate, serve with JSON logs that never
+//! carry credentials, and graceful shutdown on SIGTERM.
+
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::common;
+
+const BIN: &str = env!("CARGO_BIN_EXE_vespid");
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+#[test]
+fn help_explains_roles_and_bad_config_names_the_key() {
+    let out = Command::new(BIN)
+        .args(["serve", "--help"])
+        .output()
+        .expect("run");
+    let text = String::from_utf8_lossy(&out.stdout);
+    for word in ["api", "worker", "continuation", "gateway", "all"] {
+        assert!(text.contains(word), "help lacks {word}: {text}");
+    }
+    let out = Command::new(BIN)
+        .args(["serve", "--role=all"])
+        .env("ORG_CONTEXT_ENFORCEMENT", "sometimes")
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("ORG_CONTEXT_ENFORCEMENT") && err.contains("orgs.context_enforcement"),
+        "{err}"
+    );
+    let out = Command::new(BIN)
+        .args(["serve", "--role=api,nope"])
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let out = Command::new(BIN)
+        .args(["serve"])
+        .env("VESPID_ENV", "production")
+        .output()
+        .expect("run");
+    assert!(
+        !out.status.success(),
+        "production must refuse default secrets"
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("auth.token_secret"));
+}
+
+#[tokio::test]
+async fn serve_logs_json_without_credentials_and_stops_gracefully() {
+    let db = common::fresh_db().await;
+    let port = free_port();
+    let mut child = Command::new(BIN)
+        .args(["serve", "--role=all"])
+        .env("DATABASE_URL", common::app_url(&db))
+        .env("DATABASE_MIGRATE_URL", common::owner_url(&db))
+        .env("REDIS_KEY_PREFIX", format!("test:{db}:"))
+        .env("API_HOST", "127.0.0.1")
+        .env("API_PORT", port.to_string())
+        .env("API_LOG_LEVEL", "debug")
+        .env("LOG_FORMAT", "json")
+        .env("SECRETS_KEK_ID", "k1")
+        .env(
+            "SECRETS_KEK_BASE64",
+            "BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc=",
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn vespid");
+    // Drain the pipes while the server runs: a full pipe would block its logging and so the server.
+    let mut out_pipe = child.stdout.take().expect("stdout");
+    let mut err_pipe = child.stderr.take().expect("stderr");
+    let out_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = out_pipe.read_to_string(&mut s);
+        s
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err_pipe.read_to_string(&mut s);
+        s
+    });
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    let mut up = false;
+    for _ in 0..100 {
+        if http.get(format!("{base}/healthz")).send().await.is_ok() {
+            up = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(up, "server did not come up");
+
+    // Exercise flows that handle credentials.
+    let password = "Sup3r-Secret-Passw0rd";
+    let email = format!("logs-{}@example.com", uuid::Uuid::new_v4().simple());
+    let r = http
+        .post(format!("{base}/v1/auth/signup"))
+        .json(&json!({"email": email, "password": password}))
+        .send()
+        .await
+        .expect("signup");
+    let cookie = r
+        .headers()
+        .get("set-cookie")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    let body: Value = r.json().await.expect("json");
+    let token = body["session"]["token"]
+        .as_str()
+        .expect("token")
+        .to_string();
+    let refresh = cookie.split(';').next().unwrap_or_default().to_string();
+    let me: Value = http
+        .get(format!("{base}/v1/me"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .expect("me")
+        .json()
+        .await
+        .expect("json");
+    let org = me["defaultOrgId"].as_str().expect("org").to_string();
+    let _ = http
+        .post(format!("{base}/v1/auth/login"))
+        .json(&json!({"email": email, "password": "wrong-password"}))
+        .send()
+        .await;
+    let _ = http
+        .post(format!("{base}/v1/auth/refresh"))
+        .header("cookie", &refresh)
+        .send()
+        .await;
+    let inv: Value = http
+        .post(format!("{base}/v1/orgs/{org}/invitations"))
+        .bearer_auth(&token)
+        .header("x-org-id", &org)
+        .json(&json!({"email": "someone@example.com", "roleKey": "member"}))
+        .send()
+        .await
+        .expect("invite")
+        .json()
+        .await
+        .expect("json");
+    let invite_token = inv["invitation"]["token"]
+        .as_str()
+        .expect("invite token")
+        .to_string();
+    // Accept as the wrong user: logs invitation_accept_failed, which must not carry the whole token.
+    let _ = http
+        .post(format!("{base}/v1/invitations/{invite_token}/accept"))
+        .bearer_auth(&token)
+        .send()
+        .await;
+    let secret_value = "ghp_log_canary_value_42";
+    let _ = http
+        .post(format!("{base}/v1/orgs/{org}/secrets"))
+        .bearer_auth(&token)
+        .header("x-org-id", &org)
+        .json(&json!({"connectorId": "github", "name": "t", "value": secret_value}))
+        .send()
+        .await;
+    // Outsider access: org_context_access_denied event.
+    let other_org = uuid::Uuid::new_v4();
+    let _ = http
+        .get(format!("{base}/v1/orgs/{other_org}/settings"))
+        .bearer_auth(&token)
+        .header("x-org-id", other_org.to_string())
+        .send()
+        .await;
+
+    // SIGTERM: graceful stop with exit code 0.
+    let pid = child.id().to_string();
+    let _ = Command::new("kill").args(["-TERM", &pid]).status();
+    let mut exited = None;
+    for _ in 0..150 {
+        if let Ok(Some(status)) = child.try_wait() {
+            exited = Some(status);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let status = exited.unwrap_or_else(|| {
+        let _ = child.kill();
+        panic!("vespid did not stop within 15 s of SIGTERM")
+    });
+    let mut logs = out_reader.join().expect("stdout reader");
+    logs.push_str(&err_reader.join().expect("stderr reader"));
+    assert!(status.success(), "exit status {status:?}\n{logs}");
+
+    let refresh_value = refresh.split_once('=').map(|(_, v)| v).unwrap_or_default();
+    for (what, needle) in [
+        ("password", password),
+        ("access token", token.as_str()),
+        ("refresh token", refresh_value),
+        ("invitation token", invite_token.as_str()),
+        ("secret value", secret_value),
+    ] {
+        assert!(!needle.is_empty());
+        assert!(!logs.contains(needle), "{what} leaked into logs");
+    }
+    // Every line is JSON; the spec's events carry their exact names and fields.
+    let lines: Vec<Value> = logs
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|_| panic!("not JSON: {l}")))
+        .collect();
+    let denied = lines
+        .iter()
+        .find(|l| l["event"] == "org_context_access_denied")
+        .expect("org_context_access_denied logged");
+    for field in ["userId", "orgId", "requestId", "path", "method"] {
+        assert!(denied.get(field).is_some(), "{field} missing: {denied}");
+    }
+    assert_eq!(denied["path"], "/v1/orgs/{orgId}/settings");
+    let failed = lines
+        .iter()
+        .find(|l| l["event"] == "invitation_accept_failed")
+        .expect("invitation_accept_failed logged");
+    assert_eq!(failed["reasonCode"], "FORBIDDEN");
+    assert_eq!(failed["tokenPrefix"].as_str().map(str::len), Some(8));
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["request_id"].is_string() || l["span"]["request_id"].is_string()),
+        "request ids in spans"
+    );
+}
+
+#[tokio::test]
+async fn migrate_command_is_idempotent() {
+    let admin = common::pg(&common::admin_url()).await;
+    let db = format!(
+        "vt_{}_migrate_{}",
+        std::process::id(),
+        uuid::Uuid::new_v4().simple()
+    );
+    admin
+        .batch_execute(&format!("CREATE DATABASE \"{db}\""))
+        .await
+        .expect("create");
+    for expected in ["2 migration(s) applied", "0 migration(s) applied"] {
+        let out = Command::new(BIN)
+            .arg("migrate")
+            .env("DATABASE_MIGRATE_URL", common::owner_url(&db))
+            .env("API_LOG_LEVEL", "silent")
+            .output()
+            .expect("run");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{text} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(text.contains(expected), "{text}");
+    }
+    let _ = admin
+        .batch_execute(&format!("DROP DATABASE \"{db}\" WITH (FORCE)"))
+        .await;
+}
