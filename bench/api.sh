@@ -24,7 +24,7 @@ echo "==> building release binary" >&2
 cargo build --release --locked --quiet
 
 export API_PORT="$PORT" API_HOST=127.0.0.1 API_LOG_LEVEL=warn
-./target/release/vespid serve --role=all >/tmp/vespid-bench.log 2>&1 &
+"${CARGO_TARGET_DIR:-target}/release/vespid" serve --role=all >/tmp/vespid-bench.log 2>&1 &
 PID=$!
 trap 'kill $PID 2>/dev/null || true' EXIT
 for _ in $(seq 1 100); do curl -fs "$BASE/healthz" >/dev/null 2>&1 && break; sleep 0.1; done

@@ -42,7 +42,26 @@ pub struct Config {
     pub orgs: OrgsConfig,
     pub oauth: OAuthConfig,
     pub secrets: SecretsConfig,
+    pub workflows: WorkflowsConfig,
     pub enterprise: EnterpriseConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkflowsConfig {
+    pub queue_name: String,
+    pub concurrency: usize,
+    pub retry_attempts: i32,
+    pub retry_backoff_ms: u64,
+    pub event_payload_max_chars: usize,
+    pub lease_secs: u64,
+    pub reaper_interval_ms: u64,
+    pub stale_queued_secs: u64,
+    pub enqueue_timeout_ms: u64,
+    pub http_timeout_ms: u64,
+    pub http_max_response_bytes: usize,
+    pub http_allow_hosts: String,
+    pub github_api_base_url: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -271,6 +290,31 @@ const ENV_KEYS: &[(&str, &str)] = &[
     ("SECRETS_KEK_ID", "secrets.kek_id"),
     ("SECRETS_KEK_BASE64", "secrets.kek_base64"),
     ("SECRETS_KEK_PREVIOUS", "secrets.kek_previous"),
+    ("WORKFLOW_QUEUE_NAME", "workflows.queue_name"),
+    ("WORKFLOW_QUEUE_CONCURRENCY", "workflows.concurrency"),
+    ("WORKFLOW_RETRY_ATTEMPTS", "workflows.retry_attempts"),
+    ("WORKFLOW_RETRY_BACKOFF_MS", "workflows.retry_backoff_ms"),
+    (
+        "WORKFLOW_EVENT_PAYLOAD_MAX_CHARS",
+        "workflows.event_payload_max_chars",
+    ),
+    ("WORKFLOW_LEASE_SEC", "workflows.lease_secs"),
+    (
+        "WORKFLOW_REAPER_INTERVAL_MS",
+        "workflows.reaper_interval_ms",
+    ),
+    ("WORKFLOW_STALE_QUEUED_SEC", "workflows.stale_queued_secs"),
+    (
+        "WORKFLOW_ENQUEUE_TIMEOUT_MS",
+        "workflows.enqueue_timeout_ms",
+    ),
+    ("HTTP_NODE_TIMEOUT_MS", "workflows.http_timeout_ms"),
+    (
+        "HTTP_NODE_MAX_RESPONSE_BYTES",
+        "workflows.http_max_response_bytes",
+    ),
+    ("HTTP_NODE_ALLOW_HOSTS", "workflows.http_allow_hosts"),
+    ("GITHUB_API_BASE_URL", "workflows.github_api_base_url"),
     (
         "VESPID_ENTERPRISE_PROVIDER_MODULE",
         "enterprise.provider_module",
@@ -341,6 +385,28 @@ impl Config {
             key,
             message: message.to_string(),
         };
+        let w = &self.workflows;
+        if w.concurrency == 0 {
+            return Err(invalid("workflows.concurrency", "must be at least 1"));
+        }
+        if w.retry_attempts < 1 {
+            return Err(invalid("workflows.retry_attempts", "must be at least 1"));
+        }
+        if w.retry_backoff_ms < 1000 {
+            return Err(invalid(
+                "workflows.retry_backoff_ms",
+                "must be at least 1000",
+            ));
+        }
+        if !(256..=200_000).contains(&w.event_payload_max_chars) {
+            return Err(invalid(
+                "workflows.event_payload_max_chars",
+                "must be within 256..200000",
+            ));
+        }
+        if w.lease_secs < 2 {
+            return Err(invalid("workflows.lease_secs", "must be at least 2"));
+        }
         if self.database.pool_size == 0 {
             return Err(invalid("database.pool_size", "must be at least 1"));
         }

@@ -3,4 +3,6 @@
 pub mod auth;
 pub mod meta;
 pub mod orgs;
+pub mod runs;
 pub mod secrets;
+pub mod workflows;

@@ -146,3 +146,73 @@ diesel::table! {
 }
 
 diesel::allow_tables_to_appear_in_same_query!(connector_secrets, secret_kek_refs);
+
+diesel::table! {
+    workflows (id) {
+        id -> Uuid,
+        organization_id -> Uuid,
+        family_id -> Uuid,
+        revision -> Int4,
+        source_workflow_id -> Nullable<Uuid>,
+        name -> Text,
+        status -> Text,
+        version -> Int4,
+        #[sql_name = "dsl"]
+        dsl_doc -> Jsonb,
+        editor_state -> Nullable<Jsonb>,
+        created_by_user_id -> Uuid,
+        published_at -> Nullable<Timestamptz>,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    workflow_runs (id) {
+        id -> Uuid,
+        organization_id -> Uuid,
+        workflow_id -> Uuid,
+        trigger_type -> Text,
+        status -> Text,
+        attempt_count -> Int4,
+        max_attempts -> Int4,
+        next_attempt_at -> Nullable<Timestamptz>,
+        cursor_node_index -> Int4,
+        blocked_request_id -> Nullable<Text>,
+        blocked_node_id -> Nullable<Text>,
+        blocked_node_type -> Nullable<Text>,
+        blocked_kind -> Nullable<Text>,
+        blocked_at -> Nullable<Timestamptz>,
+        blocked_timeout_at -> Nullable<Timestamptz>,
+        lease_owner -> Nullable<Text>,
+        lease_expires_at -> Nullable<Timestamptz>,
+        requested_by_user_id -> Uuid,
+        input -> Nullable<Jsonb>,
+        output -> Nullable<Jsonb>,
+        error -> Nullable<Text>,
+        created_at -> Timestamptz,
+        started_at -> Nullable<Timestamptz>,
+        finished_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
+    workflow_run_events (id) {
+        id -> Uuid,
+        seq -> Int8,
+        organization_id -> Uuid,
+        workflow_id -> Uuid,
+        run_id -> Uuid,
+        attempt_count -> Int4,
+        event_type -> Text,
+        node_id -> Nullable<Text>,
+        node_type -> Nullable<Text>,
+        level -> Text,
+        message -> Nullable<Text>,
+        payload -> Nullable<Jsonb>,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::joinable!(workflow_runs -> workflows (workflow_id));
+diesel::allow_tables_to_appear_in_same_query!(workflows, workflow_runs, workflow_run_events);

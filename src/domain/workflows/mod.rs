@@ -1,0 +1,3 @@
+//! Workflows: the DSL, revisioned workflow rows and their REST endpoints.
+
+pub mod dsl;
