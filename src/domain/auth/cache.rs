@@ -33,6 +33,8 @@ pub struct AuthCache {
     ttl: Duration,
     sessions: DashMap<Uuid, CachedSession>,
     members: DashMap<(Uuid, Uuid), CachedMember>,
+    /// Org settings (read by every org-scoped settings GET and by every run); invalidated like the rest.
+    settings: DashMap<Uuid, (serde_json::Value, Instant)>,
 }
 
 impl AuthCache {
@@ -41,6 +43,7 @@ impl AuthCache {
             ttl,
             sessions: DashMap::new(),
             members: DashMap::new(),
+            settings: DashMap::new(),
         })
     }
 
@@ -90,6 +93,17 @@ impl AuthCache {
         );
     }
 
+    pub fn org_settings(&self, org: Uuid) -> Option<serde_json::Value> {
+        let entry = self.settings.get(&org)?;
+        (entry.1.elapsed() < self.ttl).then(|| entry.0.clone())
+    }
+
+    pub fn put_org_settings(&self, org: Uuid, value: serde_json::Value) {
+        if !self.ttl.is_zero() {
+            self.settings.insert(org, (value, Instant::now()));
+        }
+    }
+
     fn apply(&self, message: &str) {
         let mut parts = message.split(':');
         match (parts.next(), parts.next(), parts.next()) {
@@ -101,6 +115,11 @@ impl AuthCache {
             (Some("user"), Some(id), None) => {
                 if let Ok(id) = Uuid::parse_str(id) {
                     self.sessions.retain(|_, s| s.user_id != id);
+                }
+            }
+            (Some("settings"), Some(org), None) => {
+                if let Ok(org) = Uuid::parse_str(org) {
+                    self.settings.remove(&org);
                 }
             }
             (Some("member"), Some(org), Some(user)) => {
@@ -115,6 +134,7 @@ impl AuthCache {
     pub fn clear(&self) {
         self.sessions.clear();
         self.members.clear();
+        self.settings.clear();
     }
 
     /// Drops the entry here and broadcasts to other instances; a Redis failure only leaves them on TTL.

@@ -26,7 +26,21 @@ fn hash_blocking(password: &str) -> Result<String, HashError> {
         .map_err(|_| HashError)
 }
 
+/// At most one hash per core at a time: each argon2 hash holds ~19 MiB, and an unbounded burst of logins
+/// would otherwise grow the blocking pool (and its memory) with the burst instead of queueing it.
+fn permits() -> &'static tokio::sync::Semaphore {
+    static PERMITS: OnceLock<tokio::sync::Semaphore> = OnceLock::new();
+    PERMITS.get_or_init(|| {
+        tokio::sync::Semaphore::new(
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2),
+        )
+    })
+}
+
 pub async fn hash(password: String) -> Result<String, HashError> {
+    let _permit = permits().acquire().await.map_err(|_| HashError)?;
     let span = tracing::Span::current();
     tokio::task::spawn_blocking(move || span.in_scope(|| hash_blocking(&password)))
         .await
@@ -87,6 +101,9 @@ fn verify_legacy_scrypt(password: &str, stored: &str) -> bool {
 }
 
 pub async fn verify(password: String, stored: String) -> Verdict {
+    let Ok(_permit) = permits().acquire().await else {
+        return Verdict::Wrong;
+    };
     let span = tracing::Span::current();
     tokio::task::spawn_blocking(move || span.in_scope(|| verify_blocking(&password, &stored)))
         .await

@@ -299,6 +299,49 @@ pub async fn accept_invitation(
     .await
 }
 
+/// The org's stored settings (raw; see `settings::normalize`), cached with immediate invalidation on change.
+pub async fn stored_settings(state: &AppState, org: Uuid) -> Result<serde_json::Value, ApiError> {
+    if let Some(v) = state.auth.cache.org_settings(org) {
+        return Ok(v);
+    }
+    let stored = db::tenant_tx(&state.db, TenantCtx::org(org), |c| {
+        async move { store::settings(c, org).await.map_err(ApiError::from) }.scope_boxed()
+    })
+    .await?
+    .ok_or_else(|| ApiError::not_found("Organization not found"))?;
+    state.auth.cache.put_org_settings(org, stored.clone());
+    Ok(stored)
+}
+
+/// Validates and merges a settings update under a row lock; returns the stored result.
+pub async fn update_settings(
+    ctx: &OrgCtx,
+    state: &AppState,
+    patch: serde_json::Value,
+) -> Result<serde_json::Value, ApiError> {
+    let org = ctx.org_id;
+    // Validate before taking the row lock, then read-merge-write under it.
+    settings::merge_update(&serde_json::json!({}), &patch)?;
+    let saved = db::tenant_tx(&state.db, ctx.tenant(), |c| {
+        async move {
+            let current = store::settings_for_update(c, org)
+                .await?
+                .ok_or_else(|| ApiError::not_found("Organization not found"))?;
+            let merged = settings::merge_update(&current, &patch)?;
+            store::save_settings(c, org, &merged).await?;
+            Ok::<_, ApiError>(merged)
+        }
+        .scope_boxed()
+    })
+    .await?;
+    state
+        .auth
+        .cache
+        .invalidate(&state.redis, format!("settings:{org}"))
+        .await;
+    Ok(saved)
+}
+
 pub async fn credit_balance(
     ctx: &OrgCtx,
     state: &AppState,

@@ -2,14 +2,12 @@
 
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
-use diesel_async::scoped_futures::ScopedFutureExt;
 use serde_json::json;
 
 use super::model::{MembershipView, OrgView, Role};
-use super::{settings, store, OrgCtx};
+use super::{settings, OrgCtx};
 use crate::app::state::AppState;
 use crate::domain::auth::extract::AuthUser;
-use crate::platform::db;
 use crate::platform::http::{
     org_header, parse_uuid, path_uuid, request_id, route_of, ApiError, Form, JsonBody,
 };
@@ -96,12 +94,7 @@ async fn change_role(
 }
 
 async fn get_settings(state: web::Data<AppState>, ctx: OrgCtx) -> Result<HttpResponse, ApiError> {
-    let org = ctx.org_id;
-    let stored = db::tenant_tx(&state.db, ctx.tenant(), |c| {
-        async move { store::settings(c, org).await.map_err(ApiError::from) }.scope_boxed()
-    })
-    .await?
-    .ok_or_else(|| ApiError::not_found("Organization not found"))?;
+    let stored = super::stored_settings(&state, ctx.org_id).await?;
     Ok(HttpResponse::Ok().json(json!({ "settings": settings::normalize(&stored) })))
 }
 
@@ -111,22 +104,7 @@ async fn put_settings(
     body: JsonBody,
 ) -> Result<HttpResponse, ApiError> {
     ctx.require(Role::Admin, "Role is not allowed to manage org settings")?;
-    let org = ctx.org_id;
-    let patch = body.0;
-    // Validate before taking the row lock, then read-merge-write under it.
-    settings::merge_update(&serde_json::json!({}), &patch)?;
-    let saved = db::tenant_tx(&state.db, ctx.tenant(), |c| {
-        async move {
-            let current = store::settings_for_update(c, org)
-                .await?
-                .ok_or_else(|| ApiError::not_found("Organization not found"))?;
-            let merged = settings::merge_update(&current, &patch)?;
-            store::save_settings(c, org, &merged).await?;
-            Ok::<_, ApiError>(merged)
-        }
-        .scope_boxed()
-    })
-    .await?;
+    let saved = super::update_settings(&ctx, &state, body.0).await?;
     Ok(HttpResponse::Ok().json(json!({ "settings": settings::normalize(&saved) })))
 }
 
