@@ -3,4 +3,5 @@
 pub mod crypto;
 pub mod db;
 pub mod http;
+pub mod queue;
 pub mod redis;

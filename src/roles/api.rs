@@ -9,7 +9,7 @@ use actix_web::{web, App, HttpResponse, HttpServer};
 use serde_json::json;
 
 use crate::app::state::AppState;
-use crate::domain::{auth, meta, orgs, secrets};
+use crate::domain::{auth, meta, orgs, runs, secrets};
 use crate::platform::db;
 use crate::platform::http::{self, CorsOrigin};
 
@@ -21,6 +21,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     orgs::routes::configure(cfg);
     meta::routes::configure(cfg);
     secrets::routes::configure(cfg);
+    runs::routes::configure(cfg);
+    crate::domain::workflows::routes::configure(cfg);
 }
 
 async fn healthz() -> HttpResponse {

@@ -1,15 +1,22 @@
-//! Roles whose modules land in later work (worker, continuation, gateway): they start, say so, and idle
-//! until shutdown, so deployments can already be laid out by role.
+//! Background roles. The worker runs workflow runs; continuation and gateway arrive with the gateway work
+//! and, until then, start, say so, and idle until shutdown, so deployments can already be laid out by role.
 
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use super::Role;
 use crate::app::state::AppState;
+use crate::domain::runs;
 
-pub fn spawn(role: Role, _state: AppState) -> JoinHandle<()> {
-    tracing::info!(
-        role = role.name(),
-        "role started; it has nothing to do yet in this version"
-    );
-    tokio::spawn(std::future::pending::<()>())
+pub fn spawn(role: Role, state: AppState, stop: watch::Receiver<bool>) -> JoinHandle<()> {
+    match role {
+        Role::Worker => runs::worker::spawn(state, stop),
+        other => {
+            tracing::info!(role = other.name(), "role started; it has nothing to do yet in this version");
+            let mut stop = stop;
+            tokio::spawn(async move {
+                let _ = stop.wait_for(|s| *s).await;
+            })
+        }
+    }
 }

@@ -146,10 +146,11 @@ pub async fn serve(config: Config, roles: Roles, run_migrations: bool) -> Result
     tracing::info!(roles = %names.join(","), version = env!("CARGO_PKG_VERSION"), "vespid starting");
     let state = AppState::build(config, None).await?;
     check_keyring(&state).await?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut background = Vec::new();
     for role in &roles.0 {
         if *role != Role::Api {
-            background.push(background::spawn(*role, state.clone()));
+            background.push(background::spawn(*role, state.clone(), stop_rx.clone()));
         }
     }
     if roles.0.contains(&Role::Api) {
@@ -168,8 +169,14 @@ pub async fn serve(config: Config, roles: Roles, run_migrations: bool) -> Result
         crate::app::shutdown::signal().await;
     }
     tracing::info!("shutting down");
+    // Background roles stop taking work and hand back what they hold, within the grace period.
+    let _ = stop_tx.send(true);
+    let grace = std::time::Duration::from_secs(state.config.server.shutdown_grace_secs + 2);
     for handle in background {
-        handle.abort();
+        let abort = handle.abort_handle();
+        if tokio::time::timeout(grace, handle).await.is_err() {
+            abort.abort();
+        }
     }
     state.redis.quit().await;
     Ok(())

@@ -10,4 +10,6 @@ mod oauth;
 mod orgs;
 mod process;
 mod rls;
+mod runs;
 mod secrets;
+mod workflows;

@@ -1,3 +1,8 @@
-//! Runs: creation and reading, the Redis run queue, the worker engine and run events.
+//! Runs: creation and reading, the worker engine on the Redis work queue, and run events.
 
+pub mod engine;
 pub mod executors;
+pub mod model;
+pub mod routes;
+pub mod store;
+pub mod worker;

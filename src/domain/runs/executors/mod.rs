@@ -11,6 +11,13 @@ use crate::domain::workflows::dsl::Node;
 use crate::platform::crypto::envelope::Keyring;
 use crate::platform::db::PgPool;
 
+mod agent;
+pub mod condition;
+mod connector;
+mod http;
+mod secret_store;
+pub mod ssrf;
+
 /// Long-lived dependencies, built once per worker.
 #[derive(Clone)]
 pub struct ExecDeps {
@@ -58,13 +65,15 @@ impl Outcome {
     }
 }
 
-/// Runs one node (v2 semantics; the v3 engine evaluates `condition` / `parallel.join` itself).
+/// Runs one node (v2 semantics; the v3 engine evaluates `condition` / `parallel.join` itself, with
+/// [`condition::evaluate_condition`] for conditions).
 pub async fn execute(deps: &ExecDeps, ctx: &ExecCtx<'_>) -> Outcome {
-    let _ = deps;
     match ctx.node.node_type.as_str() {
-        "http.request" if ctx.node.config.is_none() => Outcome::Succeeded(
-            json!({"accepted": true, "requestId": format!("{}-request", ctx.node.id)}),
-        ),
+        "http.request" => http::run(deps, ctx).await,
+        "agent.execute" => agent::execute(ctx),
+        "agent.run" => agent::run(),
+        "connector.action" => connector::run_action(deps, ctx).await,
+        "connector.github.issue.create" => connector::run_legacy_github(deps, ctx).await,
         "condition" => Outcome::Succeeded(json!({"branch": "true"})),
         "parallel.join" => Outcome::Succeeded(json!({"joined": true})),
         other => Outcome::fail(format!("EXECUTOR_NOT_FOUND:{other}"), false),

@@ -2,6 +2,14 @@
 //! dropped) plus the typed view the engine executes. CONTRACT FILE: the types and `parse`'s signature are
 //! used by the API and the engine; the implementation lives in the sibling modules.
 
+mod agent_run;
+mod document;
+mod fields;
+mod graph;
+mod nodes;
+#[cfg(test)]
+mod tests;
+
 use std::collections::BTreeMap;
 
 use serde_json::Value;
@@ -78,8 +86,7 @@ impl DslError {
 
 /// Parses and normalises a DSL document (v2 or v3).
 pub fn parse(doc: &Value) -> Result<WorkflowDsl, DslError> {
-    let _ = doc;
-    Err(DslError::Invalid(vec!["dsl: not implemented yet".into()]))
+    document::parse_document(doc)
 }
 
 /// Whether a node runs remotely (on an executor / the gateway) rather than in the worker (spec 1.5).

@@ -1,0 +1,246 @@
+//! v3 graph constraints (spec 1.7), checked after schema validation in the spec's order; the first
+//! failure wins. Iteration orders follow the original so that the same node or edge is reported.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+
+use serde_json::Value;
+
+use super::{DslError, Edge, EdgeKind, Graph, Node};
+
+fn failure(code: &'static str, message: String) -> DslError {
+    DslError::Graph {
+        code,
+        message,
+        node_id: None,
+        edge_id: None,
+    }
+}
+
+fn node_failure(code: &'static str, message: String, node_id: &str) -> DslError {
+    DslError::Graph {
+        code,
+        message,
+        node_id: Some(node_id.to_owned()),
+        edge_id: None,
+    }
+}
+
+fn edge_failure(message: String, edge_id: &str) -> DslError {
+    DslError::Graph {
+        code: "GRAPH_EDGE_INVALID",
+        message,
+        node_id: None,
+        edge_id: Some(edge_id.to_owned()),
+    }
+}
+
+/// Edges by endpoint, in array order.
+struct Adjacency<'g> {
+    outgoing: HashMap<&'g str, Vec<&'g Edge>>,
+    incoming: HashMap<&'g str, Vec<&'g Edge>>,
+}
+
+impl<'g> Adjacency<'g> {
+    fn outgoing(&self, node: &str) -> &[&'g Edge] {
+        self.outgoing.get(node).map_or(&[], Vec::as_slice)
+    }
+
+    fn incoming(&self, node: &str) -> &[&'g Edge] {
+        self.incoming.get(node).map_or(&[], Vec::as_slice)
+    }
+}
+
+pub(super) fn validate(graph: &Graph) -> Result<(), DslError> {
+    if graph.nodes.is_empty() {
+        let message = "Graph must include at least one node".to_owned();
+        return Err(failure("GRAPH_NODE_MISSING", message));
+    }
+    let adjacency = edges(graph)?;
+    conditions(graph, &adjacency)?;
+    acyclic(graph, &adjacency)?;
+    parallel_regions(graph, &adjacency)
+}
+
+/// Edge ids are unique and every edge connects existing nodes.
+fn edges(graph: &Graph) -> Result<Adjacency<'_>, DslError> {
+    let mut seen = HashSet::new();
+    let mut adjacency = Adjacency {
+        outgoing: HashMap::new(),
+        incoming: HashMap::new(),
+    };
+    for edge in &graph.edges {
+        if !seen.insert(edge.id.as_str()) {
+            return Err(edge_failure(
+                format!("Duplicate edge id: {}", edge.id),
+                &edge.id,
+            ));
+        }
+        if !graph.nodes.contains_key(&edge.from) || !graph.nodes.contains_key(&edge.to) {
+            let message = format!("Edge must connect existing nodes: {}", edge.id);
+            return Err(edge_failure(message, &edge.id));
+        }
+        let outgoing = adjacency.outgoing.entry(edge.from.as_str()).or_default();
+        outgoing.push(edge);
+        adjacency
+            .incoming
+            .entry(edge.to.as_str())
+            .or_default()
+            .push(edge);
+    }
+    Ok(adjacency)
+}
+
+/// A condition has exactly two outgoing edges: one `cond_true`, one `cond_false`.
+fn conditions(graph: &Graph, adjacency: &Adjacency<'_>) -> Result<(), DslError> {
+    for (key, node) in &graph.nodes {
+        if node.node_type != "condition" {
+            continue;
+        }
+        let out = adjacency.outgoing(key);
+        let count = |kind| out.iter().filter(|e| e.kind == kind).count();
+        let valid =
+            out.len() == 2 && count(EdgeKind::CondTrue) == 1 && count(EdgeKind::CondFalse) == 1;
+        if !valid {
+            let message = format!(
+                "Condition node {key} must have exactly one cond_true and one cond_false outgoing edge"
+            );
+            return Err(node_failure("CONDITION_EDGE_CONSTRAINTS", message, key));
+        }
+    }
+    Ok(())
+}
+
+/// Kahn's algorithm: every node must be visited (self-loops count as cycles).
+fn acyclic(graph: &Graph, adjacency: &Adjacency<'_>) -> Result<(), DslError> {
+    let mut in_degree: HashMap<&str, usize> = graph.nodes.keys().map(|k| (k.as_str(), 0)).collect();
+    for edge in &graph.edges {
+        *in_degree.entry(edge.to.as_str()).or_default() += 1;
+    }
+    let mut queue: VecDeque<&str> = graph
+        .nodes
+        .keys()
+        .map(String::as_str)
+        .filter(|k| in_degree.get(k) == Some(&0))
+        .collect();
+    let mut visited = 0;
+    while let Some(key) = queue.pop_front() {
+        visited += 1;
+        for edge in adjacency.outgoing(key) {
+            if let Some(degree) = in_degree.get_mut(edge.to.as_str()) {
+                *degree = degree.saturating_sub(1);
+                if *degree == 0 {
+                    queue.push_back(edge.to.as_str());
+                }
+            }
+        }
+    }
+    if visited == graph.nodes.len() {
+        Ok(())
+    } else {
+        let message = "Graph must be a DAG (cycles are not supported in v3 MVP)".to_owned();
+        Err(failure("GRAPH_CYCLE_DETECTED", message))
+    }
+}
+
+/// The validator's (stricter) reading of "remote": an `agent.execute` without `execution` counts too.
+fn is_remote_in_region(node: &Node) -> bool {
+    let mode = node
+        .config
+        .as_ref()
+        .and_then(|c| c.get("execution"))
+        .map(|e| e.get("mode").and_then(Value::as_str));
+    match node.node_type.as_str() {
+        "agent.run" => true,
+        // `None`: no `execution` at all; `Some(None)` cannot occur after normalisation but reads the same.
+        "agent.execute" => matches!(mode, None | Some(None) | Some(Some("executor"))),
+        "connector.action" => mode == Some(Some("executor")),
+        _ => false,
+    }
+}
+
+/// A set that remembers insertion order (the original iterates JS `Set`s).
+#[derive(Default)]
+struct OrderedSet<'g> {
+    order: Vec<&'g str>,
+    members: HashSet<&'g str>,
+}
+
+impl<'g> OrderedSet<'g> {
+    fn insert(&mut self, key: &'g str) -> bool {
+        let added = self.members.insert(key);
+        if added {
+            self.order.push(key);
+        }
+        added
+    }
+
+    fn contains(&self, key: &str) -> bool {
+        self.members.contains(key)
+    }
+}
+
+/// Ancestors of `target` (target excluded unless it lies on a cycle, which cannot happen here).
+fn ancestors<'g>(adjacency: &Adjacency<'g>, target: &'g str) -> OrderedSet<'g> {
+    let mut seen = OrderedSet::default();
+    let mut stack = vec![target];
+    while let Some(current) = stack.pop() {
+        for edge in adjacency.incoming(current) {
+            if seen.insert(edge.from.as_str()) {
+                stack.push(edge.from.as_str());
+            }
+        }
+    }
+    seen
+}
+
+/// `start` and every node reachable from it over any edge kind.
+fn reachable_from<'g>(adjacency: &Adjacency<'g>, start: &'g str) -> OrderedSet<'g> {
+    let mut seen = OrderedSet::default();
+    seen.insert(start);
+    let mut stack = vec![start];
+    while let Some(current) = stack.pop() {
+        for edge in adjacency.outgoing(current) {
+            if seen.insert(edge.to.as_str()) {
+                stack.push(edge.to.as_str());
+            }
+        }
+    }
+    seen
+}
+
+/// No remote node between a fan-out (≥ 2 `always` edges) and a `parallel.join` it feeds.
+fn parallel_regions(graph: &Graph, adjacency: &Adjacency<'_>) -> Result<(), DslError> {
+    let joins = graph
+        .nodes
+        .iter()
+        .filter(|(_, node)| node.node_type == "parallel.join");
+    for (join, _) in joins {
+        let can_reach_join = ancestors(adjacency, join);
+        for &root in &can_reach_join.order {
+            let fan_out: Vec<_> = adjacency
+                .outgoing(root)
+                .iter()
+                .filter(|e| e.kind == EdgeKind::Always)
+                .collect();
+            if fan_out.len() < 2 {
+                continue;
+            }
+            for edge in fan_out {
+                let branch = reachable_from(adjacency, &edge.to);
+                let region = branch
+                    .order
+                    .iter()
+                    .filter(|&&key| key != join && can_reach_join.contains(key));
+                for &key in region {
+                    if graph.nodes.get(key).is_some_and(is_remote_in_region) {
+                        let message = format!(
+                            "Remote execution is not supported inside parallel regions in v3 MVP (node {key})"
+                        );
+                        return Err(node_failure("PARALLEL_REMOTE_NOT_SUPPORTED", message, key));
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}

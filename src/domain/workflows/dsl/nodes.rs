@@ -1,0 +1,194 @@
+//! Triggers and nodes (spec 1.3, 1.4): one parser per node type, each writing the normalised config.
+//! `agent.run`, the largest, lives in `agent_run.rs`.
+
+use serde_json::{json, Value};
+
+use super::agent_run;
+use super::fields::{text, up_to, Absent, Errors, Obj, Rule, NON_EMPTY};
+use super::Node;
+
+const TRIGGER_TYPES: &[&str] = &["trigger.manual", "trigger.webhook", "trigger.cron"];
+
+const NODE_TYPES: &[&str] = &[
+    "http.request",
+    "agent.run",
+    "agent.execute",
+    "connector.action",
+    "connector.github.issue.create",
+    "condition",
+    "parallel.join",
+];
+
+const HTTP_METHODS: &[&str] = &["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"];
+const CONDITION_OPS: &[&str] = &["eq", "neq", "contains", "exists", "gt", "gte", "lt", "lte"];
+const EXECUTION_MODES: &[&str] = &["cloud", "executor"];
+const SCRIPT_MAX: usize = 200_000;
+
+/// Reads the `type` discriminator; an unknown or missing value is one error at `<path>.type`.
+fn discriminator(
+    errors: &mut Errors,
+    obj: &mut Obj<'_>,
+    allowed: &'static [&'static str],
+) -> Option<&'static str> {
+    let value = obj.get("type");
+    let found = value
+        .and_then(Value::as_str)
+        .and_then(|t| allowed.iter().copied().find(|a| *a == t));
+    match found {
+        Some(kind) => {
+            obj.put("type", Value::String(kind.to_owned()));
+            Some(kind)
+        }
+        None => {
+            let expected = allowed
+                .iter()
+                .map(|a| format!("'{a}'"))
+                .collect::<Vec<_>>()
+                .join(" | ");
+            let received = match value {
+                Some(Value::String(s)) => format!("'{s}'"),
+                other => super::fields::type_name(other).to_owned(),
+            };
+            let message =
+                format!("Invalid discriminator value. Expected {expected}, received {received}");
+            errors.push(&obj.path_of("type"), message);
+            None
+        }
+    }
+}
+
+/// `trigger`: manual (config dropped), webhook `{token}`, cron `{cron}`.
+pub(super) fn parse_trigger(trigger: &mut Obj<'_>, errors: &mut Errors) {
+    let key = match discriminator(errors, trigger, TRIGGER_TYPES) {
+        Some("trigger.webhook") => "token",
+        Some("trigger.cron") => "cron",
+        _ => return,
+    };
+    trigger.object(errors, "config", Absent::Required, |config, errors| {
+        config.req(errors, key, NON_EMPTY);
+    });
+}
+
+/// One node (`{id, type, config?}`); returns the typed node when its `id` and `type` are usable.
+pub(super) fn parse_node(errors: &mut Errors, path: String, value: &Value) -> Option<Node> {
+    let mut node = Obj::open(errors, path, Some(value))?;
+    let id = node.req(errors, "id", NON_EMPTY);
+    let node_type = discriminator(errors, &mut node, NODE_TYPES)?;
+    let absent = match node_type {
+        "agent.run" | "connector.action" | "connector.github.issue.create" => Absent::Required,
+        "parallel.join" => Absent::Default(json!({"mode": "all", "failFast": true})),
+        _ => Absent::Skip,
+    };
+    node.object(errors, "config", absent, |config, errors| match node_type {
+        "http.request" => http_request(config, errors),
+        "agent.run" => agent_run::config(config, errors),
+        "agent.execute" => agent_execute(config, errors),
+        "connector.action" => connector_action(config, errors),
+        "connector.github.issue.create" => github_issue_create(config, errors),
+        "condition" => condition(config, errors),
+        _ => parallel_join(config, errors),
+    });
+    let config = node.out("config").cloned();
+    Some(Node {
+        id: id?.as_str()?.to_owned(),
+        node_type: node_type.to_owned(),
+        config,
+    })
+}
+
+/// The normalised JSON form of a parsed node.
+pub(super) fn node_json(node: &Node) -> Value {
+    let mut out = json!({"id": node.id, "type": node.node_type});
+    if let (Some(config), Value::Object(map)) = (&node.config, &mut out) {
+        map.insert("config".into(), config.clone());
+    }
+    out
+}
+
+fn http_request(config: &mut Obj<'_>, errors: &mut Errors) {
+    config.req(errors, "method", Rule::Enum(HTTP_METHODS));
+    config.req(errors, "url", text(1, 2000));
+    config.string_map(errors, "headers");
+    config.opt(errors, "body", Rule::Any);
+}
+
+/// Executor selector. Our decision: `pool` is never defaulted (the gateway resolves an absent pool).
+pub(super) fn selector(selector: &mut Obj<'_>, errors: &mut Errors) {
+    selector.opt(errors, "pool", Rule::Enum(&["managed", "byon"]));
+    selector.strings(errors, "labels", Absent::Skip, text(1, 64), 50);
+    selector.opt(errors, "group", text(1, 64));
+    selector.opt(errors, "tag", text(1, 64));
+    selector.opt(errors, "executorId", Rule::Uuid);
+}
+
+/// `execution` of `agent.execute` / `connector.action`: `mode` defaults to `default_mode` when the
+/// object is given; `selector` stays as given.
+fn execution(config: &mut Obj<'_>, errors: &mut Errors, default_mode: &'static str) {
+    config.object(errors, "execution", Absent::Skip, |execution, errors| {
+        execution.or(errors, "mode", Rule::Enum(EXECUTION_MODES), default_mode);
+        execution.object(errors, "selector", Absent::Skip, selector);
+    });
+}
+
+fn agent_execute(config: &mut Obj<'_>, errors: &mut Errors) {
+    execution(config, errors, "executor");
+    config.object(errors, "task", Absent::Skip, |task, errors| {
+        task.req(errors, "type", Rule::Literal("shell"));
+        task.req(errors, "script", text(1, SCRIPT_MAX));
+        task.opt(errors, "shell", Rule::Enum(&["sh", "bash"]));
+        task.string_map(errors, "env");
+    });
+    config.object(errors, "sandbox", Absent::Skip, |sandbox, errors| {
+        let backends = &["docker", "host", "provider"];
+        sandbox.opt(errors, "backend", Rule::Enum(backends));
+        sandbox.opt(errors, "network", Rule::Enum(&["none", "enabled"]));
+        let timeout = Rule::Int {
+            min: 1000,
+            max: 600_000,
+        };
+        sandbox.opt(errors, "timeoutMs", timeout);
+        sandbox.object(errors, "docker", Absent::Skip, |docker, errors| {
+            docker.opt(errors, "image", NON_EMPTY);
+        });
+        sandbox.strings(
+            errors,
+            "envPassthroughAllowlist",
+            Absent::Skip,
+            NON_EMPTY,
+            50,
+        );
+    });
+}
+
+/// `auth: {secretId}` with a required UUID.
+fn secret_auth(config: &mut Obj<'_>, errors: &mut Errors) {
+    config.object(errors, "auth", Absent::Required, |auth, errors| {
+        auth.req(errors, "secretId", Rule::Uuid);
+    });
+}
+
+fn connector_action(config: &mut Obj<'_>, errors: &mut Errors) {
+    config.req(errors, "connectorId", NON_EMPTY);
+    config.req(errors, "actionId", NON_EMPTY);
+    config.opt(errors, "input", Rule::Any);
+    secret_auth(config, errors);
+    execution(config, errors, "cloud");
+}
+
+fn github_issue_create(config: &mut Obj<'_>, errors: &mut Errors) {
+    config.req(errors, "repo", Rule::RepoName);
+    config.req(errors, "title", text(1, 256));
+    config.opt(errors, "body", up_to(SCRIPT_MAX));
+    secret_auth(config, errors);
+}
+
+fn condition(config: &mut Obj<'_>, errors: &mut Errors) {
+    config.req(errors, "path", text(1, 500));
+    config.req(errors, "op", Rule::Enum(CONDITION_OPS));
+    config.opt(errors, "value", Rule::Scalar);
+}
+
+fn parallel_join(config: &mut Obj<'_>, errors: &mut Errors) {
+    config.or(errors, "mode", Rule::Literal("all"), "all");
+    config.or(errors, "failFast", Rule::Bool, true);
+}

@@ -1,0 +1,193 @@
+//! A work queue on Redis with per-tenant fairness, at-least-once delivery, leases and delayed items.
+//! It carries ids only; PostgreSQL holds the truth about each item, so a lost or duplicated queue entry
+//! is repaired by the consumer's own checks and by a sweeper, never trusted blindly.
+//!
+//! Keys under `<prefix><name>:`:
+//! - `orgs`       LIST  tenants with ready work, rotated on every claim (round-robin fairness);
+//! - `org:<id>`   LIST  that tenant's ready item ids;
+//! - `pending`    SET   ids currently ready (dedup: an id is queued at most once);
+//! - `delayed`    ZSET  `<tenant>:<id>` scored by due time (ms), promoted to ready when due;
+//! - `inflight`   ZSET  `<tenant>:<id>` scored by lease expiry (ms); expired leases go back to ready;
+//! - `signal`     LIST  wake-ups for idle consumers (BLPOP), trimmed short.
+//! Every multi-key step is one Lua script, so concurrent producers and consumers never see half a move.
+
+use std::time::Duration;
+
+use fred::clients::Client;
+use fred::interfaces::{ClientLike, LuaInterface};
+use fred::prelude::*;
+use uuid::Uuid;
+
+use crate::platform::redis::{Redis, RedisError};
+
+const ENQUEUE: &str = r#"
+local p = ARGV[1]
+local org, id = ARGV[2], ARGV[3]
+if redis.call('SADD', p .. 'pending', id) == 0 then return 0 end
+if redis.call('LLEN', p .. 'org:' .. org) == 0 then redis.call('RPUSH', p .. 'orgs', org) end
+redis.call('RPUSH', p .. 'org:' .. org, id)
+redis.call('LPUSH', p .. 'signal', '1')
+redis.call('LTRIM', p .. 'signal', 0, 63)
+return 1
+"#;
+
+const CLAIM: &str = r#"
+local p = ARGV[1]
+local expires = tonumber(ARGV[2])
+local n = redis.call('LLEN', p .. 'orgs')
+for i = 1, n do
+  local org = redis.call('LPOP', p .. 'orgs')
+  if not org then return false end
+  local id = redis.call('LPOP', p .. 'org:' .. org)
+  if id then
+    if redis.call('LLEN', p .. 'org:' .. org) > 0 then redis.call('RPUSH', p .. 'orgs', org) end
+    redis.call('SREM', p .. 'pending', id)
+    redis.call('ZADD', p .. 'inflight', expires, org .. ':' .. id)
+    return {org, id}
+  end
+end
+return false
+"#;
+
+/// Moves members of a ZSET scored <= now back to ready (delayed items that are due, expired leases).
+const PROMOTE: &str = r#"
+local p = ARGV[1]
+local set = p .. ARGV[2]
+local now = ARGV[3]
+local due = redis.call('ZRANGEBYSCORE', set, '-inf', now, 'LIMIT', 0, 500)
+for _, m in ipairs(due) do
+  redis.call('ZREM', set, m)
+  local sep = string.find(m, ':', 1, true)
+  local org, id = string.sub(m, 1, sep - 1), string.sub(m, sep + 1)
+  if redis.call('SADD', p .. 'pending', id) == 1 then
+    if redis.call('LLEN', p .. 'org:' .. org) == 0 then redis.call('RPUSH', p .. 'orgs', org) end
+    redis.call('RPUSH', p .. 'org:' .. org, id)
+  end
+end
+if #due > 0 then
+  redis.call('LPUSH', p .. 'signal', '1')
+  redis.call('LTRIM', p .. 'signal', 0, 63)
+end
+return #due
+"#;
+
+#[derive(Clone)]
+pub struct WorkQueue {
+    client: Client,
+    prefix: String,
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+fn member(org: Uuid, id: Uuid) -> String {
+    format!("{org}:{id}")
+}
+
+impl WorkQueue {
+    pub fn new(redis: &Redis, name: &str) -> Self {
+        Self {
+            client: redis.client.clone(),
+            prefix: redis.key(&format!("{name}:")),
+        }
+    }
+
+    /// Makes `id` ready for `org` (no-op if it already is). Returns whether it was added.
+    pub async fn enqueue(&self, org: Uuid, id: Uuid) -> Result<bool, RedisError> {
+        let added: i64 = self
+            .client
+            .eval(ENQUEUE, Vec::<String>::new(), vec![self.prefix.clone(), org.to_string(), id.to_string()])
+            .await?;
+        Ok(added == 1)
+    }
+
+    /// Makes `id` ready at `due_ms` (Unix ms).
+    pub async fn enqueue_at(&self, org: Uuid, id: Uuid, due_ms: i64) -> Result<(), RedisError> {
+        let _: i64 = self
+            .client
+            .zadd(format!("{}delayed", self.prefix), None, None, false, false, (due_ms as f64, member(org, id)))
+            .await?;
+        Ok(())
+    }
+
+    /// Takes the next item, tenants in turn, with a lease of `lease`.
+    pub async fn claim(&self, lease: Duration) -> Result<Option<(Uuid, Uuid)>, RedisError> {
+        let expires = now_ms() + lease.as_millis() as i64;
+        let got: Option<Vec<String>> = self
+            .client
+            .eval(CLAIM, Vec::<String>::new(), vec![self.prefix.clone(), expires.to_string()])
+            .await?;
+        Ok(got.and_then(|v| match v.as_slice() {
+            [org, id] => Some((Uuid::parse_str(org).ok()?, Uuid::parse_str(id).ok()?)),
+            _ => None,
+        }))
+    }
+
+    pub async fn heartbeat(&self, org: Uuid, id: Uuid, lease: Duration) -> Result<(), RedisError> {
+        let expires = now_ms() + lease.as_millis() as i64;
+        let _: i64 = self
+            .client
+            .zadd(format!("{}inflight", self.prefix), None, None, false, false, (expires as f64, member(org, id)))
+            .await?;
+        Ok(())
+    }
+
+    /// Done with the item (whatever the outcome: PostgreSQL records it).
+    pub async fn ack(&self, org: Uuid, id: Uuid) -> Result<(), RedisError> {
+        let _: i64 = self.client.zrem(format!("{}inflight", self.prefix), member(org, id)).await?;
+        Ok(())
+    }
+
+    /// Moves due delayed items and expired leases back to ready; returns how many moved.
+    pub async fn promote(&self) -> Result<(i64, i64), RedisError> {
+        let now = now_ms().to_string();
+        let due: i64 = self
+            .client
+            .eval(PROMOTE, Vec::<String>::new(), vec![self.prefix.clone(), "delayed".into(), now.clone()])
+            .await?;
+        let expired: i64 = self
+            .client
+            .eval(PROMOTE, Vec::<String>::new(), vec![self.prefix.clone(), "inflight".into(), now])
+            .await?;
+        Ok((due, expired))
+    }
+
+    /// The earliest delayed item's due time, so the sweeper knows when to look again.
+    pub async fn next_due_ms(&self) -> Result<Option<i64>, RedisError> {
+        let first: Vec<(String, f64)> = self
+            .client
+            .zrange(format!("{}delayed", self.prefix), 0, 0, None, false, None, true)
+            .await?;
+        Ok(first.first().map(|(_, s)| *s as i64))
+    }
+
+    /// Whether `id` is ready, delayed or in flight (the sweeper's "has a queue entry" test).
+    pub async fn contains(&self, org: Uuid, id: Uuid) -> Result<bool, RedisError> {
+        let pending: bool = self.client.sismember(format!("{}pending", self.prefix), id.to_string()).await?;
+        if pending {
+            return Ok(true);
+        }
+        let m = member(org, id);
+        let delayed: Option<f64> = self.client.zscore(format!("{}delayed", self.prefix), &m).await?;
+        let inflight: Option<f64> = self.client.zscore(format!("{}inflight", self.prefix), &m).await?;
+        Ok(delayed.is_some() || inflight.is_some())
+    }
+
+    /// Blocks up to `timeout` for a wake-up, on `blocking` (a connection of its own: BLPOP would stall
+    /// every other command multiplexed on a shared one).
+    pub async fn wait(&self, blocking: &Client, timeout: Duration) -> Result<(), RedisError> {
+        let _: Option<(String, String)> = blocking
+            .blpop(format!("{}signal", self.prefix), timeout.as_secs_f64())
+            .await?;
+        Ok(())
+    }
+
+    /// A dedicated connection for [`WorkQueue::wait`].
+    pub async fn blocking_client(&self) -> Result<Client, RedisError> {
+        let c = self.client.clone_new();
+        c.connect();
+        c.wait_for_connect().await?;
+        Ok(c)
+    }
+}

@@ -1,0 +1,426 @@
+//! Runs end to end: API creates and enqueues, a real worker (in-process or a separate `vespid` process)
+//! executes against PostgreSQL and Redis; retries, resume from the failed node, v3 routing, crash recovery,
+//! and the queue being down.
+
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix_web::{web, App, HttpResponse, HttpServer};
+use serde_json::{json, Value};
+use tokio::sync::watch;
+use uuid::Uuid;
+
+use crate::common::{self, Options, TestApp, User};
+
+const BIN: &str = env!("CARGO_BIN_EXE_vespid");
+
+/// A local HTTP target: `/ok/{name}` counts hits, `/flaky/{name}` fails (500) the first `n` hits,
+/// `/slow/{name}` answers after 3 s.
+#[derive(Clone, Default)]
+struct Target {
+    hits: Arc<dashmap::DashMap<String, usize>>,
+    fail_first: Arc<AtomicUsize>,
+}
+
+impl Target {
+    fn hits(&self, name: &str) -> usize {
+        self.hits.get(name).map(|v| *v).unwrap_or(0)
+    }
+}
+
+async fn start_target(fail_first: usize) -> (String, Target) {
+    let target = Target::default();
+    target.fail_first.store(fail_first, Ordering::SeqCst);
+    let t = target.clone();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = format!("http://{}", listener.local_addr().expect("addr"));
+    let server = HttpServer::new(move || {
+        let t = t.clone();
+        App::new()
+            .app_data(web::Data::new(t))
+            .route("/ok/{name}", web::to(|t: web::Data<Target>, p: web::Path<String>| async move {
+                *t.hits.entry(p.into_inner()).or_insert(0) += 1;
+                HttpResponse::Ok().json(json!({"ok": true}))
+            }))
+            .route("/flaky/{name}", web::to(|t: web::Data<Target>, p: web::Path<String>| async move {
+                let mut n = t.hits.entry(p.into_inner()).or_insert(0);
+                *n += 1;
+                if *n <= t.fail_first.load(Ordering::SeqCst) {
+                    HttpResponse::InternalServerError().json(json!({"ok": false}))
+                } else {
+                    HttpResponse::Ok().json(json!({"ok": true, "hit": *n}))
+                }
+            }))
+            .route("/slow/{name}", web::to(|t: web::Data<Target>, p: web::Path<String>| async move {
+                *t.hits.entry(p.into_inner()).or_insert(0) += 1;
+                tokio::time::sleep(Duration::from_secs(3)).await;
+                HttpResponse::Ok().json(json!({"slow": true}))
+            }))
+    })
+    .workers(1)
+    .listen(listener)
+    .expect("listen")
+    .run();
+    tokio::spawn(server);
+    (addr, target)
+}
+
+fn opts() -> Options {
+    Options::default()
+        .env("HTTP_NODE_ALLOW_HOSTS", "127.0.0.1")
+        .env("WORKFLOW_RETRY_BACKOFF_MS", "1000")
+        .env("WORKFLOW_LEASE_SEC", "2")
+        .env("WORKFLOW_REAPER_INTERVAL_MS", "200")
+        .env("WORKFLOW_STALE_QUEUED_SEC", "1")
+}
+
+/// Starts an in-process worker for this app; stopped when the returned sender is dropped or set.
+fn start_worker(app: &TestApp) -> watch::Sender<bool> {
+    let (tx, rx) = watch::channel(false);
+    vespid::domain::runs::worker::spawn(app.state.clone(), rx);
+    tx
+}
+
+async fn published(app: &TestApp, owner: &User, org: Uuid, dsl: Value) -> Uuid {
+    let r = app.post(&format!("/v1/orgs/{org}/workflows")).by(owner).org(org)
+        .json(json!({"name": "wf", "dsl": dsl})).send().await;
+    assert_eq!(r.status, 201, "create workflow: {:?}", r.body);
+    let id: Uuid = r.body["workflow"]["id"].as_str().and_then(|s| s.parse().ok()).expect("id");
+    let r = app.post(&format!("/v1/orgs/{org}/workflows/{id}/publish")).by(owner).org(org).send().await;
+    assert_eq!(r.status, 200, "publish: {:?}", r.body);
+    id
+}
+
+async fn start_run(app: &TestApp, user: &User, org: Uuid, wf: Uuid, input: Value) -> Uuid {
+    let r = app.post(&format!("/v1/orgs/{org}/workflows/{wf}/runs")).by(user).org(org)
+        .json(json!({"input": input})).send().await;
+    assert_eq!(r.status, 201, "run: {:?}", r.body);
+    assert_eq!(r.body["run"]["status"], "queued");
+    assert_eq!(r.body["run"]["attemptCount"], 0);
+    r.body["run"]["id"].as_str().and_then(|s| s.parse().ok()).expect("run id")
+}
+
+async fn run_json(app: &TestApp, user: &User, org: Uuid, wf: Uuid, run: Uuid) -> Value {
+    let r = app.get(&format!("/v1/orgs/{org}/workflows/{wf}/runs/{run}")).by(user).org(org).send().await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    r.body["run"].clone()
+}
+
+async fn wait_terminal(app: &TestApp, user: &User, org: Uuid, wf: Uuid, run: Uuid, within: Duration) -> Value {
+    let deadline = Instant::now() + within;
+    loop {
+        let r = run_json(app, user, org, wf, run).await;
+        if r["status"] == "succeeded" || r["status"] == "failed" {
+            return r;
+        }
+        assert!(Instant::now() < deadline, "run did not finish in time: {r}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn events(app: &TestApp, user: &User, org: Uuid, wf: Uuid, run: Uuid) -> Vec<Value> {
+    let mut all = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let q = cursor.as_ref().map(|c| format!("&cursor={c}")).unwrap_or_default();
+        let r = app.get(&format!("/v1/orgs/{org}/workflows/{wf}/runs/{run}/events?limit=3{q}"))
+            .by(user).org(org).send().await;
+        assert_eq!(r.status, 200, "{:?}", r.body);
+        let page = r.body["events"].as_array().cloned().unwrap_or_default();
+        if page.is_empty() {
+            assert!(r.body["nextCursor"].is_null());
+            return all;
+        }
+        all.extend(page);
+        cursor = r.body["nextCursor"].as_str().map(str::to_string);
+    }
+}
+
+fn kinds(events: &[Value]) -> Vec<String> {
+    events
+        .iter()
+        .map(|e| match e["nodeId"].as_str() {
+            Some(n) => format!("{}:{n}", e["eventType"].as_str().unwrap_or("")),
+            None => e["eventType"].as_str().unwrap_or("").to_string(),
+        })
+        .collect()
+}
+
+fn http_node(id: &str, url: String) -> Value {
+    json!({"id": id, "type": "http.request", "config": {"method": "GET", "url": url}})
+}
+
+#[tokio::test]
+async fn run_lifecycle_happy_path_with_events_and_roles() {
+    let app = common::spawn_with(opts()).await;
+    let _worker = start_worker(&app);
+    let (target, hits) = start_target(0).await;
+    let owner = app.signup("owner").await;
+    let member = app.signup("member").await;
+    let outsider = app.signup("outsider").await;
+    let org = app.create_org(&owner).await;
+    app.add_member(org, &owner, &member, "member").await;
+    let dsl = json!({"version": "v2", "trigger": {"type": "trigger.manual"}, "nodes": [
+        {"id": "stub", "type": "http.request"},
+        http_node("call", format!("{target}/ok/call")),
+        {"id": "task", "type": "agent.execute"},
+    ]});
+    // Not published yet: 409.
+    let r = app.post(&format!("/v1/orgs/{org}/workflows")).by(&owner).org(org)
+        .json(json!({"name": "draft", "dsl": dsl})).send().await;
+    let draft = r.body["workflow"]["id"].as_str().expect("id").to_string();
+    let r = app.post(&format!("/v1/orgs/{org}/workflows/{draft}/runs")).by(&member).org(org).json(json!({})).send().await;
+    assert_eq!((r.status.as_u16(), r.code()), (409, "CONFLICT"));
+
+    let wf = published(&app, &owner, org, dsl).await;
+    let run = start_run(&app, &member, org, wf, json!({"x": 1})).await;
+    let done = wait_terminal(&app, &member, org, wf, run, Duration::from_secs(15)).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(done["attemptCount"], 1);
+    assert_eq!(done["input"], json!({"x": 1}));
+    assert_eq!(done["output"]["status"], "succeeded");
+    assert_eq!(done["output"]["output"], json!({"completedNodeCount": 3, "failedNodeId": null}));
+    assert_eq!(done["output"]["steps"][0]["output"], json!({"accepted": true, "requestId": "stub-request"}));
+    assert_eq!(done["output"]["steps"][1]["output"]["status"], 200);
+    assert_eq!(done["output"]["steps"][2]["output"], json!({"accepted": true, "taskId": "task-task"}));
+    assert!(done["finishedAt"].is_string() && done["startedAt"].is_string());
+    assert_eq!(hits.hits("call"), 1);
+    let evs = events(&app, &member, org, wf, run).await;
+    assert_eq!(
+        kinds(&evs),
+        ["run_started", "node_started:stub", "node_succeeded:stub", "node_started:call", "node_succeeded:call",
+         "node_started:task", "node_succeeded:task", "run_succeeded"]
+    );
+    assert!(evs.iter().all(|e| e["attemptCount"] == 1));
+    assert_eq!(evs[7]["payload"], json!({"completedNodeCount": 3}));
+
+    // Listing runs; an outsider sees nothing of it.
+    let r = app.get(&format!("/v1/orgs/{org}/workflows/{wf}/runs?limit=10")).by(&member).org(org).send().await;
+    assert_eq!(r.body["runs"][0]["id"], run.to_string());
+    let r = app.get(&format!("/v1/orgs/{org}/workflows/{wf}/runs/{run}/events")).by(&outsider).org(org).send().await;
+    assert_eq!(r.code(), "ORG_ACCESS_DENIED");
+    // Cross-tenant by id: the outsider's own org does not have this workflow or run.
+    let o = outsider.personal_org;
+    let r = app.get(&format!("/v1/orgs/{o}/workflows/{wf}/runs/{run}")).by(&outsider).org(o).send().await;
+    assert_eq!((r.status.as_u16(), r.code()), (404, "NOT_FOUND"));
+    let r = app.post(&format!("/v1/orgs/{o}/workflows/{wf}/runs")).by(&outsider).org(o).json(json!({})).send().await;
+    assert_eq!((r.status.as_u16(), r.code()), (404, "NOT_FOUND"));
+    let r = app.get(&format!("/v1/orgs/{org}/workflows/{wf}/runs/not-a-uuid")).by(&member).org(org).send().await;
+    assert_eq!((r.status.as_u16(), r.code()), (404, "NOT_FOUND"));
+    // Body validated before org context; bad limits.
+    let r = app.post(&format!("/v1/orgs/{org}/workflows/{wf}/runs")).by(&member).json(json!([1])).send().await;
+    assert_eq!((r.status.as_u16(), r.code()), (400, "BAD_REQUEST"));
+    let r = app.get(&format!("/v1/orgs/{org}/workflows/{wf}/runs?limit=0")).by(&member).org(org).send().await;
+    assert_eq!((r.status.as_u16(), r.code()), (400, "BAD_REQUEST"));
+}
+
+#[tokio::test]
+async fn retry_resumes_from_the_failed_node_and_deterministic_errors_fail_at_once() {
+    let app = common::spawn_with(opts()).await;
+    let _worker = start_worker(&app);
+    let (target, hits) = start_target(1).await;
+    let owner = app.signup("owner").await;
+    let org = owner.personal_org;
+    let wf = published(&app, &owner, org, json!({"version": "v2", "trigger": {"type": "trigger.manual"}, "nodes": [
+        http_node("first", format!("{target}/ok/first")),
+        http_node("flaky", format!("{target}/flaky/flaky")),
+    ]})).await;
+    let run = start_run(&app, &owner, org, wf, Value::Null).await;
+    let done = wait_terminal(&app, &owner, org, wf, run, Duration::from_secs(20)).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(done["attemptCount"], 2);
+    assert_eq!(hits.hits("first"), 1, "a node that succeeded must not run again on retry");
+    assert_eq!(hits.hits("flaky"), 2);
+    let k = kinds(&events(&app, &owner, org, wf, run).await);
+    assert_eq!(
+        k,
+        ["run_started", "node_started:first", "node_succeeded:first", "node_started:flaky", "node_failed:flaky",
+         "run_retried", "run_started", "node_started:flaky", "node_succeeded:flaky", "run_succeeded"]
+    );
+
+    // A forbidden target is a deterministic failure: no retries, failed node recorded.
+    let wf = published(&app, &owner, org, json!({"version": "v2", "trigger": {"type": "trigger.manual"}, "nodes": [
+        {"id": "meta", "type": "http.request", "config": {"method": "GET", "url": "http://169.254.169.254/latest"}},
+    ]})).await;
+    let run = start_run(&app, &owner, org, wf, Value::Null).await;
+    let done = wait_terminal(&app, &owner, org, wf, run, Duration::from_secs(10)).await;
+    assert_eq!(done["status"], "failed");
+    assert_eq!(done["attemptCount"], 1);
+    assert_eq!(done["error"], "HTTP_TARGET_FORBIDDEN");
+    assert_eq!(done["output"]["status"], "failed");
+    assert_eq!(done["output"]["output"]["failedNodeId"], "meta");
+    let k = kinds(&events(&app, &owner, org, wf, run).await);
+    assert_eq!(k, ["run_started", "node_started:meta", "node_failed:meta", "run_failed"]);
+}
+
+#[tokio::test]
+async fn attempts_run_out() {
+    let app = common::spawn_with(opts().env("WORKFLOW_RETRY_ATTEMPTS", "2")).await;
+    let _worker = start_worker(&app);
+    let (target, _) = start_target(100).await;
+    let owner = app.signup("owner").await;
+    let org = owner.personal_org;
+    let wf = published(&app, &owner, org, json!({"version": "v2", "trigger": {"type": "trigger.manual"}, "nodes": [
+        http_node("down", format!("{target}/flaky/down")),
+    ]})).await;
+    let run = start_run(&app, &owner, org, wf, Value::Null).await;
+    let done = wait_terminal(&app, &owner, org, wf, run, Duration::from_secs(20)).await;
+    assert_eq!((done["status"].as_str(), done["attemptCount"].as_i64(), done["maxAttempts"].as_i64()), (Some("failed"), Some(2), Some(2)));
+    assert_eq!(done["error"], "HTTP_STATUS_500");
+    let k = kinds(&events(&app, &owner, org, wf, run).await);
+    assert_eq!(k.iter().filter(|e| *e == "run_retried").count(), 1);
+    assert_eq!(k.last().map(String::as_str), Some("run_failed"));
+}
+
+#[tokio::test]
+async fn v3_condition_routes_and_skips() {
+    let app = common::spawn_with(opts()).await;
+    let _worker = start_worker(&app);
+    let owner = app.signup("owner").await;
+    let org = owner.personal_org;
+    let wf = published(&app, &owner, org, json!({"version": "v3", "trigger": {"type": "trigger.manual"}, "graph": {
+        "nodes": {
+            "root": {"id": "root", "type": "http.request"},
+            "cond": {"id": "cond", "type": "condition", "config": {"path": "$.flag", "op": "eq", "value": true}},
+            "a": {"id": "a", "type": "http.request"},
+            "b": {"id": "b", "type": "http.request"}
+        },
+        "edges": [
+            {"id": "e1", "from": "root", "to": "cond"},
+            {"id": "e2", "from": "cond", "to": "a", "kind": "cond_true"},
+            {"id": "e3", "from": "cond", "to": "b", "kind": "cond_false"}
+        ]}})).await;
+    let run = start_run(&app, &owner, org, wf, json!({"flag": true})).await;
+    let done = wait_terminal(&app, &owner, org, wf, run, Duration::from_secs(15)).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    let steps: Vec<&str> = done["output"]["steps"].as_array().expect("steps").iter().filter_map(|s| s["nodeId"].as_str()).collect();
+    assert_eq!(steps, ["root", "cond", "a"]);
+    assert_eq!(done["output"]["steps"][1]["output"]["result"], true);
+    assert_eq!(done["output"]["runtime"]["graphV3"]["skipped"]["b"]["reasonCode"], "DEPENDENCIES_NOT_SATISFIED");
+    let k = kinds(&events(&app, &owner, org, wf, run).await);
+    assert!(k.contains(&"node_skipped:b".to_string()), "{k:?}");
+}
+
+#[tokio::test]
+async fn queue_down_answers_503_and_leaves_no_run() {
+    // A Redis of our own, so stopping it does not disturb other tests.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("port");
+    let mut redis = start_redis(port);
+    let app = common::spawn_with(opts().env("REDIS_URL", &format!("redis://127.0.0.1:{port}"))).await;
+    let owner = app.signup("owner").await;
+    let org = owner.personal_org;
+    let wf = published(&app, &owner, org, json!({"version": "v2", "trigger": {"type": "trigger.manual"},
+        "nodes": [{"id": "n", "type": "http.request"}]})).await;
+    let _ = redis.kill();
+    let _ = redis.wait();
+    let started = Instant::now();
+    let r = app.post(&format!("/v1/orgs/{org}/workflows/{wf}/runs")).by(&owner).org(org).json(json!({})).send().await;
+    assert_eq!((r.status.as_u16(), r.code()), (503, "QUEUE_UNAVAILABLE"), "{:?}", r.body);
+    assert!(started.elapsed() < Duration::from_secs(3), "503 took {:?}", started.elapsed());
+    let r = app.get(&format!("/v1/orgs/{org}/workflows/{wf}/runs")).by(&owner).org(org).send().await;
+    assert_eq!(r.body["runs"], json!([]), "no run row may remain");
+
+    // Redis back: the worker (started while it is down) reconnects and drains new runs.
+    let mut redis = start_redis(port);
+    let _worker = start_worker(&app);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let run = loop {
+        let r = app.post(&format!("/v1/orgs/{org}/workflows/{wf}/runs")).by(&owner).org(org).json(json!({})).send().await;
+        if r.status == 201 {
+            break r.body["run"]["id"].as_str().and_then(|s| s.parse::<Uuid>().ok()).expect("id");
+        }
+        assert!(Instant::now() < deadline, "API did not recover: {:?}", r.body);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let done = wait_terminal(&app, &owner, org, wf, run, Duration::from_secs(15)).await;
+    assert_eq!(done["status"], "succeeded");
+    let _ = redis.kill();
+    let _ = redis.wait();
+}
+
+fn start_redis(port: u16) -> Child {
+    let child = Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("redis-server");
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child
+}
+
+#[tokio::test]
+async fn a_stranded_queued_run_is_picked_up_by_the_sweeper() {
+    let app = common::spawn_with(opts()).await;
+    let owner = app.signup("owner").await;
+    let org = owner.personal_org;
+    let wf = published(&app, &owner, org, json!({"version": "v2", "trigger": {"type": "trigger.manual"},
+        "nodes": [{"id": "n", "type": "http.request"}]})).await;
+    let run = start_run(&app, &owner, org, wf, Value::Null).await;
+    // Simulate a crash between insert and enqueue: the queue entry is gone.
+    let q = format!("test:{}:workflow-runs:", app.db);
+    let redis = app.state.redis.client.clone();
+    for key in ["pending", "orgs", &format!("org:{org}"), "signal"] {
+        let _: i64 = fred::interfaces::KeysInterface::del(&redis, format!("{q}{key}")).await.unwrap_or(0);
+    }
+    let _worker = start_worker(&app);
+    let done = wait_terminal(&app, &owner, org, wf, run, Duration::from_secs(15)).await;
+    assert_eq!(done["status"], "succeeded");
+}
+
+/// A `vespid serve --role=worker` process for this app's database and Redis namespace.
+fn worker_process(app: &TestApp) -> Child {
+    Command::new(BIN)
+        .args(["serve", "--role=worker", "--no-migrate"])
+        .env("DATABASE_URL", common::app_url(&app.db))
+        .env("REDIS_KEY_PREFIX", format!("test:{}:", app.db))
+        .env("HTTP_NODE_ALLOW_HOSTS", "127.0.0.1")
+        .env("WORKFLOW_LEASE_SEC", "2")
+        .env("WORKFLOW_REAPER_INTERVAL_MS", "200")
+        .env("API_LOG_LEVEL", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn worker")
+}
+
+#[tokio::test]
+async fn worker_killed_mid_run_another_finishes_without_repeating_nodes() {
+    let app = common::spawn_with(opts()).await;
+    let (target, hits) = start_target(0).await;
+    let owner = app.signup("owner").await;
+    let org = owner.personal_org;
+    let wf = published(&app, &owner, org, json!({"version": "v2", "trigger": {"type": "trigger.manual"}, "nodes": [
+        http_node("first", format!("{target}/ok/first")),
+        http_node("slow", format!("{target}/slow/slow")),
+        http_node("last", format!("{target}/ok/last")),
+    ]})).await;
+    let mut victim = worker_process(&app);
+    let run = start_run(&app, &owner, org, wf, Value::Null).await;
+    // Wait until the slow node is in flight, then SIGKILL the worker.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while hits.hits("slow") == 0 {
+        assert!(Instant::now() < deadline, "slow node never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _ = victim.kill();
+    let _ = victim.wait();
+    let mut survivor = worker_process(&app);
+    let done = wait_terminal(&app, &owner, org, wf, run, Duration::from_secs(30)).await;
+    let _ = survivor.kill();
+    let _ = survivor.wait();
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(done["attemptCount"], 1, "a crash does not consume an attempt");
+    assert_eq!(hits.hits("first"), 1, "a node that succeeded before the crash must not run again");
+    assert_eq!(hits.hits("last"), 1);
+    let k = kinds(&events(&app, &owner, org, wf, run).await);
+    assert_eq!(k.iter().filter(|e| *e == "node_started:slow").count(), 2, "the re-execution is visible: {k:?}");
+    assert_eq!(k.iter().filter(|e| *e == "run_started").count(), 1);
+}
