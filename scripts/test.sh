@@ -8,7 +8,7 @@ PGPORT="${PGPORT:-5432}"
 REDIS_PORT="${REDIS_PORT:-6379}"
 export PGPORT REDIS_PORT
 
-echo "==> [test 1/2] starting PostgreSQL and Redis (scripts/deps.sh)"
+echo "==> [test 1/3] starting PostgreSQL and Redis (scripts/deps.sh)"
 bash scripts/deps.sh
 
 export DATABASE_URL="${DATABASE_URL:-postgres://vespid_app:vespid_app@127.0.0.1:${PGPORT}/vespid}"
@@ -17,5 +17,15 @@ export REDIS_URL="${REDIS_URL:-redis://127.0.0.1:${REDIS_PORT}}"
 # The tests connect here as the owner to create a template database and one database per test.
 export TEST_DATABASE_ADMIN_URL="${TEST_DATABASE_ADMIN_URL:-postgres://vespid_owner:vespid_owner@127.0.0.1:${PGPORT}/postgres}"
 
-echo "==> [test 2/2] cargo test --locked $*"
-exec cargo test --locked "$@"
+echo "==> [test 2/3] cargo test --locked $*"
+cargo test --locked "$@"
+
+# The cluster behind PGPORT, for the test that restarts PostgreSQL.
+TEST_PG_CLUSTER="${TEST_PG_CLUSTER:-$(pg_lsclusters -h 2>/dev/null | awk -v p="$PGPORT" '$3==p {print $1" "$2; exit}')}"
+export TEST_PG_CLUSTER
+
+# Tests that restart shared services (PostgreSQL) run afterwards, alone. Skipped when arguments were given.
+if [[ $# -eq 0 ]]; then
+    echo "==> [test 3/3] cargo test --locked --test it -- --ignored --test-threads=1"
+    cargo test --locked --test it -- --ignored --test-threads=1
+fi

@@ -424,3 +424,117 @@ async fn worker_killed_mid_run_another_finishes_without_repeating_nodes() {
     assert_eq!(k.iter().filter(|e| *e == "node_started:slow").count(), 2, "the re-execution is visible: {k:?}");
     assert_eq!(k.iter().filter(|e| *e == "run_started").count(), 1);
 }
+
+/// Restarts the shared PostgreSQL cluster, so it runs alone: `scripts/test.sh` runs the ignored tests
+/// after the rest, one at a time.
+#[tokio::test]
+#[ignore = "restarts PostgreSQL; run alone (scripts/test.sh does)"]
+async fn postgres_restart_while_runs_are_in_flight() {
+    let app = common::spawn_with(opts()).await;
+    let _worker = start_worker(&app);
+    let (target, hits) = start_target(0).await;
+    let owner = app.signup("owner").await;
+    let org = owner.personal_org;
+    let wf = published(&app, &owner, org, json!({"version": "v2", "trigger": {"type": "trigger.manual"}, "nodes": [
+        http_node("first", format!("{target}/ok/first")),
+        http_node("slow", format!("{target}/slow/slow")),
+        http_node("last", format!("{target}/ok/last")),
+    ]})).await;
+    let mut runs = Vec::new();
+    for _ in 0..3 {
+        runs.push(start_run(&app, &owner, org, wf, Value::Null).await);
+    }
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while hits.hits("slow") < 3 {
+        assert!(Instant::now() < deadline, "slow nodes never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let cluster = std::env::var("TEST_PG_CLUSTER").unwrap_or_else(|_| "15 main".into());
+    let mut args: Vec<&str> = cluster.split_whitespace().collect();
+    args.extend(["restart", "-m", "fast"]);
+    let status = Command::new("pg_ctlcluster").args(&args).status().expect("pg_ctlcluster");
+    assert!(status.success(), "restart failed");
+    for run in runs {
+        let done = wait_terminal(&app, &owner, org, wf, run, Duration::from_secs(60)).await;
+        assert_eq!(done["status"], "succeeded", "{done}");
+        assert_eq!(done["attemptCount"], 1, "a database outage does not consume attempts: {done}");
+    }
+    assert_eq!(hits.hits("first"), 3, "first nodes checkpointed before the restart must not repeat");
+}
+
+#[tokio::test]
+async fn sigterm_hands_claimed_work_back() {
+    let app = common::spawn_with(opts()).await;
+    let (target, hits) = start_target(0).await;
+    let owner = app.signup("owner").await;
+    let org = owner.personal_org;
+    let wf = published(&app, &owner, org, json!({"version": "v2", "trigger": {"type": "trigger.manual"}, "nodes": [
+        http_node("slow", format!("{target}/slow/slow")),
+        http_node("last", format!("{target}/ok/last")),
+    ]})).await;
+    let mut first = worker_process(&app);
+    let run = start_run(&app, &owner, org, wf, Value::Null).await;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while hits.hits("slow") == 0 {
+        assert!(Instant::now() < deadline, "slow node never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _ = Command::new("kill").args(["-TERM", &first.id().to_string()]).status();
+    // The in-flight node finishes, the run is handed back at the node boundary, the process exits cleanly.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Ok(Some(s)) = first.try_wait() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "worker did not stop after SIGTERM");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "{status:?}");
+    assert_eq!(hits.hits("last"), 0, "the stopping worker must not start new nodes");
+    let r = run_json(&app, &owner, org, wf, run).await;
+    assert_eq!(r["status"], "running", "handed back, not finished: {r}");
+    let mut second = worker_process(&app);
+    let done = wait_terminal(&app, &owner, org, wf, run, Duration::from_secs(20)).await;
+    let _ = second.kill();
+    let _ = second.wait();
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!((hits.hits("slow"), hits.hits("last")), (1, 1));
+    assert_eq!(done["attemptCount"], 1);
+}
+
+#[tokio::test]
+async fn queue_is_fair_across_orgs_dedups_and_recovers_expired_leases() {
+    let app = common::spawn().await;
+    let q = vespid::platform::queue::WorkQueue::new(&app.state.redis, "fairness");
+    let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+    let backlog: Vec<Uuid> = (0..50).map(|_| Uuid::new_v4()).collect();
+    for id in &backlog {
+        assert!(q.enqueue(a, *id).await.expect("enqueue"));
+    }
+    assert!(!q.enqueue(a, backlog[0]).await.expect("enqueue"), "an id is queued once");
+    let late = Uuid::new_v4();
+    q.enqueue(b, late).await.expect("enqueue");
+    let lease = Duration::from_secs(30);
+    let first = q.claim(lease).await.expect("claim").expect("item");
+    let second = q.claim(lease).await.expect("claim").expect("item");
+    assert_eq!(first, (a, backlog[0]));
+    assert_eq!(second, (b, late), "org B's single run is not starved by org A's backlog");
+    // A claim whose lease lapses (worker died) comes back; an acked one does not.
+    let short = q.claim(Duration::from_millis(1)).await.expect("claim").expect("item");
+    q.ack(first.0, first.1).await.expect("ack");
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let (_, expired) = q.promote().await.expect("promote");
+    assert!(expired >= 1, "expired lease promoted");
+    assert!(q.contains(short.0, short.1).await.expect("contains"));
+    // Delayed items wait for their time.
+    let later = Uuid::new_v4();
+    q.enqueue_at(b, later, chrono::Utc::now().timestamp_millis() + 60_000).await.expect("delay");
+    q.promote().await.expect("promote");
+    let mut seen = Vec::new();
+    while let Some((_, id)) = q.claim(lease).await.expect("claim") {
+        seen.push(id);
+    }
+    assert!(!seen.contains(&later), "not due yet");
+    assert!(seen.contains(&short.1));
+    assert_eq!(seen.len(), 49, "the rest of the backlog, once each");
+}

@@ -1,0 +1,144 @@
+//! Run-throughput benchmark driver (run it through `bench/runs.sh`, which starts the servers).
+//!
+//! Signs up, publishes a 3-node workflow of cheap nodes, creates `RUNS` runs through the API with
+//! `CONCURRENCY` parallel clients, waits until all succeeded, then reads the runs' timestamps from
+//! PostgreSQL: end-to-end runs/s, enqueue-to-started p50/p99, and per-node overhead.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+fn env(name: &str, default: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| default.to_string())
+}
+
+fn pct(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let base = env("BENCH_BASE", "http://127.0.0.1:3901");
+    let owner_url = env("BENCH_OWNER_DB", "postgres://vespid_owner:vespid_owner@127.0.0.1:5432/vespid");
+    let runs: usize = env("RUNS", "3000").parse()?;
+    let conc: usize = env("CONCURRENCY", "32").parse()?;
+    let http = reqwest::Client::new();
+
+    let email = format!("bench-runs-{}@example.com", uuid::Uuid::new_v4().simple());
+    let s: Value = http
+        .post(format!("{base}/v1/auth/signup"))
+        .json(&json!({"email": email, "password": "Password123"}))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let token = s["session"]["token"].as_str().ok_or("no token")?.to_string();
+    let me: Value = http.get(format!("{base}/v1/me")).bearer_auth(&token).send().await?.json().await?;
+    let org = me["defaultOrgId"].as_str().ok_or("no org")?.to_string();
+    let dsl = json!({"version": "v2", "trigger": {"type": "trigger.manual"}, "nodes": [
+        {"id": "a", "type": "http.request"}, {"id": "b", "type": "agent.execute"}, {"id": "c", "type": "http.request"}
+    ]});
+    let wf: Value = http
+        .post(format!("{base}/v1/orgs/{org}/workflows"))
+        .bearer_auth(&token)
+        .header("x-org-id", &org)
+        .json(&json!({"name": "bench", "dsl": dsl}))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let wf = wf["workflow"]["id"].as_str().ok_or_else(|| format!("create workflow: {wf}"))?.to_string();
+    http.post(format!("{base}/v1/orgs/{org}/workflows/{wf}/publish"))
+        .bearer_auth(&token)
+        .header("x-org-id", &org)
+        .send()
+        .await?;
+
+    let started = Instant::now();
+    let per = runs / conc;
+    let mut tasks = Vec::new();
+    for _ in 0..conc {
+        let (http, base, token, org, wf) = (http.clone(), base.clone(), token.clone(), org.clone(), wf.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut failed = 0;
+            for _ in 0..per {
+                let r = http
+                    .post(format!("{base}/v1/orgs/{org}/workflows/{wf}/runs"))
+                    .bearer_auth(&token)
+                    .header("x-org-id", &org)
+                    .json(&json!({"input": {"n": 1}}))
+                    .send()
+                    .await;
+                if !matches!(r, Ok(ref r) if r.status().as_u16() == 201) {
+                    failed += 1;
+                }
+            }
+            failed
+        }));
+    }
+    let mut create_failed = 0;
+    for t in tasks {
+        create_failed += t.await?;
+    }
+    let created = per * conc - create_failed;
+    let create_secs = started.elapsed().as_secs_f64();
+
+    let (db, conn) = tokio_postgres::connect(&owner_url, tokio_postgres::NoTls).await?;
+    tokio::spawn(conn);
+    db.batch_execute(&format!("SELECT set_config('app.current_org_id', '{org}', false)")).await?;
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let row = db
+            .query_one("SELECT count(*) FILTER (WHERE status IN ('succeeded','failed')) FROM workflow_runs WHERE workflow_id = $1::text::uuid", &[&wf])
+            .await?;
+        let done: i64 = row.get(0);
+        if done as usize >= created || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let total_secs = started.elapsed().as_secs_f64();
+    let rows = db
+        .query(
+            "SELECT (extract(epoch FROM (started_at - created_at)) * 1000)::float8, (extract(epoch FROM (finished_at - started_at)) * 1000)::float8, status \
+             FROM workflow_runs WHERE workflow_id = $1::text::uuid",
+            &[&wf],
+        )
+        .await?;
+    let mut queue_ms: Vec<f64> = Vec::new();
+    let mut exec_ms: Vec<f64> = Vec::new();
+    let mut succeeded = 0;
+    for r in &rows {
+        let q: Option<f64> = r.get(0);
+        let e: Option<f64> = r.get(1);
+        if let Some(q) = q {
+            queue_ms.push(q);
+        }
+        if let Some(e) = e {
+            exec_ms.push(e);
+        }
+        if r.get::<_, String>(2) == "succeeded" {
+            succeeded += 1;
+        }
+    }
+    queue_ms.sort_by(|a, b| a.total_cmp(b));
+    exec_ms.sort_by(|a, b| a.total_cmp(b));
+    println!("runs created: {created} (failed to create: {create_failed}) in {create_secs:.2}s with {conc} clients");
+    println!("runs succeeded: {succeeded}/{created} in {total_secs:.2}s => {:.0} runs/s end to end", succeeded as f64 / total_secs);
+    println!(
+        "enqueue-to-started: p50 {:.2} ms, p99 {:.2} ms",
+        pct(&queue_ms, 0.5),
+        pct(&queue_ms, 0.99)
+    );
+    println!(
+        "run execution (3 nodes): p50 {:.2} ms, p99 {:.2} ms => per-node overhead p50 {:.2} ms",
+        pct(&exec_ms, 0.5),
+        pct(&exec_ms, 0.99),
+        pct(&exec_ms, 0.5) / 3.0
+    );
+    Ok(())
+}
