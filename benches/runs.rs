@@ -23,7 +23,10 @@ fn pct(sorted: &[f64], p: f64) -> f64 {
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let base = env("BENCH_BASE", "http://127.0.0.1:3901");
-    let owner_url = env("BENCH_OWNER_DB", "postgres://vespid_owner:vespid_owner@127.0.0.1:5432/vespid");
+    let owner_url = env(
+        "BENCH_OWNER_DB",
+        "postgres://vespid_owner:vespid_owner@127.0.0.1:5432/vespid",
+    );
     let runs: usize = env("RUNS", "3000").parse()?;
     let conc: usize = env("CONCURRENCY", "32").parse()?;
     let http = reqwest::Client::new();
@@ -36,8 +39,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .await?
         .json()
         .await?;
-    let token = s["session"]["token"].as_str().ok_or("no token")?.to_string();
-    let me: Value = http.get(format!("{base}/v1/me")).bearer_auth(&token).send().await?.json().await?;
+    let token = s["session"]["token"]
+        .as_str()
+        .ok_or("no token")?
+        .to_string();
+    let me: Value = http
+        .get(format!("{base}/v1/me"))
+        .bearer_auth(&token)
+        .send()
+        .await?
+        .json()
+        .await?;
     let org = me["defaultOrgId"].as_str().ok_or("no org")?.to_string();
     let dsl = json!({"version": "v2", "trigger": {"type": "trigger.manual"}, "nodes": [
         {"id": "a", "type": "http.request"}, {"id": "b", "type": "agent.execute"}, {"id": "c", "type": "http.request"}
@@ -51,7 +63,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .await?
         .json()
         .await?;
-    let wf = wf["workflow"]["id"].as_str().ok_or_else(|| format!("create workflow: {wf}"))?.to_string();
+    let wf = wf["workflow"]["id"]
+        .as_str()
+        .ok_or_else(|| format!("create workflow: {wf}"))?
+        .to_string();
     http.post(format!("{base}/v1/orgs/{org}/workflows/{wf}/publish"))
         .bearer_auth(&token)
         .header("x-org-id", &org)
@@ -62,7 +77,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let per = runs / conc;
     let mut tasks = Vec::new();
     for _ in 0..conc {
-        let (http, base, token, org, wf) = (http.clone(), base.clone(), token.clone(), org.clone(), wf.clone());
+        let (http, base, token, org, wf) = (
+            http.clone(),
+            base.clone(),
+            token.clone(),
+            org.clone(),
+            wf.clone(),
+        );
         tasks.push(tokio::spawn(async move {
             let mut failed = 0;
             for _ in 0..per {
@@ -89,7 +110,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let (db, conn) = tokio_postgres::connect(&owner_url, tokio_postgres::NoTls).await?;
     tokio::spawn(conn);
-    db.batch_execute(&format!("SELECT set_config('app.current_org_id', '{org}', false)")).await?;
+    db.batch_execute(&format!(
+        "SELECT set_config('app.current_org_id', '{org}', false)"
+    ))
+    .await?;
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
         let row = db
@@ -128,7 +152,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     queue_ms.sort_by(|a, b| a.total_cmp(b));
     exec_ms.sort_by(|a, b| a.total_cmp(b));
     println!("runs created: {created} (failed to create: {create_failed}) in {create_secs:.2}s with {conc} clients");
-    println!("runs succeeded: {succeeded}/{created} in {total_secs:.2}s => {:.0} runs/s end to end", succeeded as f64 / total_secs);
+    println!(
+        "runs succeeded: {succeeded}/{created} in {total_secs:.2}s => {:.0} runs/s end to end",
+        succeeded as f64 / total_secs
+    );
     println!(
         "enqueue-to-started: p50 {:.2} ms, p99 {:.2} ms",
         pct(&queue_ms, 0.5),

@@ -9,6 +9,7 @@
 //! - `delayed`    ZSET  `<tenant>:<id>` scored by due time (ms), promoted to ready when due;
 //! - `inflight`   ZSET  `<tenant>:<id>` scored by lease expiry (ms); expired leases go back to ready;
 //! - `signal`     LIST  wake-ups for idle consumers (BLPOP), trimmed short.
+//!
 //! Every multi-key step is one Lua script, so concurrent producers and consumers never see half a move.
 
 use std::time::Duration;
@@ -97,7 +98,11 @@ impl WorkQueue {
     pub async fn enqueue(&self, org: Uuid, id: Uuid) -> Result<bool, RedisError> {
         let added: i64 = self
             .client
-            .eval(ENQUEUE, Vec::<String>::new(), vec![self.prefix.clone(), org.to_string(), id.to_string()])
+            .eval(
+                ENQUEUE,
+                Vec::<String>::new(),
+                vec![self.prefix.clone(), org.to_string(), id.to_string()],
+            )
             .await?;
         Ok(added == 1)
     }
@@ -106,7 +111,14 @@ impl WorkQueue {
     pub async fn enqueue_at(&self, org: Uuid, id: Uuid, due_ms: i64) -> Result<(), RedisError> {
         let _: i64 = self
             .client
-            .zadd(format!("{}delayed", self.prefix), None, None, false, false, (due_ms as f64, member(org, id)))
+            .zadd(
+                format!("{}delayed", self.prefix),
+                None,
+                None,
+                false,
+                false,
+                (due_ms as f64, member(org, id)),
+            )
             .await?;
         Ok(())
     }
@@ -116,7 +128,11 @@ impl WorkQueue {
         let expires = now_ms() + lease.as_millis() as i64;
         let got: Option<Vec<String>> = self
             .client
-            .eval(CLAIM, Vec::<String>::new(), vec![self.prefix.clone(), expires.to_string()])
+            .eval(
+                CLAIM,
+                Vec::<String>::new(),
+                vec![self.prefix.clone(), expires.to_string()],
+            )
             .await?;
         Ok(got.and_then(|v| match v.as_slice() {
             [org, id] => Some((Uuid::parse_str(org).ok()?, Uuid::parse_str(id).ok()?)),
@@ -128,14 +144,24 @@ impl WorkQueue {
         let expires = now_ms() + lease.as_millis() as i64;
         let _: i64 = self
             .client
-            .zadd(format!("{}inflight", self.prefix), None, None, false, false, (expires as f64, member(org, id)))
+            .zadd(
+                format!("{}inflight", self.prefix),
+                None,
+                None,
+                false,
+                false,
+                (expires as f64, member(org, id)),
+            )
             .await?;
         Ok(())
     }
 
     /// Done with the item (whatever the outcome: PostgreSQL records it).
     pub async fn ack(&self, org: Uuid, id: Uuid) -> Result<(), RedisError> {
-        let _: i64 = self.client.zrem(format!("{}inflight", self.prefix), member(org, id)).await?;
+        let _: i64 = self
+            .client
+            .zrem(format!("{}inflight", self.prefix), member(org, id))
+            .await?;
         Ok(())
     }
 
@@ -144,11 +170,19 @@ impl WorkQueue {
         let now = now_ms().to_string();
         let due: i64 = self
             .client
-            .eval(PROMOTE, Vec::<String>::new(), vec![self.prefix.clone(), "delayed".into(), now.clone()])
+            .eval(
+                PROMOTE,
+                Vec::<String>::new(),
+                vec![self.prefix.clone(), "delayed".into(), now.clone()],
+            )
             .await?;
         let expired: i64 = self
             .client
-            .eval(PROMOTE, Vec::<String>::new(), vec![self.prefix.clone(), "inflight".into(), now])
+            .eval(
+                PROMOTE,
+                Vec::<String>::new(),
+                vec![self.prefix.clone(), "inflight".into(), now],
+            )
             .await?;
         Ok((due, expired))
     }
@@ -157,20 +191,37 @@ impl WorkQueue {
     pub async fn next_due_ms(&self) -> Result<Option<i64>, RedisError> {
         let first: Vec<(String, f64)> = self
             .client
-            .zrange(format!("{}delayed", self.prefix), 0, 0, None, false, None, true)
+            .zrange(
+                format!("{}delayed", self.prefix),
+                0,
+                0,
+                None,
+                false,
+                None,
+                true,
+            )
             .await?;
         Ok(first.first().map(|(_, s)| *s as i64))
     }
 
     /// Whether `id` is ready, delayed or in flight (the sweeper's "has a queue entry" test).
     pub async fn contains(&self, org: Uuid, id: Uuid) -> Result<bool, RedisError> {
-        let pending: bool = self.client.sismember(format!("{}pending", self.prefix), id.to_string()).await?;
+        let pending: bool = self
+            .client
+            .sismember(format!("{}pending", self.prefix), id.to_string())
+            .await?;
         if pending {
             return Ok(true);
         }
         let m = member(org, id);
-        let delayed: Option<f64> = self.client.zscore(format!("{}delayed", self.prefix), &m).await?;
-        let inflight: Option<f64> = self.client.zscore(format!("{}inflight", self.prefix), &m).await?;
+        let delayed: Option<f64> = self
+            .client
+            .zscore(format!("{}delayed", self.prefix), &m)
+            .await?;
+        let inflight: Option<f64> = self
+            .client
+            .zscore(format!("{}inflight", self.prefix), &m)
+            .await?;
         Ok(delayed.is_some() || inflight.is_some())
     }
 

@@ -12,7 +12,10 @@ pub fn spawn(role: Role, state: AppState, stop: watch::Receiver<bool>) -> JoinHa
     match role {
         Role::Worker => runs::worker::spawn(state, stop),
         other => {
-            tracing::info!(role = other.name(), "role started; it has nothing to do yet in this version");
+            tracing::info!(
+                role = other.name(),
+                "role started; it has nothing to do yet in this version"
+            );
             let mut stop = stop;
             tokio::spawn(async move {
                 let _ = stop.wait_for(|s| *s).await;

@@ -5,6 +5,8 @@ mod common;
 
 mod auth;
 mod basics;
+mod executors;
+mod fake_github;
 mod fake_oauth;
 mod oauth;
 mod orgs;

@@ -40,24 +40,33 @@ async fn start_target(fail_first: usize) -> (String, Target) {
         let t = t.clone();
         App::new()
             .app_data(web::Data::new(t))
-            .route("/ok/{name}", web::to(|t: web::Data<Target>, p: web::Path<String>| async move {
-                *t.hits.entry(p.into_inner()).or_insert(0) += 1;
-                HttpResponse::Ok().json(json!({"ok": true}))
-            }))
-            .route("/flaky/{name}", web::to(|t: web::Data<Target>, p: web::Path<String>| async move {
-                let mut n = t.hits.entry(p.into_inner()).or_insert(0);
-                *n += 1;
-                if *n <= t.fail_first.load(Ordering::SeqCst) {
-                    HttpResponse::InternalServerError().json(json!({"ok": false}))
-                } else {
-                    HttpResponse::Ok().json(json!({"ok": true, "hit": *n}))
-                }
-            }))
-            .route("/slow/{name}", web::to(|t: web::Data<Target>, p: web::Path<String>| async move {
-                *t.hits.entry(p.into_inner()).or_insert(0) += 1;
-                tokio::time::sleep(Duration::from_secs(3)).await;
-                HttpResponse::Ok().json(json!({"slow": true}))
-            }))
+            .route(
+                "/ok/{name}",
+                web::to(|t: web::Data<Target>, p: web::Path<String>| async move {
+                    *t.hits.entry(p.into_inner()).or_insert(0) += 1;
+                    HttpResponse::Ok().json(json!({"ok": true}))
+                }),
+            )
+            .route(
+                "/flaky/{name}",
+                web::to(|t: web::Data<Target>, p: web::Path<String>| async move {
+                    let mut n = t.hits.entry(p.into_inner()).or_insert(0);
+                    *n += 1;
+                    if *n <= t.fail_first.load(Ordering::SeqCst) {
+                        HttpResponse::InternalServerError().json(json!({"ok": false}))
+                    } else {
+                        HttpResponse::Ok().json(json!({"ok": true, "hit": *n}))
+                    }
+                }),
+            )
+            .route(
+                "/slow/{name}",
+                web::to(|t: web::Data<Target>, p: web::Path<String>| async move {
+                    *t.hits.entry(p.into_inner()).or_insert(0) += 1;
+                    tokio::time::sleep(Duration::from_secs(3)).await;
+                    HttpResponse::Ok().json(json!({"slow": true}))
+                }),
+            )
     })
     .workers(1)
     .listen(listener)
@@ -84,31 +93,64 @@ fn start_worker(app: &TestApp) -> watch::Sender<bool> {
 }
 
 async fn published(app: &TestApp, owner: &User, org: Uuid, dsl: Value) -> Uuid {
-    let r = app.post(&format!("/v1/orgs/{org}/workflows")).by(owner).org(org)
-        .json(json!({"name": "wf", "dsl": dsl})).send().await;
+    let r = app
+        .post(&format!("/v1/orgs/{org}/workflows"))
+        .by(owner)
+        .org(org)
+        .json(json!({"name": "wf", "dsl": dsl}))
+        .send()
+        .await;
     assert_eq!(r.status, 201, "create workflow: {:?}", r.body);
-    let id: Uuid = r.body["workflow"]["id"].as_str().and_then(|s| s.parse().ok()).expect("id");
-    let r = app.post(&format!("/v1/orgs/{org}/workflows/{id}/publish")).by(owner).org(org).send().await;
+    let id: Uuid = r.body["workflow"]["id"]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .expect("id");
+    let r = app
+        .post(&format!("/v1/orgs/{org}/workflows/{id}/publish"))
+        .by(owner)
+        .org(org)
+        .send()
+        .await;
     assert_eq!(r.status, 200, "publish: {:?}", r.body);
     id
 }
 
 async fn start_run(app: &TestApp, user: &User, org: Uuid, wf: Uuid, input: Value) -> Uuid {
-    let r = app.post(&format!("/v1/orgs/{org}/workflows/{wf}/runs")).by(user).org(org)
-        .json(json!({"input": input})).send().await;
+    let r = app
+        .post(&format!("/v1/orgs/{org}/workflows/{wf}/runs"))
+        .by(user)
+        .org(org)
+        .json(json!({"input": input}))
+        .send()
+        .await;
     assert_eq!(r.status, 201, "run: {:?}", r.body);
     assert_eq!(r.body["run"]["status"], "queued");
     assert_eq!(r.body["run"]["attemptCount"], 0);
-    r.body["run"]["id"].as_str().and_then(|s| s.parse().ok()).expect("run id")
+    r.body["run"]["id"]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .expect("run id")
 }
 
 async fn run_json(app: &TestApp, user: &User, org: Uuid, wf: Uuid, run: Uuid) -> Value {
-    let r = app.get(&format!("/v1/orgs/{org}/workflows/{wf}/runs/{run}")).by(user).org(org).send().await;
+    let r = app
+        .get(&format!("/v1/orgs/{org}/workflows/{wf}/runs/{run}"))
+        .by(user)
+        .org(org)
+        .send()
+        .await;
     assert_eq!(r.status, 200, "{:?}", r.body);
     r.body["run"].clone()
 }
 
-async fn wait_terminal(app: &TestApp, user: &User, org: Uuid, wf: Uuid, run: Uuid, within: Duration) -> Value {
+async fn wait_terminal(
+    app: &TestApp,
+    user: &User,
+    org: Uuid,
+    wf: Uuid,
+    run: Uuid,
+    within: Duration,
+) -> Value {
     let deadline = Instant::now() + within;
     loop {
         let r = run_json(app, user, org, wf, run).await;
@@ -124,9 +166,18 @@ async fn events(app: &TestApp, user: &User, org: Uuid, wf: Uuid, run: Uuid) -> V
     let mut all = Vec::new();
     let mut cursor: Option<String> = None;
     loop {
-        let q = cursor.as_ref().map(|c| format!("&cursor={c}")).unwrap_or_default();
-        let r = app.get(&format!("/v1/orgs/{org}/workflows/{wf}/runs/{run}/events?limit=3{q}"))
-            .by(user).org(org).send().await;
+        let q = cursor
+            .as_ref()
+            .map(|c| format!("&cursor={c}"))
+            .unwrap_or_default();
+        let r = app
+            .get(&format!(
+                "/v1/orgs/{org}/workflows/{wf}/runs/{run}/events?limit=3{q}"
+            ))
+            .by(user)
+            .org(org)
+            .send()
+            .await;
         assert_eq!(r.status, 200, "{:?}", r.body);
         let page = r.body["events"].as_array().cloned().unwrap_or_default();
         if page.is_empty() {
@@ -168,10 +219,21 @@ async fn run_lifecycle_happy_path_with_events_and_roles() {
         {"id": "task", "type": "agent.execute"},
     ]});
     // Not published yet: 409.
-    let r = app.post(&format!("/v1/orgs/{org}/workflows")).by(&owner).org(org)
-        .json(json!({"name": "draft", "dsl": dsl})).send().await;
+    let r = app
+        .post(&format!("/v1/orgs/{org}/workflows"))
+        .by(&owner)
+        .org(org)
+        .json(json!({"name": "draft", "dsl": dsl}))
+        .send()
+        .await;
     let draft = r.body["workflow"]["id"].as_str().expect("id").to_string();
-    let r = app.post(&format!("/v1/orgs/{org}/workflows/{draft}/runs")).by(&member).org(org).json(json!({})).send().await;
+    let r = app
+        .post(&format!("/v1/orgs/{org}/workflows/{draft}/runs"))
+        .by(&member)
+        .org(org)
+        .json(json!({}))
+        .send()
+        .await;
     assert_eq!((r.status.as_u16(), r.code()), (409, "CONFLICT"));
 
     let wf = published(&app, &owner, org, dsl).await;
@@ -181,38 +243,91 @@ async fn run_lifecycle_happy_path_with_events_and_roles() {
     assert_eq!(done["attemptCount"], 1);
     assert_eq!(done["input"], json!({"x": 1}));
     assert_eq!(done["output"]["status"], "succeeded");
-    assert_eq!(done["output"]["output"], json!({"completedNodeCount": 3, "failedNodeId": null}));
-    assert_eq!(done["output"]["steps"][0]["output"], json!({"accepted": true, "requestId": "stub-request"}));
+    assert_eq!(
+        done["output"]["output"],
+        json!({"completedNodeCount": 3, "failedNodeId": null})
+    );
+    assert_eq!(
+        done["output"]["steps"][0]["output"],
+        json!({"accepted": true, "requestId": "stub-request"})
+    );
     assert_eq!(done["output"]["steps"][1]["output"]["status"], 200);
-    assert_eq!(done["output"]["steps"][2]["output"], json!({"accepted": true, "taskId": "task-task"}));
+    assert_eq!(
+        done["output"]["steps"][2]["output"],
+        json!({"accepted": true, "taskId": "task-task"})
+    );
     assert!(done["finishedAt"].is_string() && done["startedAt"].is_string());
     assert_eq!(hits.hits("call"), 1);
     let evs = events(&app, &member, org, wf, run).await;
     assert_eq!(
         kinds(&evs),
-        ["run_started", "node_started:stub", "node_succeeded:stub", "node_started:call", "node_succeeded:call",
-         "node_started:task", "node_succeeded:task", "run_succeeded"]
+        [
+            "run_started",
+            "node_started:stub",
+            "node_succeeded:stub",
+            "node_started:call",
+            "node_succeeded:call",
+            "node_started:task",
+            "node_succeeded:task",
+            "run_succeeded"
+        ]
     );
     assert!(evs.iter().all(|e| e["attemptCount"] == 1));
     assert_eq!(evs[7]["payload"], json!({"completedNodeCount": 3}));
 
     // Listing runs; an outsider sees nothing of it.
-    let r = app.get(&format!("/v1/orgs/{org}/workflows/{wf}/runs?limit=10")).by(&member).org(org).send().await;
+    let r = app
+        .get(&format!("/v1/orgs/{org}/workflows/{wf}/runs?limit=10"))
+        .by(&member)
+        .org(org)
+        .send()
+        .await;
     assert_eq!(r.body["runs"][0]["id"], run.to_string());
-    let r = app.get(&format!("/v1/orgs/{org}/workflows/{wf}/runs/{run}/events")).by(&outsider).org(org).send().await;
+    let r = app
+        .get(&format!("/v1/orgs/{org}/workflows/{wf}/runs/{run}/events"))
+        .by(&outsider)
+        .org(org)
+        .send()
+        .await;
     assert_eq!(r.code(), "ORG_ACCESS_DENIED");
     // Cross-tenant by id: the outsider's own org does not have this workflow or run.
     let o = outsider.personal_org;
-    let r = app.get(&format!("/v1/orgs/{o}/workflows/{wf}/runs/{run}")).by(&outsider).org(o).send().await;
+    let r = app
+        .get(&format!("/v1/orgs/{o}/workflows/{wf}/runs/{run}"))
+        .by(&outsider)
+        .org(o)
+        .send()
+        .await;
     assert_eq!((r.status.as_u16(), r.code()), (404, "NOT_FOUND"));
-    let r = app.post(&format!("/v1/orgs/{o}/workflows/{wf}/runs")).by(&outsider).org(o).json(json!({})).send().await;
+    let r = app
+        .post(&format!("/v1/orgs/{o}/workflows/{wf}/runs"))
+        .by(&outsider)
+        .org(o)
+        .json(json!({}))
+        .send()
+        .await;
     assert_eq!((r.status.as_u16(), r.code()), (404, "NOT_FOUND"));
-    let r = app.get(&format!("/v1/orgs/{org}/workflows/{wf}/runs/not-a-uuid")).by(&member).org(org).send().await;
+    let r = app
+        .get(&format!("/v1/orgs/{org}/workflows/{wf}/runs/not-a-uuid"))
+        .by(&member)
+        .org(org)
+        .send()
+        .await;
     assert_eq!((r.status.as_u16(), r.code()), (404, "NOT_FOUND"));
     // Body validated before org context; bad limits.
-    let r = app.post(&format!("/v1/orgs/{org}/workflows/{wf}/runs")).by(&member).json(json!([1])).send().await;
+    let r = app
+        .post(&format!("/v1/orgs/{org}/workflows/{wf}/runs"))
+        .by(&member)
+        .json(json!([1]))
+        .send()
+        .await;
     assert_eq!((r.status.as_u16(), r.code()), (400, "BAD_REQUEST"));
-    let r = app.get(&format!("/v1/orgs/{org}/workflows/{wf}/runs?limit=0")).by(&member).org(org).send().await;
+    let r = app
+        .get(&format!("/v1/orgs/{org}/workflows/{wf}/runs?limit=0"))
+        .by(&member)
+        .org(org)
+        .send()
+        .await;
     assert_eq!((r.status.as_u16(), r.code()), (400, "BAD_REQUEST"));
 }
 
@@ -223,21 +338,41 @@ async fn retry_resumes_from_the_failed_node_and_deterministic_errors_fail_at_onc
     let (target, hits) = start_target(1).await;
     let owner = app.signup("owner").await;
     let org = owner.personal_org;
-    let wf = published(&app, &owner, org, json!({"version": "v2", "trigger": {"type": "trigger.manual"}, "nodes": [
-        http_node("first", format!("{target}/ok/first")),
-        http_node("flaky", format!("{target}/flaky/flaky")),
-    ]})).await;
+    let wf = published(
+        &app,
+        &owner,
+        org,
+        json!({"version": "v2", "trigger": {"type": "trigger.manual"}, "nodes": [
+            http_node("first", format!("{target}/ok/first")),
+            http_node("flaky", format!("{target}/flaky/flaky")),
+        ]}),
+    )
+    .await;
     let run = start_run(&app, &owner, org, wf, Value::Null).await;
     let done = wait_terminal(&app, &owner, org, wf, run, Duration::from_secs(20)).await;
     assert_eq!(done["status"], "succeeded", "{done}");
     assert_eq!(done["attemptCount"], 2);
-    assert_eq!(hits.hits("first"), 1, "a node that succeeded must not run again on retry");
+    assert_eq!(
+        hits.hits("first"),
+        1,
+        "a node that succeeded must not run again on retry"
+    );
     assert_eq!(hits.hits("flaky"), 2);
     let k = kinds(&events(&app, &owner, org, wf, run).await);
     assert_eq!(
         k,
-        ["run_started", "node_started:first", "node_succeeded:first", "node_started:flaky", "node_failed:flaky",
-         "run_retried", "run_started", "node_started:flaky", "node_succeeded:flaky", "run_succeeded"]
+        [
+            "run_started",
+            "node_started:first",
+            "node_succeeded:first",
+            "node_started:flaky",
+            "node_failed:flaky",
+            "run_retried",
+            "run_started",
+            "node_started:flaky",
+            "node_succeeded:flaky",
+            "run_succeeded"
+        ]
     );
 
     // A forbidden target is a deterministic failure: no retries, failed node recorded.
@@ -252,7 +387,15 @@ async fn retry_resumes_from_the_failed_node_and_deterministic_errors_fail_at_onc
     assert_eq!(done["output"]["status"], "failed");
     assert_eq!(done["output"]["output"]["failedNodeId"], "meta");
     let k = kinds(&events(&app, &owner, org, wf, run).await);
-    assert_eq!(k, ["run_started", "node_started:meta", "node_failed:meta", "run_failed"]);
+    assert_eq!(
+        k,
+        [
+            "run_started",
+            "node_started:meta",
+            "node_failed:meta",
+            "run_failed"
+        ]
+    );
 }
 
 #[tokio::test]
@@ -262,12 +405,25 @@ async fn attempts_run_out() {
     let (target, _) = start_target(100).await;
     let owner = app.signup("owner").await;
     let org = owner.personal_org;
-    let wf = published(&app, &owner, org, json!({"version": "v2", "trigger": {"type": "trigger.manual"}, "nodes": [
-        http_node("down", format!("{target}/flaky/down")),
-    ]})).await;
+    let wf = published(
+        &app,
+        &owner,
+        org,
+        json!({"version": "v2", "trigger": {"type": "trigger.manual"}, "nodes": [
+            http_node("down", format!("{target}/flaky/down")),
+        ]}),
+    )
+    .await;
     let run = start_run(&app, &owner, org, wf, Value::Null).await;
     let done = wait_terminal(&app, &owner, org, wf, run, Duration::from_secs(20)).await;
-    assert_eq!((done["status"].as_str(), done["attemptCount"].as_i64(), done["maxAttempts"].as_i64()), (Some("failed"), Some(2), Some(2)));
+    assert_eq!(
+        (
+            done["status"].as_str(),
+            done["attemptCount"].as_i64(),
+            done["maxAttempts"].as_i64()
+        ),
+        (Some("failed"), Some(2), Some(2))
+    );
     assert_eq!(done["error"], "HTTP_STATUS_500");
     let k = kinds(&events(&app, &owner, org, wf, run).await);
     assert_eq!(k.iter().filter(|e| *e == "run_retried").count(), 1);
@@ -295,10 +451,18 @@ async fn v3_condition_routes_and_skips() {
     let run = start_run(&app, &owner, org, wf, json!({"flag": true})).await;
     let done = wait_terminal(&app, &owner, org, wf, run, Duration::from_secs(15)).await;
     assert_eq!(done["status"], "succeeded", "{done}");
-    let steps: Vec<&str> = done["output"]["steps"].as_array().expect("steps").iter().filter_map(|s| s["nodeId"].as_str()).collect();
+    let steps: Vec<&str> = done["output"]["steps"]
+        .as_array()
+        .expect("steps")
+        .iter()
+        .filter_map(|s| s["nodeId"].as_str())
+        .collect();
     assert_eq!(steps, ["root", "cond", "a"]);
     assert_eq!(done["output"]["steps"][1]["output"]["result"], true);
-    assert_eq!(done["output"]["runtime"]["graphV3"]["skipped"]["b"]["reasonCode"], "DEPENDENCIES_NOT_SATISFIED");
+    assert_eq!(
+        done["output"]["runtime"]["graphV3"]["skipped"]["b"]["reasonCode"],
+        "DEPENDENCIES_NOT_SATISFIED"
+    );
     let k = kinds(&events(&app, &owner, org, wf, run).await);
     assert!(k.contains(&"node_skipped:b".to_string()), "{k:?}");
 }
@@ -306,20 +470,50 @@ async fn v3_condition_routes_and_skips() {
 #[tokio::test]
 async fn queue_down_answers_503_and_leaves_no_run() {
     // A Redis of our own, so stopping it does not disturb other tests.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("port");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("port");
     let mut redis = start_redis(port);
-    let app = common::spawn_with(opts().env("REDIS_URL", &format!("redis://127.0.0.1:{port}"))).await;
+    let app =
+        common::spawn_with(opts().env("REDIS_URL", &format!("redis://127.0.0.1:{port}"))).await;
     let owner = app.signup("owner").await;
     let org = owner.personal_org;
-    let wf = published(&app, &owner, org, json!({"version": "v2", "trigger": {"type": "trigger.manual"},
-        "nodes": [{"id": "n", "type": "http.request"}]})).await;
+    let wf = published(
+        &app,
+        &owner,
+        org,
+        json!({"version": "v2", "trigger": {"type": "trigger.manual"},
+        "nodes": [{"id": "n", "type": "http.request"}]}),
+    )
+    .await;
     let _ = redis.kill();
     let _ = redis.wait();
     let started = Instant::now();
-    let r = app.post(&format!("/v1/orgs/{org}/workflows/{wf}/runs")).by(&owner).org(org).json(json!({})).send().await;
-    assert_eq!((r.status.as_u16(), r.code()), (503, "QUEUE_UNAVAILABLE"), "{:?}", r.body);
-    assert!(started.elapsed() < Duration::from_secs(3), "503 took {:?}", started.elapsed());
-    let r = app.get(&format!("/v1/orgs/{org}/workflows/{wf}/runs")).by(&owner).org(org).send().await;
+    let r = app
+        .post(&format!("/v1/orgs/{org}/workflows/{wf}/runs"))
+        .by(&owner)
+        .org(org)
+        .json(json!({}))
+        .send()
+        .await;
+    assert_eq!(
+        (r.status.as_u16(), r.code()),
+        (503, "QUEUE_UNAVAILABLE"),
+        "{:?}",
+        r.body
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "503 took {:?}",
+        started.elapsed()
+    );
+    let r = app
+        .get(&format!("/v1/orgs/{org}/workflows/{wf}/runs"))
+        .by(&owner)
+        .org(org)
+        .send()
+        .await;
     assert_eq!(r.body["runs"], json!([]), "no run row may remain");
 
     // Redis back: the worker (started while it is down) reconnects and drains new runs.
@@ -327,11 +521,24 @@ async fn queue_down_answers_503_and_leaves_no_run() {
     let _worker = start_worker(&app);
     let deadline = Instant::now() + Duration::from_secs(15);
     let run = loop {
-        let r = app.post(&format!("/v1/orgs/{org}/workflows/{wf}/runs")).by(&owner).org(org).json(json!({})).send().await;
+        let r = app
+            .post(&format!("/v1/orgs/{org}/workflows/{wf}/runs"))
+            .by(&owner)
+            .org(org)
+            .json(json!({}))
+            .send()
+            .await;
         if r.status == 201 {
-            break r.body["run"]["id"].as_str().and_then(|s| s.parse::<Uuid>().ok()).expect("id");
+            break r.body["run"]["id"]
+                .as_str()
+                .and_then(|s| s.parse::<Uuid>().ok())
+                .expect("id");
         }
-        assert!(Instant::now() < deadline, "API did not recover: {:?}", r.body);
+        assert!(
+            Instant::now() < deadline,
+            "API did not recover: {:?}",
+            r.body
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     let done = wait_terminal(&app, &owner, org, wf, run, Duration::from_secs(15)).await;
@@ -342,7 +549,16 @@ async fn queue_down_answers_503_and_leaves_no_run() {
 
 fn start_redis(port: u16) -> Child {
     let child = Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -361,14 +577,22 @@ async fn a_stranded_queued_run_is_picked_up_by_the_sweeper() {
     let app = common::spawn_with(opts()).await;
     let owner = app.signup("owner").await;
     let org = owner.personal_org;
-    let wf = published(&app, &owner, org, json!({"version": "v2", "trigger": {"type": "trigger.manual"},
-        "nodes": [{"id": "n", "type": "http.request"}]})).await;
+    let wf = published(
+        &app,
+        &owner,
+        org,
+        json!({"version": "v2", "trigger": {"type": "trigger.manual"},
+        "nodes": [{"id": "n", "type": "http.request"}]}),
+    )
+    .await;
     let run = start_run(&app, &owner, org, wf, Value::Null).await;
     // Simulate a crash between insert and enqueue: the queue entry is gone.
     let q = format!("test:{}:workflow-runs:", app.db);
     let redis = app.state.redis.client.clone();
     for key in ["pending", "orgs", &format!("org:{org}"), "signal"] {
-        let _: i64 = fred::interfaces::KeysInterface::del(&redis, format!("{q}{key}")).await.unwrap_or(0);
+        let _: i64 = fred::interfaces::KeysInterface::del(&redis, format!("{q}{key}"))
+            .await
+            .unwrap_or(0);
     }
     let _worker = start_worker(&app);
     let done = wait_terminal(&app, &owner, org, wf, run, Duration::from_secs(15)).await;
@@ -397,11 +621,17 @@ async fn worker_killed_mid_run_another_finishes_without_repeating_nodes() {
     let (target, hits) = start_target(0).await;
     let owner = app.signup("owner").await;
     let org = owner.personal_org;
-    let wf = published(&app, &owner, org, json!({"version": "v2", "trigger": {"type": "trigger.manual"}, "nodes": [
-        http_node("first", format!("{target}/ok/first")),
-        http_node("slow", format!("{target}/slow/slow")),
-        http_node("last", format!("{target}/ok/last")),
-    ]})).await;
+    let wf = published(
+        &app,
+        &owner,
+        org,
+        json!({"version": "v2", "trigger": {"type": "trigger.manual"}, "nodes": [
+            http_node("first", format!("{target}/ok/first")),
+            http_node("slow", format!("{target}/slow/slow")),
+            http_node("last", format!("{target}/ok/last")),
+        ]}),
+    )
+    .await;
     let mut victim = worker_process(&app);
     let run = start_run(&app, &owner, org, wf, Value::Null).await;
     // Wait until the slow node is in flight, then SIGKILL the worker.
@@ -417,11 +647,22 @@ async fn worker_killed_mid_run_another_finishes_without_repeating_nodes() {
     let _ = survivor.kill();
     let _ = survivor.wait();
     assert_eq!(done["status"], "succeeded", "{done}");
-    assert_eq!(done["attemptCount"], 1, "a crash does not consume an attempt");
-    assert_eq!(hits.hits("first"), 1, "a node that succeeded before the crash must not run again");
+    assert_eq!(
+        done["attemptCount"], 1,
+        "a crash does not consume an attempt"
+    );
+    assert_eq!(
+        hits.hits("first"),
+        1,
+        "a node that succeeded before the crash must not run again"
+    );
     assert_eq!(hits.hits("last"), 1);
     let k = kinds(&events(&app, &owner, org, wf, run).await);
-    assert_eq!(k.iter().filter(|e| *e == "node_started:slow").count(), 2, "the re-execution is visible: {k:?}");
+    assert_eq!(
+        k.iter().filter(|e| *e == "node_started:slow").count(),
+        2,
+        "the re-execution is visible: {k:?}"
+    );
     assert_eq!(k.iter().filter(|e| *e == "run_started").count(), 1);
 }
 
@@ -435,11 +676,17 @@ async fn postgres_restart_while_runs_are_in_flight() {
     let (target, hits) = start_target(0).await;
     let owner = app.signup("owner").await;
     let org = owner.personal_org;
-    let wf = published(&app, &owner, org, json!({"version": "v2", "trigger": {"type": "trigger.manual"}, "nodes": [
-        http_node("first", format!("{target}/ok/first")),
-        http_node("slow", format!("{target}/slow/slow")),
-        http_node("last", format!("{target}/ok/last")),
-    ]})).await;
+    let wf = published(
+        &app,
+        &owner,
+        org,
+        json!({"version": "v2", "trigger": {"type": "trigger.manual"}, "nodes": [
+            http_node("first", format!("{target}/ok/first")),
+            http_node("slow", format!("{target}/slow/slow")),
+            http_node("last", format!("{target}/ok/last")),
+        ]}),
+    )
+    .await;
     let mut runs = Vec::new();
     for _ in 0..3 {
         runs.push(start_run(&app, &owner, org, wf, Value::Null).await);
@@ -452,14 +699,24 @@ async fn postgres_restart_while_runs_are_in_flight() {
     let cluster = std::env::var("TEST_PG_CLUSTER").unwrap_or_else(|_| "15 main".into());
     let mut args: Vec<&str> = cluster.split_whitespace().collect();
     args.extend(["restart", "-m", "fast"]);
-    let status = Command::new("pg_ctlcluster").args(&args).status().expect("pg_ctlcluster");
+    let status = Command::new("pg_ctlcluster")
+        .args(&args)
+        .status()
+        .expect("pg_ctlcluster");
     assert!(status.success(), "restart failed");
     for run in runs {
         let done = wait_terminal(&app, &owner, org, wf, run, Duration::from_secs(60)).await;
         assert_eq!(done["status"], "succeeded", "{done}");
-        assert_eq!(done["attemptCount"], 1, "a database outage does not consume attempts: {done}");
+        assert_eq!(
+            done["attemptCount"], 1,
+            "a database outage does not consume attempts: {done}"
+        );
     }
-    assert_eq!(hits.hits("first"), 3, "first nodes checkpointed before the restart must not repeat");
+    assert_eq!(
+        hits.hits("first"),
+        3,
+        "first nodes checkpointed before the restart must not repeat"
+    );
 }
 
 #[tokio::test]
@@ -468,10 +725,16 @@ async fn sigterm_hands_claimed_work_back() {
     let (target, hits) = start_target(0).await;
     let owner = app.signup("owner").await;
     let org = owner.personal_org;
-    let wf = published(&app, &owner, org, json!({"version": "v2", "trigger": {"type": "trigger.manual"}, "nodes": [
-        http_node("slow", format!("{target}/slow/slow")),
-        http_node("last", format!("{target}/ok/last")),
-    ]})).await;
+    let wf = published(
+        &app,
+        &owner,
+        org,
+        json!({"version": "v2", "trigger": {"type": "trigger.manual"}, "nodes": [
+            http_node("slow", format!("{target}/slow/slow")),
+            http_node("last", format!("{target}/ok/last")),
+        ]}),
+    )
+    .await;
     let mut first = worker_process(&app);
     let run = start_run(&app, &owner, org, wf, Value::Null).await;
     let deadline = Instant::now() + Duration::from_secs(15);
@@ -479,18 +742,27 @@ async fn sigterm_hands_claimed_work_back() {
         assert!(Instant::now() < deadline, "slow node never started");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let _ = Command::new("kill").args(["-TERM", &first.id().to_string()]).status();
+    let _ = Command::new("kill")
+        .args(["-TERM", &first.id().to_string()])
+        .status();
     // The in-flight node finishes, the run is handed back at the node boundary, the process exits cleanly.
     let deadline = Instant::now() + Duration::from_secs(20);
     let status = loop {
         if let Ok(Some(s)) = first.try_wait() {
             break s;
         }
-        assert!(Instant::now() < deadline, "worker did not stop after SIGTERM");
+        assert!(
+            Instant::now() < deadline,
+            "worker did not stop after SIGTERM"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert!(status.success(), "{status:?}");
-    assert_eq!(hits.hits("last"), 0, "the stopping worker must not start new nodes");
+    assert_eq!(
+        hits.hits("last"),
+        0,
+        "the stopping worker must not start new nodes"
+    );
     let r = run_json(&app, &owner, org, wf, run).await;
     assert_eq!(r["status"], "running", "handed back, not finished: {r}");
     let mut second = worker_process(&app);
@@ -511,16 +783,27 @@ async fn queue_is_fair_across_orgs_dedups_and_recovers_expired_leases() {
     for id in &backlog {
         assert!(q.enqueue(a, *id).await.expect("enqueue"));
     }
-    assert!(!q.enqueue(a, backlog[0]).await.expect("enqueue"), "an id is queued once");
+    assert!(
+        !q.enqueue(a, backlog[0]).await.expect("enqueue"),
+        "an id is queued once"
+    );
     let late = Uuid::new_v4();
     q.enqueue(b, late).await.expect("enqueue");
     let lease = Duration::from_secs(30);
     let first = q.claim(lease).await.expect("claim").expect("item");
     let second = q.claim(lease).await.expect("claim").expect("item");
     assert_eq!(first, (a, backlog[0]));
-    assert_eq!(second, (b, late), "org B's single run is not starved by org A's backlog");
+    assert_eq!(
+        second,
+        (b, late),
+        "org B's single run is not starved by org A's backlog"
+    );
     // A claim whose lease lapses (worker died) comes back; an acked one does not.
-    let short = q.claim(Duration::from_millis(1)).await.expect("claim").expect("item");
+    let short = q
+        .claim(Duration::from_millis(1))
+        .await
+        .expect("claim")
+        .expect("item");
     q.ack(first.0, first.1).await.expect("ack");
     tokio::time::sleep(Duration::from_millis(10)).await;
     let (_, expired) = q.promote().await.expect("promote");
@@ -528,7 +811,9 @@ async fn queue_is_fair_across_orgs_dedups_and_recovers_expired_leases() {
     assert!(q.contains(short.0, short.1).await.expect("contains"));
     // Delayed items wait for their time.
     let later = Uuid::new_v4();
-    q.enqueue_at(b, later, chrono::Utc::now().timestamp_millis() + 60_000).await.expect("delay");
+    q.enqueue_at(b, later, chrono::Utc::now().timestamp_millis() + 60_000)
+        .await
+        .expect("delay");
     q.promote().await.expect("promote");
     let mut seen = Vec::new();
     while let Some((_, id)) = q.claim(lease).await.expect("claim") {

@@ -20,6 +20,7 @@ pub struct CachedSession {
     pub refresh_token_hash: String,
     pub expires_at: DateTime<Utc>,
     checked: Instant,
+    refreshing: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -27,6 +28,23 @@ struct CachedMember {
     role: String,
     membership_id: Uuid,
     checked: Instant,
+    refreshing: bool,
+}
+
+/// Fresh within the TTL; within a second TTL the entry is still served while exactly one caller (the one
+/// told `true`) re-reads it, so an expiring entry of a busy session does not send every concurrent request
+/// to the same database row at once. Revocations never wait for this: they remove the entry.
+fn freshness(checked: Instant, refreshing: &mut bool, ttl: Duration) -> Option<bool> {
+    let age = checked.elapsed();
+    if age < ttl {
+        Some(false)
+    } else if age < ttl * 2 {
+        let claim = !*refreshing;
+        *refreshing = true;
+        Some(claim)
+    } else {
+        None
+    }
 }
 
 pub struct AuthCache {
@@ -47,9 +65,15 @@ impl AuthCache {
         })
     }
 
-    pub fn session(&self, id: Uuid) -> Option<CachedSession> {
-        let entry = self.sessions.get(&id)?;
-        (entry.checked.elapsed() < self.ttl && entry.expires_at > Utc::now()).then(|| entry.clone())
+    /// The cached session and whether this caller should re-read it (see [`freshness`]).
+    pub fn session(&self, id: Uuid) -> Option<(CachedSession, bool)> {
+        let mut entry = self.sessions.get_mut(&id)?;
+        if entry.expires_at <= Utc::now() {
+            return None;
+        }
+        let (checked, ttl) = (entry.checked, self.ttl);
+        let refresh = freshness(checked, &mut entry.refreshing, ttl)?;
+        Some((entry.clone(), refresh))
     }
 
     pub fn put_session(
@@ -69,14 +93,18 @@ impl AuthCache {
                 refresh_token_hash,
                 expires_at,
                 checked: Instant::now(),
+                refreshing: false,
             },
         );
     }
 
     /// `(role, membership id)` of a cached membership.
-    pub fn member(&self, org: Uuid, user: Uuid) -> Option<(String, Uuid)> {
-        let entry = self.members.get(&(org, user))?;
-        (entry.checked.elapsed() < self.ttl).then(|| (entry.role.clone(), entry.membership_id))
+    /// `(role, membership id)` of a cached membership, and whether this caller should re-read it.
+    pub fn member(&self, org: Uuid, user: Uuid) -> Option<(String, Uuid, bool)> {
+        let mut entry = self.members.get_mut(&(org, user))?;
+        let (checked, ttl) = (entry.checked, self.ttl);
+        let refresh = freshness(checked, &mut entry.refreshing, ttl)?;
+        Some((entry.role.clone(), entry.membership_id, refresh))
     }
 
     pub fn put_member(&self, org: Uuid, user: Uuid, role: &str, membership_id: Uuid) {
@@ -89,6 +117,7 @@ impl AuthCache {
                 role: role.to_string(),
                 membership_id,
                 checked: Instant::now(),
+                refreshing: false,
             },
         );
     }

@@ -251,7 +251,7 @@ impl AuthService {
         session_id: Uuid,
         user_id: Uuid,
     ) -> Result<Option<String>, ApiError> {
-        if let Some(s) = self.cache.session(session_id) {
+        if let Some((s, false)) = self.cache.session(session_id) {
             return Ok((s.user_id == user_id).then_some(s.refresh_token_hash));
         }
         let live = db::tenant_tx(&self.db, TenantCtx::user(user_id), |c| {

@@ -26,25 +26,69 @@ fn hash_blocking(password: &str) -> Result<String, HashError> {
         .map_err(|_| HashError)
 }
 
-/// At most one hash per core at a time: each argon2 hash holds ~19 MiB, and an unbounded burst of logins
-/// would otherwise grow the blocking pool (and its memory) with the burst instead of queueing it.
-fn permits() -> &'static tokio::sync::Semaphore {
-    static PERMITS: OnceLock<tokio::sync::Semaphore> = OnceLock::new();
-    PERMITS.get_or_init(|| {
-        tokio::sync::Semaphore::new(
-            std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(2),
-        )
+type Job = Box<dyn FnOnce() + Send>;
+
+/// A fixed pool of hashing threads, one per core. Each argon2 hash holds ~19 MiB; on tokio's elastic
+/// blocking pool a login burst spreads hashes over many threads, and glibc keeps a heap arena per thread,
+/// so memory grows with the burst and stays. A fixed pool queues the burst and keeps memory flat.
+fn pool() -> Option<&'static std::sync::Mutex<std::sync::mpsc::Sender<Job>>> {
+    static POOL: OnceLock<Option<std::sync::Mutex<std::sync::mpsc::Sender<Job>>>> = OnceLock::new();
+    POOL.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel::<Job>();
+        let rx = std::sync::Arc::new(std::sync::Mutex::new(rx));
+        let n = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2);
+        for i in 0..n {
+            let rx = rx.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("vespid-hash-{i}"))
+                .spawn(move || loop {
+                    let job = match rx.lock() {
+                        Ok(guard) => guard.recv(),
+                        Err(_) => return,
+                    };
+                    match job {
+                        Ok(job) => job(),
+                        Err(_) => return,
+                    }
+                });
+            if spawned.is_err() {
+                return None;
+            }
+        }
+        Some(std::sync::Mutex::new(tx))
     })
+    .as_ref()
+}
+
+/// Runs `f` on the hashing pool (falling back to tokio's blocking pool if threads could not be made).
+async fn on_pool<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+    let span = tracing::Span::current();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let job: Job = Box::new(move || {
+        let _ = tx.send(span.in_scope(f));
+    });
+    match pool().and_then(|p| p.lock().ok()) {
+        Some(sender) => {
+            if sender.send(job).is_err() {
+                return None;
+            }
+        }
+        None => {
+            return tokio::task::spawn_blocking(job)
+                .await
+                .ok()
+                .and(rx.await.ok());
+        }
+    }
+    rx.await.ok()
 }
 
 pub async fn hash(password: String) -> Result<String, HashError> {
-    let _permit = permits().acquire().await.map_err(|_| HashError)?;
-    let span = tracing::Span::current();
-    tokio::task::spawn_blocking(move || span.in_scope(|| hash_blocking(&password)))
+    on_pool(move || hash_blocking(&password))
         .await
-        .map_err(|_| HashError)?
+        .ok_or(HashError)?
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -101,11 +145,7 @@ fn verify_legacy_scrypt(password: &str, stored: &str) -> bool {
 }
 
 pub async fn verify(password: String, stored: String) -> Verdict {
-    let Ok(_permit) = permits().acquire().await else {
-        return Verdict::Wrong;
-    };
-    let span = tracing::Span::current();
-    tokio::task::spawn_blocking(move || span.in_scope(|| verify_blocking(&password, &stored)))
+    on_pool(move || verify_blocking(&password, &stored))
         .await
         .unwrap_or(Verdict::Wrong)
 }

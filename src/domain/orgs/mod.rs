@@ -137,7 +137,7 @@ pub async fn membership_of(
     org: Uuid,
     user: Uuid,
 ) -> Result<Option<(Role, Uuid)>, ApiError> {
-    if let Some((role, id)) = state.auth.cache.member(org, user) {
+    if let Some((role, id, false)) = state.auth.cache.member(org, user) {
         return Ok(Role::parse(&role).map(|r| (r, id)));
     }
     let found = db::tenant_tx(&state.db, TenantCtx::user_org(user, org), |c| {

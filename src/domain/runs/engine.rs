@@ -72,7 +72,10 @@ struct Progress {
 
 impl Progress {
     fn succeeded_count(&self) -> usize {
-        self.steps.iter().filter(|s| s["status"] == "succeeded").count()
+        self.steps
+            .iter()
+            .filter(|s| s["status"] == "succeeded")
+            .count()
     }
 
     fn step_of(&self, node_id: &str) -> Option<&Value> {
@@ -121,9 +124,11 @@ impl Engine {
     where
         F: for<'r> FnOnce(
                 &'r mut AsyncPgConnection,
-            )
-                -> diesel_async::scoped_futures::ScopedBoxFuture<'a, 'r, Result<R, EngineError>>
-            + Send
+            ) -> diesel_async::scoped_futures::ScopedBoxFuture<
+                'a,
+                'r,
+                Result<R, EngineError>,
+            > + Send
             + 'a,
         R: Send + 'a,
     {
@@ -131,18 +136,35 @@ impl Engine {
     }
 
     /// Handles one delivery of `run_id`.
-    pub async fn process(&self, org: Uuid, run_id: Uuid, stop: &watch::Receiver<bool>) -> Result<Delivery, EngineError> {
+    pub async fn process(
+        &self,
+        org: Uuid,
+        run_id: Uuid,
+        stop: &watch::Receiver<bool>,
+    ) -> Result<Delivery, EngineError> {
         let span = tracing::info_span!("run", run_id = %run_id, org_id = %org);
-        self.process_in_span(org, run_id, stop).instrument(span).await
+        self.process_in_span(org, run_id, stop)
+            .instrument(span)
+            .await
     }
 
-    async fn process_in_span(&self, org: Uuid, run_id: Uuid, stop: &watch::Receiver<bool>) -> Result<Delivery, EngineError> {
+    async fn process_in_span(
+        &self,
+        org: Uuid,
+        run_id: Uuid,
+        stop: &watch::Receiver<bool>,
+    ) -> Result<Delivery, EngineError> {
         let claimed = self.claim(org, run_id).await?;
         let (run, dsl_doc, resumed) = match claimed {
             Claimed::Run(run, dsl, resumed) => (*run, dsl, resumed),
             Claimed::Done(d) => return Ok(d),
         };
-        let ids = (run.id, run.workflow_id, run.organization_id, run.attempt_count);
+        let ids = (
+            run.id,
+            run.workflow_id,
+            run.organization_id,
+            run.attempt_count,
+        );
         if resumed {
             tracing::info!(event = "workflow_run_resumed", runId = %ids.0, workflowId = %ids.1, orgId = %ids.2,
                 attemptCount = ids.3, cursorNodeIndex = run.cursor_node_index, "run resumed");
@@ -156,7 +178,13 @@ impl Engine {
                 .as_ref()
                 .and_then(|o| o.get("steps"))
                 .and_then(Value::as_array)
-                .map(|steps| steps.iter().filter(|s| s["status"] == "succeeded").cloned().collect())
+                .map(|steps| {
+                    steps
+                        .iter()
+                        .filter(|s| s["status"] == "succeeded")
+                        .cloned()
+                        .collect()
+                })
                 .unwrap_or_default(),
             runtime: run.output.as_ref().and_then(|o| o.get("runtime")).cloned(),
             run,
@@ -166,14 +194,23 @@ impl Engine {
         let lost = Arc::new(AtomicBool::new(false));
         let heartbeat = self.spawn_heartbeat(org, run_id, lost.clone());
         let result = match dsl::parse(&dsl_doc) {
-            Err(e) => self.fail(&mut progress, None, e.code().to_string(), false).await,
+            Err(e) => {
+                self.fail(&mut progress, None, e.code().to_string(), false)
+                    .await
+            }
             Ok(parsed) => {
                 let settings = orgs::stored_settings(&self.state, org)
                     .await
                     .map_err(|e| EngineError::Settings(e.to_string()))?;
                 match parsed.plan {
-                    Plan::Sequence(nodes) => self.run_sequence(&mut progress, &nodes, &settings, stop, &lost).await,
-                    Plan::Graph(graph) => self.run_graph(&mut progress, &graph, &settings, stop, &lost).await,
+                    Plan::Sequence(nodes) => {
+                        self.run_sequence(&mut progress, &nodes, &settings, stop, &lost)
+                            .await
+                    }
+                    Plan::Graph(graph) => {
+                        self.run_graph(&mut progress, &graph, &settings, stop, &lost)
+                            .await
+                    }
                 }
             }
         };
@@ -181,15 +218,30 @@ impl Engine {
         result
     }
 
-    fn spawn_heartbeat(&self, org: Uuid, run: Uuid, lost: Arc<AtomicBool>) -> tokio::task::JoinHandle<()> {
-        let (db, queue, worker, secs) = (self.state.db.clone(), self.queue.clone(), self.worker_id.clone(), self.lease_secs());
+    fn spawn_heartbeat(
+        &self,
+        org: Uuid,
+        run: Uuid,
+        lost: Arc<AtomicBool>,
+    ) -> tokio::task::JoinHandle<()> {
+        let (db, queue, worker, secs) = (
+            self.state.db.clone(),
+            self.queue.clone(),
+            self.worker_id.clone(),
+            self.lease_secs(),
+        );
         tokio::spawn(async move {
             let every = Duration::from_millis((secs * 1000 / 3).max(500));
             loop {
                 tokio::time::sleep(every).await;
                 let w = worker.clone();
                 let renewed = db::tenant_tx(&db, TenantCtx::org(org), |c| {
-                    async move { store::renew_lease(c, run, &w, secs).await.map_err(DbError::from) }.scope_boxed()
+                    async move {
+                        store::renew_lease(c, run, &w, secs)
+                            .await
+                            .map_err(DbError::from)
+                    }
+                    .scope_boxed()
                 })
                 .await;
                 match renewed {
@@ -281,7 +333,13 @@ impl Engine {
     }
 
     /// Records a succeeded node: step, checkpoint and event in one transaction. `false` = lease lost.
-    async fn node_succeeded(&self, p: &mut Progress, node: &Node, output: Value, cursor: i32) -> Result<bool, EngineError> {
+    async fn node_succeeded(
+        &self,
+        p: &mut Progress,
+        node: &Node,
+        output: Value,
+        cursor: i32,
+    ) -> Result<bool, EngineError> {
         let max = self.state.config.workflows.event_payload_max_chars;
         let mut e = event(&p.run, "node_succeeded", "info", Some(node));
         e.payload = summarize(&output, max);
@@ -323,7 +381,11 @@ impl Engine {
                         return Ok(Delivery::LeaseLost);
                     }
                 }
-                Outcome::Failed { error, output, retryable } => {
+                Outcome::Failed {
+                    error,
+                    output,
+                    retryable,
+                } => {
                     return self.node_failed(p, node, error, output, retryable).await;
                 }
             }
@@ -344,16 +406,20 @@ impl Engine {
             let ready = ready_nodes(graph, &p.steps);
             p.runtime = Some(graph_runtime(p.runtime.take(), graph, &p.steps, &ready));
             let Some(key) = ready.first() else { break };
-            let Some(node) = graph.nodes.get(key) else { break };
+            let Some(node) = graph.nodes.get(key) else {
+                break;
+            };
             if let Some(d) = self.interrupted(p, stop, lost).await? {
                 return Ok(d);
             }
             self.node_started(p, node).await?;
             let outcome = match node.node_type.as_str() {
-                "condition" => match executors::condition::evaluate_condition(node.config.as_ref(), &input) {
-                    Ok(out) => Outcome::Succeeded(out),
-                    Err(code) => Outcome::fail(code, false),
-                },
+                "condition" => {
+                    match executors::condition::evaluate_condition(node.config.as_ref(), &input) {
+                        Ok(out) => Outcome::Succeeded(out),
+                        Err(code) => Outcome::fail(code, false),
+                    }
+                }
                 "parallel.join" => Outcome::Succeeded(join_output(graph, &node.id, &p.steps)),
                 _ => self.exec(p, node, settings).await,
             };
@@ -363,7 +429,11 @@ impl Engine {
                         return Ok(Delivery::LeaseLost);
                     }
                 }
-                Outcome::Failed { error, output, retryable } => {
+                Outcome::Failed {
+                    error,
+                    output,
+                    retryable,
+                } => {
                     return self.node_failed(p, node, error, output, retryable).await;
                 }
             }
@@ -399,7 +469,12 @@ impl Engine {
     }
 
     /// Between nodes: stop when the lease is gone or the process is shutting down (handing the run back).
-    async fn interrupted(&self, p: &Progress, stop: &watch::Receiver<bool>, lost: &AtomicBool) -> Result<Option<Delivery>, EngineError> {
+    async fn interrupted(
+        &self,
+        p: &Progress,
+        stop: &watch::Receiver<bool>,
+        lost: &AtomicBool,
+    ) -> Result<Option<Delivery>, EngineError> {
         if lost.load(Ordering::SeqCst) {
             return Ok(Some(Delivery::LeaseLost));
         }
@@ -422,7 +497,9 @@ impl Engine {
         let done = self
             .tx(p.run.organization_id, |c| {
                 async move {
-                    if !store::finish(c, run_id, Some(&worker), "succeeded", Some(&output), None).await? {
+                    if !store::finish(c, run_id, Some(&worker), "succeeded", Some(&output), None)
+                        .await?
+                    {
                         return Ok(false);
                     }
                     store::append_events(c, &[e]).await?;
@@ -439,7 +516,14 @@ impl Engine {
         Ok(Delivery::Succeeded)
     }
 
-    async fn node_failed(&self, p: &mut Progress, node: &Node, error: String, output: Option<Value>, retryable: bool) -> Result<Delivery, EngineError> {
+    async fn node_failed(
+        &self,
+        p: &mut Progress,
+        node: &Node,
+        error: String,
+        output: Option<Value>,
+        retryable: bool,
+    ) -> Result<Delivery, EngineError> {
         let max = self.state.config.workflows.event_payload_max_chars;
         let mut step = json!({"nodeId": node.id, "nodeType": node.node_type, "status": "failed", "error": error});
         if let Some(out) = &output {
@@ -449,12 +533,20 @@ impl Engine {
         let mut e = event(&p.run, "node_failed", "error", Some(node));
         e.message = Some(error.clone());
         e.payload = output.as_ref().and_then(|o| summarize(o, max));
-        self.end_attempt(p, Some(node.id.clone()), error, retryable, vec![e]).await
+        self.end_attempt(p, Some(node.id.clone()), error, retryable, vec![e])
+            .await
     }
 
     /// Run-level failure without a node (e.g. the stored DSL no longer parses).
-    async fn fail(&self, p: &mut Progress, node: Option<String>, error: String, retryable: bool) -> Result<Delivery, EngineError> {
-        self.end_attempt(p, node, error, retryable, Vec::new()).await
+    async fn fail(
+        &self,
+        p: &mut Progress,
+        node: Option<String>,
+        error: String,
+        retryable: bool,
+    ) -> Result<Delivery, EngineError> {
+        self.end_attempt(p, node, error, retryable, Vec::new())
+            .await
     }
 
     /// Retry with backoff while attempts remain and the error is transient; otherwise fail the run.
@@ -471,11 +563,20 @@ impl Engine {
         let payload = json!({"attemptCount": run.attempt_count, "maxAttempts": run.max_attempts, "error": error});
         let retry = retryable && run.attempt_count < run.max_attempts;
         let (run_id, org, worker) = (run.id, run.organization_id, self.worker_id.clone());
-        let mut e = event(run, if retry { "run_retried" } else { "run_failed" }, if retry { "warn" } else { "error" }, None);
+        let mut e = event(
+            run,
+            if retry { "run_retried" } else { "run_failed" },
+            if retry { "warn" } else { "error" },
+            None,
+        );
         e.message = Some(error.clone());
         e.payload = Some(payload);
         events.push(e);
-        let due = Utc::now() + backoff(self.state.config.workflows.retry_backoff_ms, run.attempt_count);
+        let due = Utc::now()
+            + backoff(
+                self.state.config.workflows.retry_backoff_ms,
+                run.attempt_count,
+            );
         let err = error.clone();
         let applied = self
             .tx(org, |c| {
@@ -483,7 +584,15 @@ impl Engine {
                     let ok = if retry {
                         store::schedule_retry(c, run_id, &worker, &output, &err, due).await?
                     } else {
-                        store::finish(c, run_id, Some(&worker), "failed", Some(&output), Some(&err)).await?
+                        store::finish(
+                            c,
+                            run_id,
+                            Some(&worker),
+                            "failed",
+                            Some(&output),
+                            Some(&err),
+                        )
+                        .await?
                     };
                     if ok {
                         store::append_events(c, &events).await?;
@@ -565,7 +674,12 @@ fn ready_nodes(graph: &Graph, steps: &[Value]) -> Vec<String> {
 }
 
 fn join_output(graph: &Graph, id: &str, steps: &[Value]) -> Value {
-    let incoming: Vec<&str> = graph.edges.iter().filter(|e| e.to == id).map(|e| e.from.as_str()).collect();
+    let incoming: Vec<&str> = graph
+        .edges
+        .iter()
+        .filter(|e| e.to == id)
+        .map(|e| e.from.as_str())
+        .collect();
     let satisfied = graph
         .edges
         .iter()
@@ -576,12 +690,15 @@ fn join_output(graph: &Graph, id: &str, steps: &[Value]) -> Value {
 
 fn skip_reason(graph: &Graph, id: &str, steps: &[Value]) -> Value {
     let incoming: Vec<_> = graph.edges.iter().filter(|e| e.to == id).collect();
-    let reached = incoming.iter().any(|e| step_output(steps, &e.from).is_some());
+    let reached = incoming
+        .iter()
+        .any(|e| step_output(steps, &e.from).is_some());
     let blockers: Vec<Value> = incoming
         .iter()
         .filter_map(|e| {
             let reason = edge_reason(steps, &e.from, e.kind);
-            (reason != "OK").then(|| json!({"from": e.from, "kind": kind_name(e.kind), "reasonCode": reason}))
+            (reason != "OK")
+                .then(|| json!({"from": e.from, "kind": kind_name(e.kind), "reasonCode": reason}))
         })
         .collect();
     json!({
@@ -591,7 +708,12 @@ fn skip_reason(graph: &Graph, id: &str, steps: &[Value]) -> Value {
 }
 
 /// `runtime.graphV3`: what completed, what is ready, condition results and join states.
-fn graph_runtime(previous: Option<Value>, graph: &Graph, steps: &[Value], ready: &[String]) -> Value {
+fn graph_runtime(
+    previous: Option<Value>,
+    graph: &Graph,
+    steps: &[Value],
+    ready: &[String],
+) -> Value {
     let mut conditions = BTreeMap::new();
     let mut joins = BTreeMap::new();
     for (key, node) in &graph.nodes {

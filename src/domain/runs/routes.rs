@@ -19,26 +19,44 @@ use crate::platform::db;
 use crate::platform::http::{path_uuid, request_id, route_of, ApiError, JsonBody};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/v1/orgs/{orgId}/workflows/{workflowId}/runs", web::post().to(create))
-        .route("/v1/orgs/{orgId}/workflows/{workflowId}/runs", web::get().to(list))
-        .route("/v1/orgs/{orgId}/workflows/{workflowId}/runs/{runId}", web::get().to(get))
-        .route("/v1/orgs/{orgId}/workflows/{workflowId}/runs/{runId}/events", web::get().to(events));
+    cfg.route(
+        "/v1/orgs/{orgId}/workflows/{workflowId}/runs",
+        web::post().to(create),
+    )
+    .route(
+        "/v1/orgs/{orgId}/workflows/{workflowId}/runs",
+        web::get().to(list),
+    )
+    .route(
+        "/v1/orgs/{orgId}/workflows/{workflowId}/runs/{runId}",
+        web::get().to(get),
+    )
+    .route(
+        "/v1/orgs/{orgId}/workflows/{workflowId}/runs/{runId}/events",
+        web::get().to(events),
+    );
 }
 
 fn not_found() -> ApiError {
     ApiError::not_found("Not Found")
 }
 
-async fn create(state: web::Data<AppState>, req: HttpRequest, body: JsonBody) -> Result<HttpResponse, ApiError> {
+async fn create(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    body: JsonBody,
+) -> Result<HttpResponse, ApiError> {
     // Auth first, then the body (before org context, as the original), then the org.
     AuthUser::extract(&req).await?;
     let input = match body.0 {
         Value::Null => None,
         Value::Object(mut m) => m.remove("input").filter(|v| !v.is_null()),
         _ => {
-            return Err(ApiError::bad_request("Invalid run payload").with_details(json!({
-                "formErrors": ["Expected object"], "fieldErrors": {}
-            })))
+            return Err(
+                ApiError::bad_request("Invalid run payload").with_details(json!({
+                    "formErrors": ["Expected object"], "fieldErrors": {}
+                })),
+            )
         }
     };
     let ctx = orgs::context::resolve(&req).await?;
@@ -48,13 +66,22 @@ async fn create(state: web::Data<AppState>, req: HttpRequest, body: JsonBody) ->
     let max_attempts = state.config.workflows.retry_attempts;
     let run = db::tenant_tx(&state.db, ctx.tenant(), |c| {
         async move {
-            let (status, _) = store::workflow_state(c, workflow_id).await?.ok_or_else(not_found)?;
+            let (status, _) = store::workflow_state(c, workflow_id)
+                .await?
+                .ok_or_else(not_found)?;
             if status != "published" {
                 return Err(ApiError::conflict("Workflow is not published"));
             }
             Ok(store::insert_run(
                 c,
-                store::NewRun { id: run_id, org, workflow: workflow_id, requested_by: user, input, max_attempts },
+                store::NewRun {
+                    id: run_id,
+                    org,
+                    workflow: workflow_id,
+                    requested_by: user,
+                    input,
+                    max_attempts,
+                },
             )
             .await?)
         }
@@ -65,15 +92,27 @@ async fn create(state: web::Data<AppState>, req: HttpRequest, body: JsonBody) ->
     let timeout = Duration::from_millis(state.config.workflows.enqueue_timeout_ms);
     let enqueued = tokio::time::timeout(timeout, queue.enqueue(org, run_id)).await;
     let route = route_of(&req);
-    if let Err(reason) = enqueued.map_err(|_| "timed out".to_string()).and_then(|r| r.map_err(|e| e.to_string())) {
+    if let Err(reason) = enqueued
+        .map_err(|_| "timed out".to_string())
+        .and_then(|r| r.map_err(|e| e.to_string()))
+    {
         // Roll back so no run is left that nothing will pick up (the sweeper would, but the client was told 503).
         let _ = db::tenant_tx(&state.db, ctx.tenant(), |c| {
-            async move { store::delete_fresh_run(c, run_id).await.map_err(ApiError::from) }.scope_boxed()
+            async move {
+                store::delete_fresh_run(c, run_id)
+                    .await
+                    .map_err(ApiError::from)
+            }
+            .scope_boxed()
         })
         .await;
         tracing::error!(event = "queue_unavailable", userId = %user, orgId = %org, workflowId = %workflow_id, runId = %run_id,
             requestId = %request_id(&req), path = %route, method = %req.method(), error = %reason, "run queue unavailable");
-        return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "QUEUE_UNAVAILABLE", "Workflow queue is unavailable"));
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "QUEUE_UNAVAILABLE",
+            "Workflow queue is unavailable",
+        ));
     }
     tracing::info!(event = "workflow_run_enqueued", userId = %user, orgId = %org, workflowId = %workflow_id, runId = %run_id,
         requestId = %request_id(&req), path = %route, method = %req.method(), "run enqueued");
@@ -87,7 +126,9 @@ async fn list(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpRespon
     let workflow_id = path_uuid(&req, "workflowId", not_found)?;
     let runs = db::tenant_tx(&state.db, ctx.tenant(), |c| {
         async move {
-            store::workflow_state(c, workflow_id).await?.ok_or_else(not_found)?;
+            store::workflow_state(c, workflow_id)
+                .await?
+                .ok_or_else(not_found)?;
             Ok::<_, ApiError>(store::list_runs(c, workflow_id, page.after, page.limit).await?)
         }
         .scope_boxed()
@@ -98,11 +139,20 @@ async fn list(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpRespon
     Ok(HttpResponse::Ok().json(json!({ "runs": views, "nextCursor": next })))
 }
 
-async fn get(state: web::Data<AppState>, req: HttpRequest, ctx: OrgCtx) -> Result<HttpResponse, ApiError> {
+async fn get(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    ctx: OrgCtx,
+) -> Result<HttpResponse, ApiError> {
     let workflow_id = path_uuid(&req, "workflowId", not_found)?;
     let run_id = path_uuid(&req, "runId", not_found)?;
     let run = db::tenant_tx(&state.db, ctx.tenant(), |c| {
-        async move { store::get_run_of(c, workflow_id, run_id).await.map_err(ApiError::from) }.scope_boxed()
+        async move {
+            store::get_run_of(c, workflow_id, run_id)
+                .await
+                .map_err(ApiError::from)
+        }
+        .scope_boxed()
     })
     .await?
     .ok_or_else(not_found)?;
@@ -117,7 +167,9 @@ async fn events(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpResp
     let run_id = path_uuid(&req, "runId", not_found)?;
     let events = db::tenant_tx(&state.db, ctx.tenant(), |c| {
         async move {
-            store::get_run_of(c, workflow_id, run_id).await?.ok_or_else(not_found)?;
+            store::get_run_of(c, workflow_id, run_id)
+                .await?
+                .ok_or_else(not_found)?;
             // The cursor names the last event seen; events are ordered by insertion (`seq`).
             let after = match page.after {
                 Some((_, id)) => store::event_seq(c, run_id, id).await?,

@@ -7,11 +7,21 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use super::model::{Event, NewEvent, Run};
-use crate::platform::db::schema::{workflow_run_events as ev, workflow_runs as wr, workflows as wf};
+use crate::platform::db::schema::{
+    workflow_run_events as ev, workflow_runs as wr, workflows as wf,
+};
 
 /// `(status, dsl)` of a workflow in the org.
-pub async fn workflow_state(c: &mut AsyncPgConnection, id: Uuid) -> QueryResult<Option<(String, Value)>> {
-    wf::table.find(id).select((wf::status, wf::dsl_doc)).first(c).await.optional()
+pub async fn workflow_state(
+    c: &mut AsyncPgConnection,
+    id: Uuid,
+) -> QueryResult<Option<(String, Value)>> {
+    wf::table
+        .find(id)
+        .select((wf::status, wf::dsl_doc))
+        .first(c)
+        .await
+        .optional()
 }
 
 pub struct NewRun {
@@ -53,10 +63,19 @@ pub async fn delete_fresh_run(c: &mut AsyncPgConnection, id: Uuid) -> QueryResul
 }
 
 pub async fn get_run(c: &mut AsyncPgConnection, id: Uuid) -> QueryResult<Option<Run>> {
-    wr::table.find(id).select(Run::as_select()).first(c).await.optional()
+    wr::table
+        .find(id)
+        .select(Run::as_select())
+        .first(c)
+        .await
+        .optional()
 }
 
-pub async fn get_run_of(c: &mut AsyncPgConnection, workflow: Uuid, id: Uuid) -> QueryResult<Option<Run>> {
+pub async fn get_run_of(
+    c: &mut AsyncPgConnection,
+    workflow: Uuid,
+    id: Uuid,
+) -> QueryResult<Option<Run>> {
     wr::table
         .filter(wr::id.eq(id))
         .filter(wr::workflow_id.eq(workflow))
@@ -80,13 +99,22 @@ pub async fn list_runs(
         .limit(limit)
         .into_boxed();
     if let Some((ts, id)) = after {
-        q = q.filter(wr::created_at.lt(ts).or(wr::created_at.eq(ts).and(wr::id.lt(id))));
+        q = q.filter(
+            wr::created_at
+                .lt(ts)
+                .or(wr::created_at.eq(ts).and(wr::id.lt(id))),
+        );
     }
     q.load(c).await
 }
 
 /// In insertion order; `after_seq` = the last event of the previous page.
-pub async fn list_events(c: &mut AsyncPgConnection, run: Uuid, after_seq: Option<i64>, limit: i64) -> QueryResult<Vec<Event>> {
+pub async fn list_events(
+    c: &mut AsyncPgConnection,
+    run: Uuid,
+    after_seq: Option<i64>,
+    limit: i64,
+) -> QueryResult<Vec<Event>> {
     let mut q = ev::table
         .filter(ev::run_id.eq(run))
         .select(Event::as_select())
@@ -114,11 +142,21 @@ pub async fn append_events(c: &mut AsyncPgConnection, events: &[NewEvent]) -> Qu
     if events.is_empty() {
         return Ok(());
     }
-    diesel::insert_into(ev::table).values(events).execute(c).await.map(|_| ())
+    diesel::insert_into(ev::table)
+        .values(events)
+        .execute(c)
+        .await
+        .map(|_| ())
 }
 
 pub async fn status_for_update(c: &mut AsyncPgConnection, id: Uuid) -> QueryResult<Option<Run>> {
-    wr::table.find(id).select(Run::as_select()).for_update().first(c).await.optional()
+    wr::table
+        .find(id)
+        .select(Run::as_select())
+        .for_update()
+        .first(c)
+        .await
+        .optional()
 }
 
 fn lease_until(secs: u64) -> DateTime<Utc> {
@@ -126,7 +164,12 @@ fn lease_until(secs: u64) -> DateTime<Utc> {
 }
 
 /// Starts a new attempt of a queued run under this worker's lease.
-pub async fn start_attempt(c: &mut AsyncPgConnection, id: Uuid, worker: &str, lease_secs: u64) -> QueryResult<Run> {
+pub async fn start_attempt(
+    c: &mut AsyncPgConnection,
+    id: Uuid,
+    worker: &str,
+    lease_secs: u64,
+) -> QueryResult<Run> {
     let now = Utc::now();
     diesel::update(wr::table.find(id))
         .set((
@@ -145,7 +188,12 @@ pub async fn start_attempt(c: &mut AsyncPgConnection, id: Uuid, worker: &str, le
 }
 
 /// Takes over a running run whose previous worker's lease expired (same attempt).
-pub async fn take_over(c: &mut AsyncPgConnection, id: Uuid, worker: &str, lease_secs: u64) -> QueryResult<Run> {
+pub async fn take_over(
+    c: &mut AsyncPgConnection,
+    id: Uuid,
+    worker: &str,
+    lease_secs: u64,
+) -> QueryResult<Run> {
     diesel::update(wr::table.find(id))
         .set((
             wr::lease_owner.eq(Some(worker)),
@@ -157,7 +205,12 @@ pub async fn take_over(c: &mut AsyncPgConnection, id: Uuid, worker: &str, lease_
 }
 
 /// Renews the lease; `false` when this worker no longer holds the run.
-pub async fn renew_lease(c: &mut AsyncPgConnection, id: Uuid, worker: &str, lease_secs: u64) -> QueryResult<bool> {
+pub async fn renew_lease(
+    c: &mut AsyncPgConnection,
+    id: Uuid,
+    worker: &str,
+    lease_secs: u64,
+) -> QueryResult<bool> {
     let n = diesel::update(
         wr::table
             .filter(wr::id.eq(id))
@@ -171,14 +224,23 @@ pub async fn renew_lease(c: &mut AsyncPgConnection, id: Uuid, worker: &str, leas
 }
 
 /// Saves progress; `false` when the lease was lost (another worker took over).
-pub async fn checkpoint(c: &mut AsyncPgConnection, id: Uuid, worker: &str, output: &Value, cursor: i32) -> QueryResult<bool> {
+pub async fn checkpoint(
+    c: &mut AsyncPgConnection,
+    id: Uuid,
+    worker: &str,
+    output: &Value,
+    cursor: i32,
+) -> QueryResult<bool> {
     let n = diesel::update(
         wr::table
             .filter(wr::id.eq(id))
             .filter(wr::status.eq("running"))
             .filter(wr::lease_owner.eq(worker)),
     )
-    .set((wr::output.eq(Some(output)), wr::cursor_node_index.eq(cursor)))
+    .set((
+        wr::output.eq(Some(output)),
+        wr::cursor_node_index.eq(cursor),
+    ))
     .execute(c)
     .await?;
     Ok(n == 1)
@@ -219,28 +281,39 @@ pub async fn schedule_retry(
     error: &str,
     next_at: DateTime<Utc>,
 ) -> QueryResult<bool> {
-    let n = diesel::update(wr::table.filter(wr::id.eq(id)).filter(wr::lease_owner.eq(worker)))
-        .set((
-            wr::status.eq("queued"),
-            wr::output.eq(Some(output)),
-            wr::error.eq(Some(error)),
-            wr::next_attempt_at.eq(Some(next_at)),
-            wr::finished_at.eq(None::<DateTime<Utc>>),
-            wr::lease_owner.eq(None::<String>),
-            wr::lease_expires_at.eq(None::<DateTime<Utc>>),
-        ))
-        .execute(c)
-        .await?;
+    let n = diesel::update(
+        wr::table
+            .filter(wr::id.eq(id))
+            .filter(wr::lease_owner.eq(worker)),
+    )
+    .set((
+        wr::status.eq("queued"),
+        wr::output.eq(Some(output)),
+        wr::error.eq(Some(error)),
+        wr::next_attempt_at.eq(Some(next_at)),
+        wr::finished_at.eq(None::<DateTime<Utc>>),
+        wr::lease_owner.eq(None::<String>),
+        wr::lease_expires_at.eq(None::<DateTime<Utc>>),
+    ))
+    .execute(c)
+    .await?;
     Ok(n == 1)
 }
 
 /// Gives the run back (graceful shutdown): still `running`, lease expired now, so any worker resumes it.
 pub async fn release(c: &mut AsyncPgConnection, id: Uuid, worker: &str) -> QueryResult<()> {
-    diesel::update(wr::table.filter(wr::id.eq(id)).filter(wr::lease_owner.eq(worker)))
-        .set((wr::lease_owner.eq(None::<String>), wr::lease_expires_at.eq(Some(Utc::now()))))
-        .execute(c)
-        .await
-        .map(|_| ())
+    diesel::update(
+        wr::table
+            .filter(wr::id.eq(id))
+            .filter(wr::lease_owner.eq(worker)),
+    )
+    .set((
+        wr::lease_owner.eq(None::<String>),
+        wr::lease_expires_at.eq(Some(Utc::now())),
+    ))
+    .execute(c)
+    .await
+    .map(|_| ())
 }
 
 #[derive(QueryableByName)]
@@ -252,7 +325,11 @@ pub struct Stranded {
 }
 
 /// Runs needing re-delivery across orgs (ids only), through the definer function.
-pub async fn stranded(c: &mut AsyncPgConnection, stale_before: DateTime<Utc>, limit: i32) -> QueryResult<Vec<Stranded>> {
+pub async fn stranded(
+    c: &mut AsyncPgConnection,
+    stale_before: DateTime<Utc>,
+    limit: i32,
+) -> QueryResult<Vec<Stranded>> {
     diesel::sql_query("SELECT run_id, organization_id FROM app.stranded_runs($1, $2)")
         .bind::<diesel::sql_types::Timestamptz, _>(stale_before)
         .bind::<diesel::sql_types::Integer, _>(limit)

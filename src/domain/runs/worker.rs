@@ -69,7 +69,9 @@ pub fn spawn(state: AppState, stop: watch::Receiver<bool>) -> JoinHandle<()> {
             if *stop.borrow() {
                 break;
             }
-            let Ok(permit) = permits.clone().acquire_owned().await else { break };
+            let Ok(permit) = permits.clone().acquire_owned().await else {
+                break;
+            };
             match engine.queue.claim(lease).await {
                 Ok(Some((org, run))) => {
                     let (engine, stop) = (engine.clone(), stop.clone());
@@ -127,7 +129,9 @@ pub async fn handle(engine: &Engine, org: Uuid, run: Uuid, stop: &watch::Receive
             let _ = q.ack(org, run).await;
             let due = Utc::now() + chrono::Duration::milliseconds(0);
             // The engine stored next_attempt_at; deliver at that time (read back for accuracy).
-            let at = next_attempt_ms(engine, org, run).await.unwrap_or(due.timestamp_millis());
+            let at = next_attempt_ms(engine, org, run)
+                .await
+                .unwrap_or(due.timestamp_millis());
             q.enqueue_at(org, run, at).await
         }
         Ok(Delivery::Released) => {
@@ -157,7 +161,11 @@ async fn next_attempt_ms(engine: &Engine, org: Uuid, run: Uuid) -> Option<i64> {
 
 /// Periodically: promote due retries and expired leases in Redis, and re-enqueue runs that PostgreSQL says
 /// need work but that have no queue entry (lost between insert and enqueue, or a Redis that lost data).
-fn spawn_sweeper(state: AppState, queue: WorkQueue, mut stop: watch::Receiver<bool>) -> JoinHandle<()> {
+fn spawn_sweeper(
+    state: AppState,
+    queue: WorkQueue,
+    mut stop: watch::Receiver<bool>,
+) -> JoinHandle<()> {
     tokio::spawn(async move {
         let every = Duration::from_millis(state.config.workflows.reaper_interval_ms.max(50));
         let stale = chrono::Duration::seconds(state.config.workflows.stale_queued_secs as i64);
@@ -173,7 +181,9 @@ fn spawn_sweeper(state: AppState, queue: WorkQueue, mut stop: watch::Receiver<bo
             let before = Utc::now() - stale;
             let found = async {
                 let mut c = db::conn(&state.db).await?;
-                store::stranded(&mut c, before, 500).await.map_err(DbError::from)
+                store::stranded(&mut c, before, 500)
+                    .await
+                    .map_err(DbError::from)
             }
             .await;
             match found {

@@ -3,7 +3,7 @@
 
 use std::borrow::Cow;
 
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
 const INVALID: &str = "INVALID_CONDITION_CONFIG";
 
@@ -223,21 +223,6 @@ fn is_decimal_literal(t: &str) -> bool {
         }
     }
     i == b.len()
-}
-
-/// The `runtime.graphV3.conditions[nodeId]` entry (spec 3.5) for a condition's output:
-/// `{result, path, op, expected}`.
-pub fn explain_summary(output: &Value) -> Value {
-    let explain = output.get("explain").cloned().unwrap_or(Value::Null);
-    let mut m = Map::new();
-    m.insert(
-        "result".into(),
-        output.get("result").cloned().unwrap_or(Value::Null),
-    );
-    for k in ["path", "op", "expected"] {
-        m.insert(k.into(), explain.get(k).cloned().unwrap_or(Value::Null));
-    }
-    Value::Object(m)
 }
 
 #[cfg(test)]
@@ -499,17 +484,5 @@ mod tests {
         assert!(to_number(Some(&json!(["", ""]))).is_nan());
         assert!(to_number(None).is_nan());
         assert_eq!(to_number(Some(&json!(false))), 0.0);
-    }
-
-    #[test]
-    fn summary_for_runtime() {
-        let out = eval(
-            json!({"path": "a", "op": "eq", "value": "x"}),
-            json!({"a": "x"}),
-        );
-        assert_eq!(
-            explain_summary(&out),
-            json!({"result": true, "path": "a", "op": "eq", "expected": "x"})
-        );
     }
 }

@@ -110,6 +110,8 @@ fn http_request(config: &mut Obj<'_>, errors: &mut Errors) {
     config.req(errors, "url", text(1, 2000));
     config.string_map(errors, "headers");
     config.opt(errors, "body", Rule::Any);
+    // Ours (Decisions): a non-2xx status fails the node unless this is false.
+    config.opt(errors, "failOnStatus", Rule::Bool);
 }
 
 /// Executor selector. Our decision: `pool` is never defaulted (the gateway resolves an absent pool).
