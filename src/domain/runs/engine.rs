@@ -68,6 +68,10 @@ struct Progress {
     run: Run,
     steps: Vec<Value>,
     runtime: Option<Value>,
+    /// Events of pure nodes not yet committed; they go out with the next commit (see [`is_pure`]).
+    pending: Vec<NewEvent>,
+    /// The resume cursor to store with the next commit.
+    cursor: i32,
 }
 
 impl Progress {
@@ -187,6 +191,8 @@ impl Engine {
                 })
                 .unwrap_or_default(),
             runtime: run.output.as_ref().and_then(|o| o.get("runtime")).cloned(),
+            pending: Vec::new(),
+            cursor: run.cursor_node_index,
             run,
         };
 
@@ -324,15 +330,36 @@ impl Engine {
         executors::execute(&self.deps, &ctx).await
     }
 
-    async fn node_started(&self, p: &Progress, node: &Node) -> Result<(), EngineError> {
-        let e = event(&p.run, "node_started", "info", Some(node));
+    /// Commits the progress so far (steps, cursor) with the pending events. `false` = lease lost.
+    async fn flush(&self, p: &mut Progress) -> Result<bool, EngineError> {
+        let events = std::mem::take(&mut p.pending);
+        let snapshot = p.output("succeeded", None);
+        let (run_id, worker, cursor) = (p.run.id, self.worker_id.clone(), p.cursor);
         self.tx(p.run.organization_id, |c| {
-            async move { Ok(store::append_events(c, &[e]).await?) }.scope_boxed()
+            async move {
+                if !store::checkpoint(c, run_id, &worker, &snapshot, cursor).await? {
+                    return Ok(false);
+                }
+                store::append_events(c, &events).await?;
+                Ok(true)
+            }
+            .scope_boxed()
         })
         .await
     }
 
-    /// Records a succeeded node: step, checkpoint and event in one transaction. `false` = lease lost.
+    /// A node is about to run. Before a node with effects outside the run, its start (and everything
+    /// pending) is committed, so that a re-execution after a crash is visible in the events.
+    async fn node_started(&self, p: &mut Progress, node: &Node) -> Result<bool, EngineError> {
+        p.pending.push(event(&p.run, "node_started", "info", Some(node)));
+        if is_pure(node) {
+            return Ok(true);
+        }
+        self.flush(p).await
+    }
+
+    /// Records a succeeded node. A node with effects is checkpointed at once (it must never run twice);
+    /// a pure node's result rides along with the next commit: re-running it after a crash changes nothing.
     async fn node_succeeded(
         &self,
         p: &mut Progress,
@@ -343,20 +370,13 @@ impl Engine {
         let max = self.state.config.workflows.event_payload_max_chars;
         let mut e = event(&p.run, "node_succeeded", "info", Some(node));
         e.payload = summarize(&output, max);
+        p.pending.push(e);
         p.steps.push(json!({"nodeId": node.id, "nodeType": node.node_type, "status": "succeeded", "output": output}));
-        let snapshot = p.output("succeeded", None);
-        let (run_id, worker) = (p.run.id, self.worker_id.clone());
-        self.tx(p.run.organization_id, |c| {
-            async move {
-                if !store::checkpoint(c, run_id, &worker, &snapshot, cursor).await? {
-                    return Ok(false);
-                }
-                store::append_events(c, &[e]).await?;
-                Ok(true)
-            }
-            .scope_boxed()
-        })
-        .await
+        p.cursor = cursor;
+        if is_pure(node) {
+            return Ok(true);
+        }
+        self.flush(p).await
     }
 
     async fn run_sequence(
@@ -374,7 +394,9 @@ impl Engine {
             if let Some(d) = self.interrupted(p, stop, lost).await? {
                 return Ok(d);
             }
-            self.node_started(p, node).await?;
+            if !self.node_started(p, node).await? {
+                return Ok(Delivery::LeaseLost);
+            }
             match self.exec(p, node, settings).await {
                 Outcome::Succeeded(out) => {
                     if !self.node_succeeded(p, node, out, index as i32 + 1).await? {
@@ -412,7 +434,9 @@ impl Engine {
             if let Some(d) = self.interrupted(p, stop, lost).await? {
                 return Ok(d);
             }
-            self.node_started(p, node).await?;
+            if !self.node_started(p, node).await? {
+                return Ok(Delivery::LeaseLost);
+            }
             let outcome = match node.node_type.as_str() {
                 "condition" => {
                     match executors::condition::evaluate_condition(node.config.as_ref(), &input) {
@@ -459,19 +483,14 @@ impl Engine {
                 g.insert("skipped".into(), Value::Object(skipped));
             }
         }
-        if !events.is_empty() {
-            self.tx(p.run.organization_id, |c| {
-                async move { Ok(store::append_events(c, &events).await?) }.scope_boxed()
-            })
-            .await?;
-        }
+        p.pending.extend(events);
         self.succeed(p).await
     }
 
     /// Between nodes: stop when the lease is gone or the process is shutting down (handing the run back).
     async fn interrupted(
         &self,
-        p: &Progress,
+        p: &mut Progress,
         stop: &watch::Receiver<bool>,
         lost: &AtomicBool,
     ) -> Result<Option<Delivery>, EngineError> {
@@ -479,6 +498,10 @@ impl Engine {
             return Ok(Some(Delivery::LeaseLost));
         }
         if *stop.borrow() {
+            // Keep what pure nodes did, then hand the run back.
+            if !p.pending.is_empty() && !self.flush(p).await? {
+                return Ok(Some(Delivery::LeaseLost));
+            }
             let (run_id, worker) = (p.run.id, self.worker_id.clone());
             self.tx(p.run.organization_id, |c| {
                 async move { Ok(store::release(c, run_id, &worker).await?) }.scope_boxed()
@@ -493,6 +516,8 @@ impl Engine {
         let output = p.output("succeeded", None);
         let mut e = event(&p.run, "run_succeeded", "info", None);
         e.payload = Some(json!({"completedNodeCount": p.succeeded_count()}));
+        let mut events = std::mem::take(&mut p.pending);
+        events.push(e);
         let (run_id, worker) = (p.run.id, self.worker_id.clone());
         let done = self
             .tx(p.run.organization_id, |c| {
@@ -502,7 +527,7 @@ impl Engine {
                     {
                         return Ok(false);
                     }
-                    store::append_events(c, &[e]).await?;
+                    store::append_events(c, &events).await?;
                     Ok(true)
                 }
                 .scope_boxed()
@@ -533,7 +558,9 @@ impl Engine {
         let mut e = event(&p.run, "node_failed", "error", Some(node));
         e.message = Some(error.clone());
         e.payload = output.as_ref().and_then(|o| summarize(o, max));
-        self.end_attempt(p, Some(node.id.clone()), error, retryable, vec![e])
+        let mut events = std::mem::take(&mut p.pending);
+        events.push(e);
+        self.end_attempt(p, Some(node.id.clone()), error, retryable, events)
             .await
     }
 
@@ -545,8 +572,8 @@ impl Engine {
         error: String,
         retryable: bool,
     ) -> Result<Delivery, EngineError> {
-        self.end_attempt(p, node, error, retryable, Vec::new())
-            .await
+        let events = std::mem::take(&mut p.pending);
+        self.end_attempt(p, node, error, retryable, events).await
     }
 
     /// Retry with backoff while attempts remain and the error is transient; otherwise fail the run.
@@ -615,6 +642,17 @@ impl Engine {
                 attemptCount = r.attempt_count, maxAttempts = r.max_attempts, error = %error, "run failed");
             Ok(Delivery::Failed)
         }
+    }
+}
+
+/// Nodes whose execution has no effect outside the run (stubs and inline evaluations): they need no
+/// commit of their own. Everything else (HTTP calls, connector actions, …) is committed around.
+fn is_pure(node: &Node) -> bool {
+    match node.node_type.as_str() {
+        "http.request" => node.config.is_none(),
+        "agent.execute" => !dsl::is_remote(node),
+        "condition" | "parallel.join" => true,
+        _ => false,
     }
 }
 
