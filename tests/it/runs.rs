@@ -477,6 +477,7 @@ async fn queue_down_answers_503_and_leaves_no_run() {
     let mut redis = start_redis(port);
     let app =
         common::spawn_with(opts().env("REDIS_URL", &format!("redis://127.0.0.1:{port}"))).await;
+    let _worker = start_worker(&app);
     let owner = app.signup("owner").await;
     let org = owner.personal_org;
     let wf = published(
@@ -516,9 +517,9 @@ async fn queue_down_answers_503_and_leaves_no_run() {
         .await;
     assert_eq!(r.body["runs"], json!([]), "no run row may remain");
 
-    // Redis back: the worker (started while it is down) reconnects and drains new runs.
+    // Redis back: the worker, idle through the outage, reconnects and drains new runs.
+    tokio::time::sleep(Duration::from_secs(1)).await;
     let mut redis = start_redis(port);
-    let _worker = start_worker(&app);
     let deadline = Instant::now() + Duration::from_secs(15);
     let run = loop {
         let r = app
@@ -822,4 +823,92 @@ async fn queue_is_fair_across_orgs_dedups_and_recovers_expired_leases() {
     assert!(!seen.contains(&later), "not due yet");
     assert!(seen.contains(&short.1));
     assert_eq!(seen.len(), 49, "the rest of the backlog, once each");
+}
+
+#[tokio::test]
+async fn workflow_tables_are_isolated_at_the_sql_level() {
+    let app = common::spawn_with(opts()).await;
+    let _worker = start_worker(&app);
+    let a = app.signup("a").await;
+    let b = app.signup("b").await;
+    let dsl = json!({"version": "v2", "trigger": {"type": "trigger.manual"}, "nodes": [{"id": "n", "type": "http.request"}]});
+    let mut ids = Vec::new();
+    for u in [&a, &b] {
+        let org = u.personal_org;
+        let wf = published(&app, u, org, dsl.clone()).await;
+        let run = start_run(&app, u, org, wf, Value::Null).await;
+        wait_terminal(&app, u, org, wf, run, Duration::from_secs(15)).await;
+        ids.push((org, wf, run));
+    }
+    let (org_a, _, run_a) = ids[0];
+    let (org_b, wf_b, _) = ids[1];
+    let mut db = app.app_db().await;
+    for table in ["workflows", "workflow_runs", "workflow_run_events"] {
+        // No context: nothing.
+        let n: i64 = db
+            .query_one(&format!("SELECT count(*) FROM {table}"), &[])
+            .await
+            .expect("count")
+            .get(0);
+        assert_eq!(n, 0, "{table} without context");
+        // Org A's context: only A's rows, and B's rows cannot be touched.
+        let tx = db.transaction().await.expect("tx");
+        tx.execute(
+            "SELECT set_config('app.current_org_id', $1, true)",
+            &[&org_a.to_string()],
+        )
+        .await
+        .expect("ctx");
+        let other: i64 = tx
+            .query_one(
+                &format!("SELECT count(*) FROM {table} WHERE organization_id <> $1::text::uuid"),
+                &[&org_a.to_string()],
+            )
+            .await
+            .expect("count")
+            .get(0);
+        let own: i64 = tx
+            .query_one(&format!("SELECT count(*) FROM {table}"), &[])
+            .await
+            .expect("count")
+            .get(0);
+        assert_eq!(other, 0, "{table}: another org's rows visible");
+        assert!(own > 0, "{table}: own rows invisible");
+        let updated = tx
+            .execute(
+                &format!("UPDATE {table} SET organization_id = organization_id WHERE organization_id = $1::text::uuid"),
+                &[&org_b.to_string()],
+            )
+            .await
+            .expect("update");
+        assert_eq!(updated, 0, "{table}: updated another org's rows");
+        let _ = tx.rollback().await;
+    }
+    // Writing into org B under org A's context is refused.
+    let tx = db.transaction().await.expect("tx");
+    tx.execute(
+        "SELECT set_config('app.current_org_id', $1, true)",
+        &[&org_a.to_string()],
+    )
+    .await
+    .expect("ctx");
+    let err = tx
+        .execute(
+            "INSERT INTO workflow_run_events (organization_id, workflow_id, run_id, event_type) \
+             VALUES ($1::text::uuid, $2::text::uuid, $3::text::uuid, 'x')",
+            &[&org_b.to_string(), &wf_b.to_string(), &run_a.to_string()],
+        )
+        .await
+        .expect_err("refused");
+    assert_eq!(err.code().map(|c| c.code()), Some("42501"));
+    let _ = tx.rollback().await;
+    // The reaper's index is not readable by the app role; only the definer function is.
+    let err = db
+        .query("SELECT * FROM workflow_run_index", &[])
+        .await
+        .expect_err("denied");
+    assert_eq!(err.code().map(|c| c.code()), Some("42501"));
+    db.query("SELECT * FROM app.stranded_runs(now(), 10)", &[])
+        .await
+        .expect("definer function callable");
 }

@@ -351,7 +351,8 @@ impl Engine {
     /// A node is about to run. Before a node with effects outside the run, its start (and everything
     /// pending) is committed, so that a re-execution after a crash is visible in the events.
     async fn node_started(&self, p: &mut Progress, node: &Node) -> Result<bool, EngineError> {
-        p.pending.push(event(&p.run, "node_started", "info", Some(node)));
+        p.pending
+            .push(event(&p.run, "node_started", "info", Some(node)));
         if is_pure(node) {
             return Ok(true);
         }
