@@ -912,3 +912,72 @@ async fn workflow_tables_are_isolated_at_the_sql_level() {
         .await
         .expect("definer function callable");
 }
+
+/// The integration flow of the original (`workflow-async.integration.test.ts`): a cloud GitHub
+/// `connector.action` with a real encrypted secret plus an `agent.execute` without config, through API and
+/// worker; the token reaches GitHub and never appears in the run or its events.
+#[tokio::test]
+async fn connector_action_with_a_secret_end_to_end() {
+    use base64::Engine as _;
+    let token = "ghp_e2e_token_never_in_events_123";
+    let github = crate::fake_github::FakeGithub::start(token);
+    let app = common::spawn_with(
+        opts()
+            .env("GITHUB_API_BASE_URL", &github.base)
+            .env("SECRETS_KEK_ID", "k1")
+            .env(
+                "SECRETS_KEK_BASE64",
+                &base64::engine::general_purpose::STANDARD.encode([7u8; 32]),
+            ),
+    )
+    .await;
+    let _worker = start_worker(&app);
+    let owner = app.signup("owner").await;
+    let org = owner.personal_org;
+    let r = app
+        .post(&format!("/v1/orgs/{org}/secrets"))
+        .by(&owner)
+        .org(org)
+        .json(json!({"connectorId": "github", "name": "token", "value": token}))
+        .send()
+        .await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let secret = r.body["secret"]["id"]
+        .as_str()
+        .expect("secret id")
+        .to_string();
+    let wf = published(&app, &owner, org, json!({"version": "v2", "trigger": {"type": "trigger.manual"}, "nodes": [
+        {"id": "issue", "type": "connector.action", "config": {"connectorId": "github", "actionId": "issue.create",
+            "input": {"repo": "octo/test", "title": "Nightly failed"}, "auth": {"secretId": secret}}},
+        {"id": "agent", "type": "agent.execute"},
+    ]})).await;
+    let run = start_run(&app, &owner, org, wf, Value::Null).await;
+    let done = wait_terminal(&app, &owner, org, wf, run, Duration::from_secs(15)).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert!(done["attemptCount"].as_i64() >= Some(1));
+    let evs = events(&app, &owner, org, wf, run).await;
+    let issue = evs
+        .iter()
+        .find(|e| e["eventType"] == "node_succeeded" && e["nodeId"] == "issue")
+        .expect("issue node succeeded");
+    assert!(issue["payload"]["issueNumber"].is_number(), "{issue}");
+    assert!(issue["payload"]["url"].is_string());
+    let agent = evs
+        .iter()
+        .find(|e| e["eventType"] == "node_succeeded" && e["nodeId"] == "agent")
+        .expect("agent");
+    assert!(agent["payload"]["taskId"]
+        .as_str()
+        .is_some_and(|t| t.contains("-task") && !t.contains("enterprise")));
+    let requests = github.requests();
+    assert_eq!(requests.len(), 1);
+    assert_eq!(
+        requests[0].headers.get("authorization").map(String::as_str),
+        Some(&*format!("Bearer {token}"))
+    );
+    let everything = format!("{done}{}", Value::Array(evs));
+    assert!(
+        !everything.contains(token),
+        "the token leaked into the run or its events"
+    );
+}
