@@ -23,7 +23,7 @@ use super::store;
 use crate::app::state::AppState;
 use crate::domain::orgs;
 use crate::domain::workflows::dsl::{self, EdgeKind, Graph, Node, Plan};
-use crate::platform::db::{self, DbError, TenantCtx};
+use crate::platform::db::{self, DbError, OpenTx, TenantCtx};
 use crate::platform::queue::WorkQueue;
 
 #[derive(Debug, thiserror::Error)]
@@ -72,6 +72,9 @@ struct Progress {
     pending: Vec<NewEvent>,
     /// The resume cursor to store with the next commit.
     cursor: i32,
+    /// The claim's transaction, still open: pure nodes run under it and the first commit closes it, so a
+    /// run of pure nodes costs one commit from claim to finish.
+    open: Option<OpenTx>,
 }
 
 impl Progress {
@@ -114,8 +117,14 @@ fn event(run: &Run, kind: &'static str, level: &'static str, node: Option<&Node>
     }
 }
 
+enum Decided {
+    Take(Box<Run>, Value, bool),
+    Done(Delivery),
+}
+
 enum Claimed {
-    Run(Box<Run>, Value, bool),
+    /// The run, its DSL, whether this resumes a dead worker's attempt, and the claim's open transaction.
+    Run(Box<Run>, Value, bool, OpenTx),
     Done(Delivery),
 }
 
@@ -159,8 +168,8 @@ impl Engine {
         stop: &watch::Receiver<bool>,
     ) -> Result<Delivery, EngineError> {
         let claimed = self.claim(org, run_id).await?;
-        let (run, dsl_doc, resumed) = match claimed {
-            Claimed::Run(run, dsl, resumed) => (*run, dsl, resumed),
+        let (run, dsl_doc, resumed, open) = match claimed {
+            Claimed::Run(run, dsl, resumed, open) => (*run, dsl, resumed, open),
             Claimed::Done(d) => return Ok(d),
         };
         let ids = (
@@ -193,6 +202,7 @@ impl Engine {
             runtime: run.output.as_ref().and_then(|o| o.get("runtime")).cloned(),
             pending: Vec::new(),
             cursor: run.cursor_node_index,
+            open: Some(open),
             run,
         };
 
@@ -265,52 +275,109 @@ impl Engine {
         })
     }
 
+    /// Locks the run and decides what this delivery does. The transaction stays open when the run is taken
+    /// (see [`Progress::open`]); otherwise it is committed (a recorded failure) or rolled back (nothing to do).
     async fn claim(&self, org: Uuid, run_id: Uuid) -> Result<Claimed, EngineError> {
+        let mut tx = OpenTx::begin(&self.state.db, TenantCtx::org(org)).await?;
+        let decided = self.claim_in(tx.conn(), org, run_id).await?;
+        match decided {
+            Decided::Take(run, dsl_doc, resumed) => Ok(Claimed::Run(run, dsl_doc, resumed, tx)),
+            Decided::Done(Delivery::Failed) => {
+                tx.commit().await?;
+                Ok(Claimed::Done(Delivery::Failed))
+            }
+            Decided::Done(other) => {
+                tx.rollback().await;
+                Ok(Claimed::Done(other))
+            }
+        }
+    }
+
+    async fn claim_in(
+        &self,
+        c: &mut AsyncPgConnection,
+        org: Uuid,
+        run_id: Uuid,
+    ) -> Result<Decided, EngineError> {
         let (worker, lease) = (self.worker_id.clone(), self.lease_secs());
-        self.tx(org, |c| {
-            async move {
-                let Some(run) = store::status_for_update(c, run_id).await? else {
-                    tracing::warn!(event = "workflow_run_orphaned", reasonCode = "RUN_NOT_FOUND", runId = %run_id, orgId = %org, "run not found");
-                    return Ok(Claimed::Done(Delivery::Skipped));
-                };
-                let now = Utc::now();
-                match run.status.as_str() {
-                    "queued" => {
-                        if let Some(at) = run.next_attempt_at.filter(|at| *at > now) {
-                            return Ok(Claimed::Done(Delivery::NotYetDue(at.timestamp_millis())));
-                        }
-                    }
-                    "running" if run.blocked_request_id.is_none() && run.lease_expires_at.is_none_or(|t| t <= now) => {}
-                    _ => return Ok(Claimed::Done(Delivery::Skipped)),
-                }
-                let Some((wf_status, dsl_doc)) = store::workflow_state(c, run.workflow_id).await? else {
-                    tracing::warn!(event = "workflow_run_orphaned", reasonCode = "WORKFLOW_NOT_FOUND", runId = %run_id, workflowId = %run.workflow_id, orgId = %org, "workflow not found");
-                    return Ok(Claimed::Done(Delivery::Skipped));
-                };
-                if run.status == "queued" {
-                    if wf_status != "published" {
-                        store::finish(c, run_id, None, "failed", run.output.as_ref(), Some("WORKFLOW_NOT_PUBLISHED")).await?;
-                        let mut e = event(&run, "run_failed", "error", None);
-                        e.message = Some("WORKFLOW_NOT_PUBLISHED".into());
-                        e.payload = Some(json!({"reasonCode": "WORKFLOW_NOT_PUBLISHED"}));
-                        store::append_events(c, &[e]).await?;
-                        tracing::error!(event = "workflow_run_failed", reasonCode = "WORKFLOW_NOT_PUBLISHED", runId = %run_id, workflowId = %run.workflow_id, orgId = %org, "run failed");
-                        return Ok(Claimed::Done(Delivery::Failed));
-                    }
-                    let started = store::start_attempt(c, run_id, &worker, lease).await?;
-                    let mut e = event(&started, "run_started", "info", None);
-                    e.payload = Some(json!({"runId": run_id, "workflowId": started.workflow_id, "orgId": org, "attemptCount": started.attempt_count}));
-                    store::append_events(c, &[e]).await?;
-                    Ok(Claimed::Run(Box::new(started), dsl_doc, false))
-                } else {
-                    // The previous worker died: same attempt, from the last checkpoint.
-                    let taken = store::take_over(c, run_id, &worker, lease).await?;
-                    Ok(Claimed::Run(Box::new(taken), dsl_doc, true))
+        let Some(run) = store::status_for_update(c, run_id).await? else {
+            tracing::warn!(event = "workflow_run_orphaned", reasonCode = "RUN_NOT_FOUND", runId = %run_id, orgId = %org, "run not found");
+            return Ok(Decided::Done(Delivery::Skipped));
+        };
+        let now = Utc::now();
+        match run.status.as_str() {
+            "queued" => {
+                if let Some(at) = run.next_attempt_at.filter(|at| *at > now) {
+                    return Ok(Decided::Done(Delivery::NotYetDue(at.timestamp_millis())));
                 }
             }
-            .scope_boxed()
-        })
-        .await
+            "running"
+                if run.blocked_request_id.is_none()
+                    && run.lease_expires_at.is_none_or(|t| t <= now) => {}
+            _ => return Ok(Decided::Done(Delivery::Skipped)),
+        }
+        let Some((wf_status, dsl_doc)) = store::workflow_state(c, run.workflow_id).await? else {
+            tracing::warn!(event = "workflow_run_orphaned", reasonCode = "WORKFLOW_NOT_FOUND", runId = %run_id, workflowId = %run.workflow_id, orgId = %org, "workflow not found");
+            return Ok(Decided::Done(Delivery::Skipped));
+        };
+        if run.status == "queued" {
+            if wf_status != "published" {
+                store::finish(
+                    c,
+                    run_id,
+                    None,
+                    "failed",
+                    run.output.as_ref(),
+                    Some("WORKFLOW_NOT_PUBLISHED"),
+                )
+                .await?;
+                let mut e = event(&run, "run_failed", "error", None);
+                e.message = Some("WORKFLOW_NOT_PUBLISHED".into());
+                e.payload = Some(json!({"reasonCode": "WORKFLOW_NOT_PUBLISHED"}));
+                store::append_events(c, &[e]).await?;
+                tracing::error!(event = "workflow_run_failed", reasonCode = "WORKFLOW_NOT_PUBLISHED", runId = %run_id, workflowId = %run.workflow_id, orgId = %org, "run failed");
+                return Ok(Decided::Done(Delivery::Failed));
+            }
+            let started = store::start_attempt(c, run_id, &worker, lease).await?;
+            let mut e = event(&started, "run_started", "info", None);
+            e.payload = Some(
+                json!({"runId": run_id, "workflowId": started.workflow_id, "orgId": org, "attemptCount": started.attempt_count}),
+            );
+            store::append_events(c, &[e]).await?;
+            Ok(Decided::Take(Box::new(started), dsl_doc, false))
+        } else {
+            // The previous worker died: same attempt, from the last checkpoint.
+            let taken = store::take_over(c, run_id, &worker, lease).await?;
+            Ok(Decided::Take(Box::new(taken), dsl_doc, true))
+        }
+    }
+
+    /// Commits `f`'s writes: inside the claim's still-open transaction when there is one, else in a new one.
+    async fn commit_in<'a, R, F>(
+        &self,
+        open: &mut Option<OpenTx>,
+        org: Uuid,
+        f: F,
+    ) -> Result<R, EngineError>
+    where
+        F: for<'r> FnOnce(
+                &'r mut AsyncPgConnection,
+            ) -> diesel_async::scoped_futures::ScopedBoxFuture<
+                'a,
+                'r,
+                Result<R, EngineError>,
+            > + Send
+            + 'a,
+        R: Send + 'a,
+    {
+        match open.take() {
+            Some(mut tx) => {
+                let r = f(tx.conn()).await?;
+                tx.commit().await?;
+                Ok(r)
+            }
+            None => self.tx(org, f).await,
+        }
     }
 
     /// Runs a node through its executor (or inline for v3 condition/join via `inline`).
@@ -335,7 +402,7 @@ impl Engine {
         let events = std::mem::take(&mut p.pending);
         let snapshot = p.output("succeeded", None);
         let (run_id, worker, cursor) = (p.run.id, self.worker_id.clone(), p.cursor);
-        self.tx(p.run.organization_id, |c| {
+        self.commit_in(&mut p.open, p.run.organization_id, |c| {
             async move {
                 if !store::checkpoint(c, run_id, &worker, &snapshot, cursor).await? {
                     return Ok(false);
@@ -504,7 +571,7 @@ impl Engine {
                 return Ok(Some(Delivery::LeaseLost));
             }
             let (run_id, worker) = (p.run.id, self.worker_id.clone());
-            self.tx(p.run.organization_id, |c| {
+            self.commit_in(&mut p.open, p.run.organization_id, |c| {
                 async move { Ok(store::release(c, run_id, &worker).await?) }.scope_boxed()
             })
             .await?;
@@ -521,7 +588,7 @@ impl Engine {
         events.push(e);
         let (run_id, worker) = (p.run.id, self.worker_id.clone());
         let done = self
-            .tx(p.run.organization_id, |c| {
+            .commit_in(&mut p.open, p.run.organization_id, |c| {
                 async move {
                     if !store::finish(c, run_id, Some(&worker), "succeeded", Some(&output), None)
                         .await?
@@ -607,7 +674,7 @@ impl Engine {
             );
         let err = error.clone();
         let applied = self
-            .tx(org, |c| {
+            .commit_in(&mut p.open, org, |c| {
                 async move {
                     let ok = if retry {
                         store::schedule_retry(c, run_id, &worker, &output, &err, due).await?

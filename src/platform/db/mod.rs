@@ -145,6 +145,39 @@ where
     }
 }
 
+/// A tenant transaction kept open across several steps, for work that wants one commit where it would
+/// otherwise need several. Dropping it without [`OpenTx::commit`] leaves the connection marked as inside a
+/// transaction, so the pool discards it and PostgreSQL rolls the work back.
+pub struct OpenTx {
+    conn: PgConn,
+}
+
+impl OpenTx {
+    pub async fn begin(pool: &PgPool, ctx: TenantCtx) -> Result<Self, DbError> {
+        let mut conn = conn(pool).await?;
+        let sql = format!(
+            "BEGIN; SELECT set_config('app.current_user_id', '{}', true), set_config('app.current_org_id', '{}', true)",
+            ctx.user.map(|u| u.to_string()).unwrap_or_default(),
+            ctx.org.map(|o| o.to_string()).unwrap_or_default(),
+        );
+        AnsiTransactionManager::begin_transaction_sql(&mut *conn, &sql).await?;
+        Ok(Self { conn })
+    }
+
+    pub fn conn(&mut self) -> &mut AsyncPgConnection {
+        &mut self.conn
+    }
+
+    pub async fn commit(mut self) -> Result<(), DbError> {
+        AnsiTransactionManager::commit_transaction(&mut *self.conn).await?;
+        Ok(())
+    }
+
+    pub async fn rollback(mut self) {
+        let _ = AnsiTransactionManager::rollback_transaction(&mut *self.conn).await;
+    }
+}
+
 /// For tables without RLS (`users`, `oauth_states`): a plain pooled connection.
 pub async fn plain<'a, R, E, F>(pool: &PgPool, f: F) -> Result<R, E>
 where
