@@ -5,7 +5,9 @@
 #   CONNS=64 DURATION=30s bench/api.sh
 #
 # Endpoints: GET /v1/meta/capabilities (public), GET /v1/orgs/{org}/settings (bearer + X-Org-Id: the
-# org-scoped authenticated path), POST /v1/auth/login (argon2id on purpose: it is CPU-bound by design).
+# org-scoped authenticated path; session, membership and settings come from the in-process caches),
+# GET /v1/orgs/{org}/secrets (same auth path plus a tenant transaction in PostgreSQL on every request),
+# POST /v1/auth/login (argon2id on purpose: it is CPU-bound by design).
 # Everything runs on this machine (wrk shares the cores with the server and PostgreSQL); traffic goes to
 # 127.0.0.1 only, and every run is bounded by DURATION.
 set -euo pipefail
@@ -59,6 +61,7 @@ run() { # name, then wrk args
 echo "== vespid api bench: $CONNS connections, $THREADS wrk thread(s), $DURATION each, $(nproc) cores"
 run "GET /v1/meta/capabilities" "$BASE/v1/meta/capabilities"
 run "GET org settings (authed)" -H "authorization: Bearer $TOKEN" -H "x-org-id: $ORG" "$BASE/v1/orgs/$ORG/settings"
+run "GET org secrets (authed, DB)" -H "authorization: Bearer $TOKEN" -H "x-org-id: $ORG" "$BASE/v1/orgs/$ORG/secrets"
 run "POST /v1/auth/login" -s "$LUA" "$BASE/v1/auth/login"
 RSS_AFTER_KB=$(ps -o rss= -p "$PID" | tr -d ' ')
 echo "idle RSS of serve --role=all: $((RSS_IDLE_KB / 1024)) MiB (after load: $((RSS_AFTER_KB / 1024)) MiB)"

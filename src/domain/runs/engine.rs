@@ -167,6 +167,11 @@ impl Engine {
         run_id: Uuid,
         stop: &watch::Receiver<bool>,
     ) -> Result<Delivery, EngineError> {
+        // Read before the claim: once the claim's transaction is open this task holds a pooled connection,
+        // and asking the pool for a second one could deadlock a fully busy worker.
+        let settings = orgs::stored_settings(&self.state, org)
+            .await
+            .map_err(|e| EngineError::Settings(e.to_string()))?;
         let claimed = self.claim(org, run_id).await?;
         let (run, dsl_doc, resumed, open) = match claimed {
             Claimed::Run(run, dsl, resumed, open) => (*run, dsl, resumed, open),
@@ -214,21 +219,16 @@ impl Engine {
                 self.fail(&mut progress, None, e.code().to_string(), false)
                     .await
             }
-            Ok(parsed) => {
-                let settings = orgs::stored_settings(&self.state, org)
-                    .await
-                    .map_err(|e| EngineError::Settings(e.to_string()))?;
-                match parsed.plan {
-                    Plan::Sequence(nodes) => {
-                        self.run_sequence(&mut progress, &nodes, &settings, stop, &lost)
-                            .await
-                    }
-                    Plan::Graph(graph) => {
-                        self.run_graph(&mut progress, &graph, &settings, stop, &lost)
-                            .await
-                    }
+            Ok(parsed) => match parsed.plan {
+                Plan::Sequence(nodes) => {
+                    self.run_sequence(&mut progress, &nodes, &settings, stop, &lost)
+                        .await
                 }
-            }
+                Plan::Graph(graph) => {
+                    self.run_graph(&mut progress, &graph, &settings, stop, &lost)
+                        .await
+                }
+            },
         };
         heartbeat.abort();
         result

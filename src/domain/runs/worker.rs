@@ -59,7 +59,16 @@ fn hostname() -> String {
 pub fn spawn(state: AppState, stop: watch::Receiver<bool>) -> JoinHandle<()> {
     tokio::spawn(async move {
         let engine = Arc::new(engine(&state));
-        let concurrency = state.config.workflows.concurrency;
+        let pool_cap = state.config.database.pool_size.saturating_sub(2).max(1);
+        let mut concurrency = state.config.workflows.concurrency;
+        if concurrency > pool_cap {
+            tracing::warn!(
+                configured = concurrency,
+                used = pool_cap,
+                "worker concurrency capped below the database pool size"
+            );
+            concurrency = pool_cap;
+        }
         let lease = Duration::from_secs(state.config.workflows.lease_secs);
         tracing::info!(event = "workflow_worker_ready", queueName = %state.config.workflows.queue_name, concurrency, "worker ready");
         let sweeper = spawn_sweeper(state.clone(), engine.queue.clone(), stop.clone());
