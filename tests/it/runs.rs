@@ -672,7 +672,7 @@ async fn worker_killed_mid_run_another_finishes_without_repeating_nodes() {
 #[tokio::test]
 #[ignore = "restarts PostgreSQL; run alone (scripts/test.sh does)"]
 async fn postgres_restart_while_runs_are_in_flight() {
-    let app = common::spawn_with(opts()).await;
+    let app = common::spawn_with(opts().env("DATABASE_POOL_SIZE", "8")).await;
     let _worker = start_worker(&app);
     let (target, hits) = start_target(0).await;
     let owner = app.signup("owner").await;

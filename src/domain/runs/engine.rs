@@ -230,16 +230,14 @@ impl Engine {
                 }
             },
         };
-        heartbeat.abort();
+        let _ = heartbeat.send(true);
         result
     }
 
-    fn spawn_heartbeat(
-        &self,
-        org: Uuid,
-        run: Uuid,
-        lost: Arc<AtomicBool>,
-    ) -> tokio::task::JoinHandle<()> {
+    /// Renews the lease until told to stop. It is stopped by message, never aborted: aborting it in the
+    /// middle of its transaction would hand a half-used connection back to the pool.
+    fn spawn_heartbeat(&self, org: Uuid, run: Uuid, lost: Arc<AtomicBool>) -> watch::Sender<bool> {
+        let (done_tx, mut done) = watch::channel(false);
         let (db, queue, worker, secs) = (
             self.state.db.clone(),
             self.queue.clone(),
@@ -249,7 +247,10 @@ impl Engine {
         tokio::spawn(async move {
             let every = Duration::from_millis((secs * 1000 / 3).max(500));
             loop {
-                tokio::time::sleep(every).await;
+                tokio::select! {
+                    _ = tokio::time::sleep(every) => {}
+                    _ = done.changed() => return,
+                }
                 let w = worker.clone();
                 let renewed = db::tenant_tx(&db, TenantCtx::org(org), |c| {
                     async move {
@@ -272,7 +273,8 @@ impl Engine {
                     Err(e) => tracing::warn!(error = %e, run_id = %run, "lease renewal failed"),
                 }
             }
-        })
+        });
+        done_tx
     }
 
     /// Locks the run and decides what this delivery does. The transaction stays open when the run is taken

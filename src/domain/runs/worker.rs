@@ -101,7 +101,8 @@ pub fn spawn(state: AppState, stop: watch::Receiver<bool>) -> JoinHandle<()> {
                                 r = engine.queue.wait(client, Duration::from_millis(500)) => {
                                     if r.is_err() { tokio::time::sleep(Duration::from_millis(200)).await; }
                                 }
-                                _ = stop.changed() => {}
+                                // A dropped sender means the owner is gone: stop as well.
+                                changed = stop.changed() => { if changed.is_err() { break; } }
                             }
                         }
                         None => tokio::time::sleep(Duration::from_millis(200)).await,

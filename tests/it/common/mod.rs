@@ -199,6 +199,9 @@ pub async fn spawn_with(opts: Options) -> TestApp {
     tokio::spawn(server);
     let http = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
+        // Below the server's keep-alive (5 s), so an idle pooled connection the server is closing is
+        // never reused (that race surfaces as "incomplete message").
+        .pool_idle_timeout(std::time::Duration::from_secs(2))
         .build()
         .expect("http client");
     TestApp {
