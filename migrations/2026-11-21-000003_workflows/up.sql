@@ -52,14 +52,12 @@ CREATE TABLE workflow_runs (
   CONSTRAINT workflow_runs_status_check CHECK (status IN ('queued', 'running', 'succeeded', 'failed')),
   CONSTRAINT workflow_runs_blocked_kind_check CHECK (blocked_kind IS NULL OR blocked_kind IN ('agent.execute', 'connector.action', 'agent.run'))
 );
-CREATE INDEX workflow_runs_org_id_idx ON workflow_runs (organization_id);
+-- No index covers status, lease, cursor or output: those change on every step of a run, and leaving them
+-- unindexed lets PostgreSQL update the row in place (HOT) instead of touching every index each time. The
+-- sweeper finds work through `workflow_run_index`, and nothing queries runs by status across a workflow.
 CREATE INDEX workflow_runs_workflow_id_idx ON workflow_runs (workflow_id);
-CREATE INDEX workflow_runs_status_idx ON workflow_runs (status);
-CREATE INDEX workflow_runs_next_attempt_at_idx ON workflow_runs (next_attempt_at) WHERE status = 'queued';
-CREATE INDEX workflow_runs_org_status_blocked_idx ON workflow_runs (organization_id, status, blocked_request_id);
 CREATE INDEX workflow_runs_list_idx ON workflow_runs (organization_id, workflow_id, created_at DESC, id DESC);
 CREATE INDEX workflow_runs_blocked_timeout_idx ON workflow_runs (blocked_timeout_at) WHERE blocked_timeout_at IS NOT NULL;
-CREATE INDEX workflow_runs_active_idx ON workflow_runs (status, lease_expires_at) WHERE status IN ('queued', 'running');
 
 CREATE TABLE workflow_run_events (
   id uuid PRIMARY KEY DEFAULT gen_random_uuid(),
@@ -82,8 +80,7 @@ CREATE TABLE workflow_run_events (
   created_at timestamptz NOT NULL DEFAULT clock_timestamp(),
   CONSTRAINT workflow_run_events_level_check CHECK (level IN ('info', 'warn', 'error'))
 );
-CREATE INDEX workflow_run_events_org_workflow_run_created_at_idx ON workflow_run_events (organization_id, workflow_id, run_id, created_at);
-CREATE INDEX workflow_run_events_org_run_created_at_idx ON workflow_run_events (organization_id, run_id, created_at);
+-- Events are read per run in `seq` order; this one index serves that and the cascade from the run.
 CREATE INDEX workflow_run_events_run_seq_idx ON workflow_run_events (run_id, seq);
 
 ALTER TABLE workflows ENABLE ROW LEVEL SECURITY;
