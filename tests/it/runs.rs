@@ -28,6 +28,19 @@ impl Target {
     fn hits(&self, name: &str) -> usize {
         self.hits.get(name).map(|v| *v).unwrap_or(0)
     }
+
+    /// Waits (up to 15 s) until `name` was hit at least `n` times, i.e. that many calls are in flight or done.
+    async fn wait_for(&self, name: &str, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while self.hits(name) < n {
+            assert!(
+                Instant::now() < deadline,
+                "{name} reached {} of {n} hits",
+                self.hits(name)
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
 }
 
 async fn start_target(fail_first: usize) -> (String, Target) {
@@ -636,11 +649,7 @@ async fn worker_killed_mid_run_another_finishes_without_repeating_nodes() {
     let mut victim = worker_process(&app);
     let run = start_run(&app, &owner, org, wf, Value::Null).await;
     // Wait until the slow node is in flight, then SIGKILL the worker.
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while hits.hits("slow") == 0 {
-        assert!(Instant::now() < deadline, "slow node never started");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    hits.wait_for("slow", 1).await;
     let _ = victim.kill();
     let _ = victim.wait();
     let mut survivor = worker_process(&app);
@@ -692,11 +701,7 @@ async fn postgres_restart_while_runs_are_in_flight() {
     for _ in 0..3 {
         runs.push(start_run(&app, &owner, org, wf, Value::Null).await);
     }
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while hits.hits("slow") < 3 {
-        assert!(Instant::now() < deadline, "slow nodes never started");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    hits.wait_for("slow", 3).await;
     let cluster = std::env::var("TEST_PG_CLUSTER").unwrap_or_else(|_| "15 main".into());
     let mut args: Vec<&str> = cluster.split_whitespace().collect();
     args.extend(["restart", "-m", "fast"]);
@@ -738,11 +743,7 @@ async fn sigterm_hands_claimed_work_back() {
     .await;
     let mut first = worker_process(&app);
     let run = start_run(&app, &owner, org, wf, Value::Null).await;
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while hits.hits("slow") == 0 {
-        assert!(Instant::now() < deadline, "slow node never started");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    hits.wait_for("slow", 1).await;
     let _ = Command::new("kill")
         .args(["-TERM", &first.id().to_string()])
         .status();

@@ -45,7 +45,8 @@ impl From<diesel::result::Error> for EngineError {
 pub enum Delivery {
     Succeeded,
     Failed,
-    RetryScheduled,
+    /// A retry is stored for this time (Unix ms); the queue delivers it then.
+    RetryScheduled(i64),
     /// Nothing to do: finished, blocked, held by another worker, or gone.
     Skipped,
     /// Delivered before its retry time: put back for later.
@@ -706,7 +707,7 @@ impl Engine {
         if retry {
             tracing::warn!(event = "workflow_run_retried", runId = %r.id, workflowId = %r.workflow_id, orgId = %r.organization_id,
                 attemptCount = r.attempt_count, maxAttempts = r.max_attempts, error = %error, "run will be retried");
-            Ok(Delivery::RetryScheduled)
+            Ok(Delivery::RetryScheduled(due.timestamp_millis()))
         } else {
             tracing::error!(event = "workflow_run_failed", runId = %r.id, workflowId = %r.workflow_id, orgId = %r.organization_id,
                 attemptCount = r.attempt_count, maxAttempts = r.max_attempts, error = %error, "run failed");

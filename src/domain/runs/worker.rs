@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use diesel_async::scoped_futures::ScopedFutureExt;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
 use uuid::Uuid;
@@ -135,14 +134,9 @@ pub async fn handle(engine: &Engine, org: Uuid, run: Uuid, stop: &watch::Receive
             let _ = q.ack(org, run).await;
             q.enqueue_at(org, run, *at).await
         }
-        Ok(Delivery::RetryScheduled) => {
+        Ok(Delivery::RetryScheduled(at)) => {
             let _ = q.ack(org, run).await;
-            let due = Utc::now() + chrono::Duration::milliseconds(0);
-            // The engine stored next_attempt_at; deliver at that time (read back for accuracy).
-            let at = next_attempt_ms(engine, org, run)
-                .await
-                .unwrap_or(due.timestamp_millis());
-            q.enqueue_at(org, run, at).await
+            q.enqueue_at(org, run, *at).await
         }
         Ok(Delivery::Released) => {
             let _ = q.ack(org, run).await;
@@ -158,15 +152,6 @@ pub async fn handle(engine: &Engine, org: Uuid, run: Uuid, stop: &watch::Receive
     if let Err(e) = settled {
         tracing::warn!(error = %e, run_id = %run, "queue update after delivery failed; the sweeper will repair it");
     }
-}
-
-async fn next_attempt_ms(engine: &Engine, org: Uuid, run: Uuid) -> Option<i64> {
-    let r = db::tenant_tx(&engine.state.db, db::TenantCtx::org(org), |c| {
-        async move { store::get_run(c, run).await.map_err(DbError::from) }.scope_boxed()
-    })
-    .await
-    .ok()??;
-    r.next_attempt_at.map(|t| t.timestamp_millis())
 }
 
 /// Periodically: promote due retries and expired leases in Redis, and re-enqueue runs that PostgreSQL says
