@@ -51,6 +51,7 @@ pub struct Config {
 pub struct WorkflowsConfig {
     pub queue_name: String,
     pub concurrency: usize,
+    pub claim_batch: usize,
     pub retry_attempts: i32,
     pub retry_backoff_ms: u64,
     pub event_payload_max_chars: usize,
@@ -292,6 +293,7 @@ const ENV_KEYS: &[(&str, &str)] = &[
     ("SECRETS_KEK_PREVIOUS", "secrets.kek_previous"),
     ("WORKFLOW_QUEUE_NAME", "workflows.queue_name"),
     ("WORKFLOW_QUEUE_CONCURRENCY", "workflows.concurrency"),
+    ("WORKFLOW_CLAIM_BATCH", "workflows.claim_batch"),
     ("WORKFLOW_RETRY_ATTEMPTS", "workflows.retry_attempts"),
     ("WORKFLOW_RETRY_BACKOFF_MS", "workflows.retry_backoff_ms"),
     (
@@ -388,6 +390,12 @@ impl Config {
         let w = &self.workflows;
         if w.concurrency == 0 {
             return Err(invalid("workflows.concurrency", "must be at least 1"));
+        }
+        if !(1..=500).contains(&w.claim_batch) {
+            return Err(invalid(
+                "workflows.claim_batch",
+                "must be between 1 and 500",
+            ));
         }
         if w.retry_attempts < 1 {
             return Err(invalid("workflows.retry_attempts", "must be at least 1"));

@@ -6,8 +6,10 @@ use std::time::Duration;
 use crate::app::config::Config;
 use crate::domain::auth::AuthService;
 use crate::domain::meta::provider::{self, EnterpriseProvider};
+use crate::domain::runs::intake::RunIntake;
 use crate::platform::crypto::envelope::Keyring;
 use crate::platform::db::{self, PgPool};
+use crate::platform::queue::WorkQueue;
 use crate::platform::redis::Redis;
 
 #[derive(Clone)]
@@ -18,6 +20,8 @@ pub struct AppState {
     pub auth: Arc<AuthService>,
     pub provider: Arc<dyn EnterpriseProvider>,
     pub secrets: Arc<Keyring>,
+    /// Run creation (group commit; see `domain::runs::intake`).
+    pub runs: RunIntake,
     #[cfg(feature = "oidc")]
     pub oauth: Arc<crate::domain::auth::oauth::OAuthService>,
 }
@@ -75,7 +79,13 @@ impl AppState {
             .map_err(StartError::Keyring)?,
         );
         let auth = Arc::new(AuthService::new(config.clone(), db.clone(), redis.clone()));
+        let runs = RunIntake::spawn(
+            db.clone(),
+            WorkQueue::new(&redis, &config.workflows.queue_name),
+            Duration::from_millis(config.workflows.enqueue_timeout_ms),
+        );
         Ok(Self {
+            runs,
             #[cfg(feature = "oidc")]
             oauth: Arc::new(crate::domain::auth::oauth::OAuthService::new(
                 config.clone(),

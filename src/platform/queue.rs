@@ -21,30 +21,48 @@ use uuid::Uuid;
 
 use crate::platform::redis::{Redis, RedisError};
 
+/// ARGV: prefix, org, id… Returns how many ids were added (ids already ready are skipped).
 const ENQUEUE: &str = r#"
 local p = ARGV[1]
-local org, id = ARGV[2], ARGV[3]
-if redis.call('SADD', p .. 'pending', id) == 0 then return 0 end
-if redis.call('LLEN', p .. 'org:' .. org) == 0 then redis.call('RPUSH', p .. 'orgs', org) end
-redis.call('RPUSH', p .. 'org:' .. org, id)
-redis.call('LPUSH', p .. 'signal', '1')
-redis.call('LTRIM', p .. 'signal', 0, 63)
-return 1
+local org = ARGV[2]
+local added = 0
+for i = 3, #ARGV do
+  local id = ARGV[i]
+  if redis.call('SADD', p .. 'pending', id) == 1 then
+    if redis.call('LLEN', p .. 'org:' .. org) == 0 then redis.call('RPUSH', p .. 'orgs', org) end
+    redis.call('RPUSH', p .. 'org:' .. org, id)
+    added = added + 1
+  end
+end
+if added > 0 then
+  redis.call('LPUSH', p .. 'signal', '1')
+  redis.call('LTRIM', p .. 'signal', 0, 63)
+end
+return added
 "#;
 
+/// ARGV: prefix, lease expiry (ms), max. Takes up to `max` ids of the next tenant in turn (one tenant per
+/// claim, so a batch shares one tenant context); the tenant goes to the back of the rotation.
 const CLAIM: &str = r#"
 local p = ARGV[1]
 local expires = tonumber(ARGV[2])
+local max = tonumber(ARGV[3])
 local n = redis.call('LLEN', p .. 'orgs')
 for i = 1, n do
   local org = redis.call('LPOP', p .. 'orgs')
   if not org then return false end
-  local id = redis.call('LPOP', p .. 'org:' .. org)
-  if id then
-    if redis.call('LLEN', p .. 'org:' .. org) > 0 then redis.call('RPUSH', p .. 'orgs', org) end
+  -- LPOP one at a time: LPOP with a count needs Redis 6.2, and Ubuntu 22.04 ships 6.0.
+  local out = {org}
+  for j = 1, max do
+    local id = redis.call('LPOP', p .. 'org:' .. org)
+    if not id then break end
     redis.call('SREM', p .. 'pending', id)
     redis.call('ZADD', p .. 'inflight', expires, org .. ':' .. id)
-    return {org, id}
+    out[#out + 1] = id
+  end
+  if #out > 1 then
+    if redis.call('LLEN', p .. 'org:' .. org) > 0 then redis.call('RPUSH', p .. 'orgs', org) end
+    return out
   end
 end
 return false
@@ -96,15 +114,23 @@ impl WorkQueue {
 
     /// Makes `id` ready for `org` (no-op if it already is). Returns whether it was added.
     pub async fn enqueue(&self, org: Uuid, id: Uuid) -> Result<bool, RedisError> {
+        Ok(self.enqueue_many(org, &[id]).await? == 1)
+    }
+
+    /// Makes every id ready for `org` in one step; returns how many were not ready already.
+    pub async fn enqueue_many(&self, org: Uuid, ids: &[Uuid]) -> Result<usize, RedisError> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let mut args = Vec::with_capacity(ids.len() + 2);
+        args.push(self.prefix.clone());
+        args.push(org.to_string());
+        args.extend(ids.iter().map(Uuid::to_string));
         let added: i64 = self
             .client
-            .eval(
-                ENQUEUE,
-                Vec::<String>::new(),
-                vec![self.prefix.clone(), org.to_string(), id.to_string()],
-            )
+            .eval(ENQUEUE, Vec::<String>::new(), args)
             .await?;
-        Ok(added == 1)
+        Ok(added.max(0) as usize)
     }
 
     /// Makes `id` ready at `due_ms` (Unix ms).
@@ -125,19 +151,44 @@ impl WorkQueue {
 
     /// Takes the next item, tenants in turn, with a lease of `lease`.
     pub async fn claim(&self, lease: Duration) -> Result<Option<(Uuid, Uuid)>, RedisError> {
+        Ok(self
+            .claim_many(lease, 1)
+            .await?
+            .and_then(|(org, ids)| ids.first().map(|id| (org, *id))))
+    }
+
+    /// Takes up to `max` items of the next tenant in turn, each with a lease of `lease`.
+    pub async fn claim_many(
+        &self,
+        lease: Duration,
+        max: usize,
+    ) -> Result<Option<(Uuid, Vec<Uuid>)>, RedisError> {
         let expires = now_ms() + lease.as_millis() as i64;
         let got: Option<Vec<String>> = self
             .client
             .eval(
                 CLAIM,
                 Vec::<String>::new(),
-                vec![self.prefix.clone(), expires.to_string()],
+                vec![
+                    self.prefix.clone(),
+                    expires.to_string(),
+                    max.max(1).to_string(),
+                ],
             )
             .await?;
-        Ok(got.and_then(|v| match v.as_slice() {
-            [org, id] => Some((Uuid::parse_str(org).ok()?, Uuid::parse_str(id).ok()?)),
-            _ => None,
-        }))
+        let Some((org, ids)) = got.as_deref().and_then(<[String]>::split_first) else {
+            return Ok(None);
+        };
+        let Ok(org) = Uuid::parse_str(org) else {
+            return Ok(None);
+        };
+        // Only this queue writes these keys, so an unparsable id is corruption: skip it (the sweeper finds
+        // the run through PostgreSQL).
+        let ids: Vec<Uuid> = ids
+            .iter()
+            .filter_map(|id| Uuid::parse_str(id).ok())
+            .collect();
+        Ok((!ids.is_empty()).then_some((org, ids)))
     }
 
     pub async fn heartbeat(&self, org: Uuid, id: Uuid, lease: Duration) -> Result<(), RedisError> {
@@ -158,9 +209,18 @@ impl WorkQueue {
 
     /// Done with the item (whatever the outcome: PostgreSQL records it).
     pub async fn ack(&self, org: Uuid, id: Uuid) -> Result<(), RedisError> {
+        self.ack_many(org, &[id]).await
+    }
+
+    /// Done with these items of `org`, in one command.
+    pub async fn ack_many(&self, org: Uuid, ids: &[Uuid]) -> Result<(), RedisError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let members: Vec<String> = ids.iter().map(|id| member(org, *id)).collect();
         let _: i64 = self
             .client
-            .zrem(format!("{}inflight", self.prefix), member(org, id))
+            .zrem(format!("{}inflight", self.prefix), members)
             .await?;
         Ok(())
     }

@@ -1,16 +1,29 @@
-//! Executes one delivery of a run: claim it in PostgreSQL (the truth), run its nodes from where it stands,
-//! checkpoint after every node in the same transaction as the node's event, and end it (succeeded, retry
-//! scheduled, or failed). A delivery of a run that is finished, blocked or held by a live lease does nothing,
-//! so duplicate deliveries are harmless.
+//! Executes deliveries of runs: claim the run in PostgreSQL (the truth), run its nodes from where it stands,
+//! and end the attempt (succeeded, retry scheduled, or failed). A delivery of a run that is finished, not
+//! yet due or held by a live lease does nothing, so duplicate deliveries are harmless.
+//!
+//! Two ways in:
+//! - [`Engine::start_batch`] then [`Engine::finish_batch`], the worker's path. Queued, due runs of one org
+//!   are started by one statement; their pure nodes run in memory; then one statement writes every run's
+//!   end (or its checkpoint before a node with effects), one more appends the events, and one commit covers
+//!   the lot. Under load a commit is shared by the whole batch instead of paid per run. Runs that reached a
+//!   node with effects continue on their own afterwards; ids the statement did not start (a dead worker's
+//!   run, a retry not yet due, an unpublished workflow, a duplicate delivery) take the single path.
+//! - [`Engine::process`], one run with every case: resumption after a crash, not-yet-due, unpublished.
+//!
+//! Either way a node with effects (an HTTP call, a connector action) is committed around: its
+//! `node_started` is durable before it runs and its result is durable before the next node, so it never
+//! runs twice unseen. Pure nodes (stubs, conditions, joins) ride along with the next commit.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use diesel_async::scoped_futures::ScopedFutureExt;
 use diesel_async::AsyncPgConnection;
+use futures_util::future::join_all;
 use rand::Rng;
 use serde_json::{json, Value};
 use tokio::sync::watch;
@@ -19,7 +32,7 @@ use uuid::Uuid;
 
 use super::executors::{self, ExecCtx, ExecDeps, Outcome};
 use super::model::{summarize, NewEvent, Run};
-use super::store;
+use super::store::{self, RunWrite};
 use crate::app::state::AppState;
 use crate::domain::orgs;
 use crate::domain::workflows::dsl::{self, EdgeKind, Graph, Node, Plan};
@@ -64,6 +77,17 @@ pub struct Engine {
     pub worker_id: String,
 }
 
+/// A workflow's DSL as parsed for execution, or the code of why it no longer parses.
+type ParsedPlan = Arc<Result<Plan, String>>;
+
+fn parse_plan(doc: &Value) -> ParsedPlan {
+    Arc::new(
+        dsl::parse(doc)
+            .map(|d| d.plan)
+            .map_err(|e| e.code().to_string()),
+    )
+}
+
 /// The mutable picture of one run while it executes.
 struct Progress {
     run: Run,
@@ -76,9 +100,34 @@ struct Progress {
     /// The claim's transaction, still open: pure nodes run under it and the first commit closes it, so a
     /// run of pure nodes costs one commit from claim to finish.
     open: Option<OpenTx>,
+    /// Part of a batch: stop before a node with effects (the batch commits, then the run goes on alone).
+    batched: bool,
 }
 
 impl Progress {
+    fn new(run: Run, open: Option<OpenTx>, batched: bool) -> Self {
+        let output = run.output.as_ref();
+        Self {
+            steps: output
+                .and_then(|o| o.get("steps"))
+                .and_then(Value::as_array)
+                .map(|steps| {
+                    steps
+                        .iter()
+                        .filter(|s| s["status"] == "succeeded")
+                        .cloned()
+                        .collect()
+                })
+                .unwrap_or_default(),
+            runtime: output.and_then(|o| o.get("runtime")).cloned(),
+            pending: Vec::new(),
+            cursor: run.cursor_node_index,
+            open,
+            batched,
+            run,
+        }
+    }
+
     fn succeeded_count(&self) -> usize {
         self.steps
             .iter()
@@ -101,6 +150,11 @@ impl Progress {
         }
         out
     }
+
+    /// The progress so far as a write (steps, cursor; the run stays `running` under its lease).
+    fn checkpoint(&self) -> RunWrite {
+        RunWrite::checkpoint(self.run.id, self.output("succeeded", None), self.cursor)
+    }
 }
 
 fn event(run: &Run, kind: &'static str, level: &'static str, node: Option<&Node>) -> NewEvent {
@@ -118,14 +172,95 @@ fn event(run: &Run, kind: &'static str, level: &'static str, node: Option<&Node>
     }
 }
 
-enum Decided {
-    Take(Box<Run>, Value, bool),
-    Done(Delivery),
+/// How an attempt ends.
+#[derive(Debug, Clone, Copy)]
+enum EndKind {
+    Succeeded,
+    /// Another attempt at this time.
+    Retry(DateTime<Utc>),
+    Failed,
+}
+
+/// The end of an attempt, decided but not yet written.
+struct End {
+    kind: EndKind,
+    error: Option<String>,
+    output: Value,
+    events: Vec<NewEvent>,
+}
+
+impl End {
+    /// The row write and the events, plus what to log once they are committed.
+    fn split(self, run: Uuid) -> (RunWrite, Vec<NewEvent>, EndKind, Option<String>) {
+        let now = Utc::now();
+        let write = match self.kind {
+            EndKind::Succeeded => {
+                RunWrite::ended(run, "succeeded", self.output, None, None, Some(now))
+            }
+            EndKind::Retry(due) => RunWrite::ended(
+                run,
+                "queued",
+                self.output,
+                self.error.clone(),
+                Some(due),
+                None,
+            ),
+            EndKind::Failed => RunWrite::ended(
+                run,
+                "failed",
+                self.output,
+                self.error.clone(),
+                None,
+                Some(now),
+            ),
+        };
+        (write, self.events, self.kind, self.error)
+    }
+}
+
+/// Where a stretch of execution stopped.
+enum Halt {
+    /// The attempt is over; this is what to write.
+    End(End),
+    /// A batched run reached a node with effects: it continues alone once the batch is committed.
+    Yield,
+    /// Already settled (lease lost, handed back on shutdown).
+    Settled(Delivery),
+}
+
+/// What [`Engine::node_started`] lets the run do next.
+enum Next {
+    Run,
+    Yield,
+    LeaseLost,
+}
+
+/// A batch after its commit: runs already settled, and the work left (see [`Engine::finish_batch`]).
+pub struct Batch {
+    pub org: Uuid,
+    pub settled: Vec<(Uuid, Delivery)>,
+    /// Runs that stopped before a node with effects, with their workflow's plan.
+    yielded: Vec<(Progress, ParsedPlan)>,
+    /// Ids the batch statement did not start: they take the single path.
+    leftovers: Vec<Uuid>,
+    settings: Value,
+}
+
+impl Batch {
+    /// Runs still to be worked on by [`Engine::finish_batch`].
+    pub fn remaining(&self) -> usize {
+        self.yielded.len() + self.leftovers.len()
+    }
 }
 
 enum Claimed {
     /// The run, its DSL, whether this resumes a dead worker's attempt, and the claim's open transaction.
     Run(Box<Run>, Value, bool, OpenTx),
+    Done(Delivery),
+}
+
+enum Decided {
+    Take(Box<Run>, Value, bool),
     Done(Delivery),
 }
 
@@ -149,6 +284,150 @@ impl Engine {
         db::tenant_tx(&self.state.db, TenantCtx::org(org), f).await
     }
 
+    async fn settings(&self, org: Uuid) -> Result<Value, EngineError> {
+        // Read before any claim: once a claim's transaction is open this task holds a pooled connection,
+        // and asking the pool for a second one could deadlock a fully busy worker.
+        orgs::stored_settings(&self.state, org)
+            .await
+            .map_err(|e| EngineError::Settings(e.to_string()))
+    }
+
+    /// Starts the queued, due runs among `ids` (all of `org`) in one statement, runs their pure nodes, and
+    /// commits every end and checkpoint together. On error nothing is committed: the queue's leases expire
+    /// and the runs are delivered again.
+    pub async fn start_batch(
+        &self,
+        org: Uuid,
+        ids: &[Uuid],
+        stop: &watch::Receiver<bool>,
+    ) -> Result<Batch, EngineError> {
+        let span = tracing::info_span!("run_batch", org_id = %org, runs = ids.len());
+        self.start_batch_in_span(org, ids, stop)
+            .instrument(span)
+            .await
+    }
+
+    async fn start_batch_in_span(
+        &self,
+        org: Uuid,
+        ids: &[Uuid],
+        stop: &watch::Receiver<bool>,
+    ) -> Result<Batch, EngineError> {
+        let settings = self.settings(org).await?;
+        let mut tx = OpenTx::begin(&self.state.db, TenantCtx::org(org)).await?;
+        let mut batch = Batch {
+            org,
+            settled: Vec::new(),
+            yielded: Vec::new(),
+            leftovers: Vec::new(),
+            settings,
+        };
+        let started = match self.run_batch(tx.conn(), ids, &mut batch, stop).await {
+            Ok(started) => started,
+            Err(e) => {
+                tx.rollback().await;
+                return Err(e);
+            }
+        };
+        tx.commit().await?;
+        for (run, kind, error) in started {
+            let delivery = self.ended(&run, kind, error.as_deref());
+            batch.settled.push((run.id, delivery));
+        }
+        Ok(batch)
+    }
+
+    /// The batch's statements, inside its transaction. Returns the runs that ended (logged after commit).
+    async fn run_batch(
+        &self,
+        c: &mut AsyncPgConnection,
+        ids: &[Uuid],
+        batch: &mut Batch,
+        stop: &watch::Receiver<bool>,
+    ) -> Result<Vec<(Run, EndKind, Option<String>)>, EngineError> {
+        let claimed = store::claim_batch(c, ids, &self.worker_id, self.lease_secs()).await?;
+        let taken: HashSet<Uuid> = claimed.iter().map(|r| r.run.id).collect();
+        batch.leftovers = ids
+            .iter()
+            .filter(|id| !taken.contains(id))
+            .copied()
+            .collect();
+        // Runs of a batch mostly share a workflow: parse each DSL once.
+        let mut plans: HashMap<Uuid, ParsedPlan> = HashMap::new();
+        let never_lost = AtomicBool::new(false);
+        let (mut writes, mut events, mut ended) = (Vec::new(), Vec::new(), Vec::new());
+        for row in claimed {
+            let plan = plans
+                .entry(row.run.workflow_id)
+                .or_insert_with(|| parse_plan(&row.dsl))
+                .clone();
+            log_started(&row.run, false);
+            let mut p = Progress::new(row.run, None, true);
+            match self
+                .drive(&mut p, &plan, &batch.settings, stop, &never_lost)
+                .await?
+            {
+                Halt::End(end) => {
+                    let (write, evs, kind, error) = end.split(p.run.id);
+                    writes.push(write);
+                    events.extend(evs);
+                    ended.push((p.run, kind, error));
+                }
+                Halt::Yield => {
+                    writes.push(p.checkpoint());
+                    events.append(&mut p.pending);
+                    batch.yielded.push((p, plan));
+                }
+                Halt::Settled(d) => batch.settled.push((p.run.id, d)),
+            }
+        }
+        // The batch holds every started row's lock, so each write applies; checking costs nothing.
+        let applied: HashSet<Uuid> = store::apply_writes(c, &self.worker_id, &writes)
+            .await?
+            .into_iter()
+            .collect();
+        events.retain(|e| applied.contains(&e.run_id));
+        store::append_events(c, &events).await?;
+        for (run, _, _) in ended.iter().filter(|(r, _, _)| !applied.contains(&r.id)) {
+            batch.settled.push((run.id, Delivery::LeaseLost));
+        }
+        ended.retain(|(r, _, _)| applied.contains(&r.id));
+        batch.yielded.retain(|(p, _)| applied.contains(&p.run.id));
+        Ok(ended)
+    }
+
+    /// Runs what the batch left: runs that stopped before a node with effects go on alone (with their
+    /// own lease heartbeat), and ids it did not start take the single path. Concurrently.
+    pub async fn finish_batch(
+        &self,
+        batch: Batch,
+        stop: &watch::Receiver<bool>,
+    ) -> Vec<(Uuid, Result<Delivery, EngineError>)> {
+        let Batch {
+            org,
+            yielded,
+            leftovers,
+            settings,
+            ..
+        } = batch;
+        let settings = &settings;
+        let alone = yielded.into_iter().map(|(mut p, plan)| async move {
+            let id = p.run.id;
+            let span = tracing::info_span!("run", run_id = %id, org_id = %org);
+            let done = self
+                .run_alone(&mut p, &plan, settings, stop)
+                .instrument(span)
+                .await;
+            (id, done)
+        });
+        let singles = leftovers
+            .into_iter()
+            .map(|id| async move { (id, self.process(org, id, stop).await) });
+        let mut out = join_all(alone).await;
+        out.extend(join_all(singles).await);
+        out
+    }
+
     /// Handles one delivery of `run_id`.
     pub async fn process(
         &self,
@@ -168,71 +447,103 @@ impl Engine {
         run_id: Uuid,
         stop: &watch::Receiver<bool>,
     ) -> Result<Delivery, EngineError> {
-        // Read before the claim: once the claim's transaction is open this task holds a pooled connection,
-        // and asking the pool for a second one could deadlock a fully busy worker.
-        let settings = orgs::stored_settings(&self.state, org)
-            .await
-            .map_err(|e| EngineError::Settings(e.to_string()))?;
-        let claimed = self.claim(org, run_id).await?;
-        let (run, dsl_doc, resumed, open) = match claimed {
+        let settings = self.settings(org).await?;
+        let (run, dsl_doc, resumed, open) = match self.claim(org, run_id).await? {
             Claimed::Run(run, dsl, resumed, open) => (*run, dsl, resumed, open),
             Claimed::Done(d) => return Ok(d),
         };
-        let ids = (
-            run.id,
-            run.workflow_id,
-            run.organization_id,
-            run.attempt_count,
-        );
-        if resumed {
-            tracing::info!(event = "workflow_run_resumed", runId = %ids.0, workflowId = %ids.1, orgId = %ids.2,
-                attemptCount = ids.3, cursorNodeIndex = run.cursor_node_index, "run resumed");
-        } else {
-            tracing::info!(event = "workflow_run_started", runId = %ids.0, workflowId = %ids.1, orgId = %ids.2,
-                attemptCount = ids.3, "run started");
-        }
-        let mut progress = Progress {
-            steps: run
-                .output
-                .as_ref()
-                .and_then(|o| o.get("steps"))
-                .and_then(Value::as_array)
-                .map(|steps| {
-                    steps
-                        .iter()
-                        .filter(|s| s["status"] == "succeeded")
-                        .cloned()
-                        .collect()
-                })
-                .unwrap_or_default(),
-            runtime: run.output.as_ref().and_then(|o| o.get("runtime")).cloned(),
-            pending: Vec::new(),
-            cursor: run.cursor_node_index,
-            open: Some(open),
-            run,
-        };
+        log_started(&run, resumed);
+        let plan = parse_plan(&dsl_doc);
+        let mut p = Progress::new(run, Some(open), false);
+        self.run_alone(&mut p, &plan, &settings, stop).await
+    }
 
+    /// Runs `p` to the end of its attempt on its own: with a lease heartbeat, committing around nodes with
+    /// effects, then writing the end.
+    async fn run_alone(
+        &self,
+        p: &mut Progress,
+        plan: &Result<Plan, String>,
+        settings: &Value,
+        stop: &watch::Receiver<bool>,
+    ) -> Result<Delivery, EngineError> {
+        p.batched = false;
         // The lease is renewed while we work; losing it means another worker owns the run now.
         let lost = Arc::new(AtomicBool::new(false));
-        let heartbeat = self.spawn_heartbeat(org, run_id, lost.clone());
-        let result = match dsl::parse(&dsl_doc) {
-            Err(e) => {
-                self.fail(&mut progress, None, e.code().to_string(), false)
-                    .await
+        let heartbeat = self.spawn_heartbeat(p.run.organization_id, p.run.id, lost.clone());
+        let result = async {
+            // Not batched, so the run never yields; the loop only makes that a non-issue for the types.
+            loop {
+                match self.drive(p, plan, settings, stop, &lost).await? {
+                    Halt::End(end) => return self.write_end(p, end).await,
+                    Halt::Settled(d) => return Ok(d),
+                    Halt::Yield => continue,
+                }
             }
-            Ok(parsed) => match parsed.plan {
-                Plan::Sequence(nodes) => {
-                    self.run_sequence(&mut progress, &nodes, &settings, stop, &lost)
-                        .await
-                }
-                Plan::Graph(graph) => {
-                    self.run_graph(&mut progress, &graph, &settings, stop, &lost)
-                        .await
-                }
-            },
-        };
+        }
+        .await;
         let _ = heartbeat.send(true);
         result
+    }
+
+    /// Runs the plan's nodes from where the run stands.
+    async fn drive(
+        &self,
+        p: &mut Progress,
+        plan: &Result<Plan, String>,
+        settings: &Value,
+        stop: &watch::Receiver<bool>,
+        lost: &AtomicBool,
+    ) -> Result<Halt, EngineError> {
+        match plan {
+            Err(code) => Ok(Halt::End(self.fail(p, None, code.clone(), false))),
+            Ok(Plan::Sequence(nodes)) => self.run_sequence(p, nodes, settings, stop, lost).await,
+            Ok(Plan::Graph(graph)) => self.run_graph(p, graph, settings, stop, lost).await,
+        }
+    }
+
+    /// Writes the end of a run that runs alone (lease checked) and logs it.
+    async fn write_end(&self, p: &mut Progress, end: End) -> Result<Delivery, EngineError> {
+        let (write, events, kind, error) = end.split(p.run.id);
+        let worker = self.worker_id.clone();
+        let applied = self
+            .commit_in(&mut p.open, p.run.organization_id, |c| {
+                async move {
+                    if store::apply_writes(c, &worker, &[write]).await?.is_empty() {
+                        return Ok(false);
+                    }
+                    store::append_events(c, &events).await?;
+                    Ok(true)
+                }
+                .scope_boxed()
+            })
+            .await?;
+        if !applied {
+            return Ok(Delivery::LeaseLost);
+        }
+        Ok(self.ended(&p.run, kind, error.as_deref()))
+    }
+
+    /// Logs a committed end and says what it means for the queue.
+    fn ended(&self, r: &Run, kind: EndKind, error: Option<&str>) -> Delivery {
+        let error = error.unwrap_or_default();
+        match kind {
+            EndKind::Succeeded => {
+                tracing::info!(event = "workflow_run_succeeded", runId = %r.id, workflowId = %r.workflow_id, orgId = %r.organization_id,
+                    attemptCount = r.attempt_count, "run succeeded");
+                Delivery::Succeeded
+            }
+            EndKind::Retry(due) => {
+                tracing::warn!(event = "workflow_run_retried", runId = %r.id, workflowId = %r.workflow_id, orgId = %r.organization_id,
+                    attemptCount = r.attempt_count, maxAttempts = r.max_attempts, error = %error, "run will be retried");
+                Delivery::RetryScheduled(due.timestamp_millis())
+            }
+            EndKind::Failed => {
+                tracing::error!(event = "workflow_run_failed", runId = %r.id, workflowId = %r.workflow_id, orgId = %r.organization_id,
+                    attemptCount = r.attempt_count, maxAttempts = r.max_attempts, error = %error, "run failed");
+                Delivery::Failed
+            }
+        }
     }
 
     /// Renews the lease until told to stop. It is stopped by message, never aborted: aborting it in the
@@ -282,7 +593,13 @@ impl Engine {
     /// (see [`Progress::open`]); otherwise it is committed (a recorded failure) or rolled back (nothing to do).
     async fn claim(&self, org: Uuid, run_id: Uuid) -> Result<Claimed, EngineError> {
         let mut tx = OpenTx::begin(&self.state.db, TenantCtx::org(org)).await?;
-        let decided = self.claim_in(tx.conn(), org, run_id).await?;
+        let decided = match self.claim_in(tx.conn(), org, run_id).await {
+            Ok(d) => d,
+            Err(e) => {
+                tx.rollback().await;
+                return Err(e);
+            }
+        };
         match decided {
             Decided::Take(run, dsl_doc, resumed) => Ok(Claimed::Run(run, dsl_doc, resumed, tx)),
             Decided::Done(Delivery::Failed) => {
@@ -374,11 +691,16 @@ impl Engine {
         R: Send + 'a,
     {
         match open.take() {
-            Some(mut tx) => {
-                let r = f(tx.conn()).await?;
-                tx.commit().await?;
-                Ok(r)
-            }
+            Some(mut tx) => match f(tx.conn()).await {
+                Ok(r) => {
+                    tx.commit().await?;
+                    Ok(r)
+                }
+                Err(e) => {
+                    tx.rollback().await;
+                    Err(e)
+                }
+            },
             None => self.tx(org, f).await,
         }
     }
@@ -403,11 +725,11 @@ impl Engine {
     /// Commits the progress so far (steps, cursor) with the pending events. `false` = lease lost.
     async fn flush(&self, p: &mut Progress) -> Result<bool, EngineError> {
         let events = std::mem::take(&mut p.pending);
-        let snapshot = p.output("succeeded", None);
-        let (run_id, worker, cursor) = (p.run.id, self.worker_id.clone(), p.cursor);
+        let write = p.checkpoint();
+        let worker = self.worker_id.clone();
         self.commit_in(&mut p.open, p.run.organization_id, |c| {
             async move {
-                if !store::checkpoint(c, run_id, &worker, &snapshot, cursor).await? {
+                if store::apply_writes(c, &worker, &[write]).await?.is_empty() {
                     return Ok(false);
                 }
                 store::append_events(c, &events).await?;
@@ -419,14 +741,24 @@ impl Engine {
     }
 
     /// A node is about to run. Before a node with effects outside the run, its start (and everything
-    /// pending) is committed, so that a re-execution after a crash is visible in the events.
-    async fn node_started(&self, p: &mut Progress, node: &Node) -> Result<bool, EngineError> {
+    /// pending) is committed, so that a re-execution after a crash is visible in the events; a batched run
+    /// stops here instead and goes on alone after the batch's commit.
+    async fn node_started(&self, p: &mut Progress, node: &Node) -> Result<Next, EngineError> {
+        if is_pure(node) {
+            p.pending
+                .push(event(&p.run, "node_started", "info", Some(node)));
+            return Ok(Next::Run);
+        }
+        if p.batched {
+            return Ok(Next::Yield);
+        }
         p.pending
             .push(event(&p.run, "node_started", "info", Some(node)));
-        if is_pure(node) {
-            return Ok(true);
-        }
-        self.flush(p).await
+        Ok(if self.flush(p).await? {
+            Next::Run
+        } else {
+            Next::LeaseLost
+        })
     }
 
     /// Records a succeeded node. A node with effects is checkpointed at once (it must never run twice);
@@ -457,21 +789,23 @@ impl Engine {
         settings: &Value,
         stop: &watch::Receiver<bool>,
         lost: &AtomicBool,
-    ) -> Result<Delivery, EngineError> {
+    ) -> Result<Halt, EngineError> {
         for (index, node) in nodes.iter().enumerate() {
             if p.step_of(&node.id).is_some() {
                 continue; // succeeded in an earlier attempt or before a crash: never again
             }
             if let Some(d) = self.interrupted(p, stop, lost).await? {
-                return Ok(d);
+                return Ok(Halt::Settled(d));
             }
-            if !self.node_started(p, node).await? {
-                return Ok(Delivery::LeaseLost);
+            match self.node_started(p, node).await? {
+                Next::Run => {}
+                Next::Yield => return Ok(Halt::Yield),
+                Next::LeaseLost => return Ok(Halt::Settled(Delivery::LeaseLost)),
             }
             match self.exec(p, node, settings).await {
                 Outcome::Succeeded(out) => {
                     if !self.node_succeeded(p, node, out, index as i32 + 1).await? {
-                        return Ok(Delivery::LeaseLost);
+                        return Ok(Halt::Settled(Delivery::LeaseLost));
                     }
                 }
                 Outcome::Failed {
@@ -479,11 +813,13 @@ impl Engine {
                     output,
                     retryable,
                 } => {
-                    return self.node_failed(p, node, error, output, retryable).await;
+                    return Ok(Halt::End(
+                        self.node_failed(p, node, error, output, retryable),
+                    ));
                 }
             }
         }
-        self.succeed(p).await
+        Ok(Halt::End(self.succeed(p)))
     }
 
     async fn run_graph(
@@ -493,7 +829,7 @@ impl Engine {
         settings: &Value,
         stop: &watch::Receiver<bool>,
         lost: &AtomicBool,
-    ) -> Result<Delivery, EngineError> {
+    ) -> Result<Halt, EngineError> {
         let input = p.run.input.clone().unwrap_or(Value::Null);
         loop {
             let ready = ready_nodes(graph, &p.steps);
@@ -503,10 +839,12 @@ impl Engine {
                 break;
             };
             if let Some(d) = self.interrupted(p, stop, lost).await? {
-                return Ok(d);
+                return Ok(Halt::Settled(d));
             }
-            if !self.node_started(p, node).await? {
-                return Ok(Delivery::LeaseLost);
+            match self.node_started(p, node).await? {
+                Next::Run => {}
+                Next::Yield => return Ok(Halt::Yield),
+                Next::LeaseLost => return Ok(Halt::Settled(Delivery::LeaseLost)),
             }
             let outcome = match node.node_type.as_str() {
                 "condition" => {
@@ -521,7 +859,7 @@ impl Engine {
             match outcome {
                 Outcome::Succeeded(out) => {
                     if !self.node_succeeded(p, node, out, 0).await? {
-                        return Ok(Delivery::LeaseLost);
+                        return Ok(Halt::Settled(Delivery::LeaseLost));
                     }
                 }
                 Outcome::Failed {
@@ -529,7 +867,9 @@ impl Engine {
                     output,
                     retryable,
                 } => {
-                    return self.node_failed(p, node, error, output, retryable).await;
+                    return Ok(Halt::End(
+                        self.node_failed(p, node, error, output, retryable),
+                    ));
                 }
             }
         }
@@ -555,16 +895,20 @@ impl Engine {
             }
         }
         p.pending.extend(events);
-        self.succeed(p).await
+        Ok(Halt::End(self.succeed(p)))
     }
 
     /// Between nodes: stop when the lease is gone or the process is shutting down (handing the run back).
+    /// A batched run is not interrupted: it only runs pure nodes, and the batch commits in moments.
     async fn interrupted(
         &self,
         p: &mut Progress,
         stop: &watch::Receiver<bool>,
         lost: &AtomicBool,
     ) -> Result<Option<Delivery>, EngineError> {
+        if p.batched {
+            return Ok(None);
+        }
         if lost.load(Ordering::SeqCst) {
             return Ok(Some(Delivery::LeaseLost));
         }
@@ -583,43 +927,27 @@ impl Engine {
         Ok(None)
     }
 
-    async fn succeed(&self, p: &mut Progress) -> Result<Delivery, EngineError> {
-        let output = p.output("succeeded", None);
+    fn succeed(&self, p: &mut Progress) -> End {
         let mut e = event(&p.run, "run_succeeded", "info", None);
         e.payload = Some(json!({"completedNodeCount": p.succeeded_count()}));
         let mut events = std::mem::take(&mut p.pending);
         events.push(e);
-        let (run_id, worker) = (p.run.id, self.worker_id.clone());
-        let done = self
-            .commit_in(&mut p.open, p.run.organization_id, |c| {
-                async move {
-                    if !store::finish(c, run_id, Some(&worker), "succeeded", Some(&output), None)
-                        .await?
-                    {
-                        return Ok(false);
-                    }
-                    store::append_events(c, &events).await?;
-                    Ok(true)
-                }
-                .scope_boxed()
-            })
-            .await?;
-        if !done {
-            return Ok(Delivery::LeaseLost);
+        End {
+            kind: EndKind::Succeeded,
+            error: None,
+            output: p.output("succeeded", None),
+            events,
         }
-        let r = &p.run;
-        tracing::info!(event = "workflow_run_succeeded", runId = %r.id, workflowId = %r.workflow_id, orgId = %r.organization_id, attemptCount = r.attempt_count, "run succeeded");
-        Ok(Delivery::Succeeded)
     }
 
-    async fn node_failed(
+    fn node_failed(
         &self,
         p: &mut Progress,
         node: &Node,
         error: String,
         output: Option<Value>,
         retryable: bool,
-    ) -> Result<Delivery, EngineError> {
+    ) -> End {
         let max = self.state.config.workflows.event_payload_max_chars;
         let mut step = json!({"nodeId": node.id, "nodeType": node.node_type, "status": "failed", "error": error});
         if let Some(out) = &output {
@@ -632,35 +960,25 @@ impl Engine {
         let mut events = std::mem::take(&mut p.pending);
         events.push(e);
         self.end_attempt(p, Some(node.id.clone()), error, retryable, events)
-            .await
     }
 
     /// Run-level failure without a node (e.g. the stored DSL no longer parses).
-    async fn fail(
-        &self,
-        p: &mut Progress,
-        node: Option<String>,
-        error: String,
-        retryable: bool,
-    ) -> Result<Delivery, EngineError> {
+    fn fail(&self, p: &mut Progress, node: Option<String>, error: String, retryable: bool) -> End {
         let events = std::mem::take(&mut p.pending);
-        self.end_attempt(p, node, error, retryable, events).await
+        self.end_attempt(p, node, error, retryable, events)
     }
 
     /// Retry with backoff while attempts remain and the error is transient; otherwise fail the run.
-    async fn end_attempt(
+    fn end_attempt(
         &self,
         p: &mut Progress,
         failed_node: Option<String>,
         error: String,
         retryable: bool,
         mut events: Vec<NewEvent>,
-    ) -> Result<Delivery, EngineError> {
+    ) -> End {
         let run = &p.run;
-        let output = p.output("failed", failed_node.as_deref());
-        let payload = json!({"attemptCount": run.attempt_count, "maxAttempts": run.max_attempts, "error": error});
         let retry = retryable && run.attempt_count < run.max_attempts;
-        let (run_id, org, worker) = (run.id, run.organization_id, self.worker_id.clone());
         let mut e = event(
             run,
             if retry { "run_retried" } else { "run_failed" },
@@ -668,51 +986,32 @@ impl Engine {
             None,
         );
         e.message = Some(error.clone());
-        e.payload = Some(payload);
+        e.payload = Some(
+            json!({"attemptCount": run.attempt_count, "maxAttempts": run.max_attempts, "error": error}),
+        );
         events.push(e);
-        let due = Utc::now()
-            + backoff(
-                self.state.config.workflows.retry_backoff_ms,
-                run.attempt_count,
-            );
-        let err = error.clone();
-        let applied = self
-            .commit_in(&mut p.open, org, |c| {
-                async move {
-                    let ok = if retry {
-                        store::schedule_retry(c, run_id, &worker, &output, &err, due).await?
-                    } else {
-                        store::finish(
-                            c,
-                            run_id,
-                            Some(&worker),
-                            "failed",
-                            Some(&output),
-                            Some(&err),
-                        )
-                        .await?
-                    };
-                    if ok {
-                        store::append_events(c, &events).await?;
-                    }
-                    Ok(ok)
-                }
-                .scope_boxed()
-            })
-            .await?;
-        if !applied {
-            return Ok(Delivery::LeaseLost);
-        }
-        let r = &p.run;
-        if retry {
-            tracing::warn!(event = "workflow_run_retried", runId = %r.id, workflowId = %r.workflow_id, orgId = %r.organization_id,
-                attemptCount = r.attempt_count, maxAttempts = r.max_attempts, error = %error, "run will be retried");
-            Ok(Delivery::RetryScheduled(due.timestamp_millis()))
+        let kind = if retry {
+            let base = self.state.config.workflows.retry_backoff_ms;
+            EndKind::Retry(Utc::now() + backoff(base, run.attempt_count))
         } else {
-            tracing::error!(event = "workflow_run_failed", runId = %r.id, workflowId = %r.workflow_id, orgId = %r.organization_id,
-                attemptCount = r.attempt_count, maxAttempts = r.max_attempts, error = %error, "run failed");
-            Ok(Delivery::Failed)
+            EndKind::Failed
+        };
+        End {
+            kind,
+            output: p.output("failed", failed_node.as_deref()),
+            error: Some(error),
+            events,
         }
+    }
+}
+
+fn log_started(run: &Run, resumed: bool) {
+    if resumed {
+        tracing::info!(event = "workflow_run_resumed", runId = %run.id, workflowId = %run.workflow_id, orgId = %run.organization_id,
+            attemptCount = run.attempt_count, cursorNodeIndex = run.cursor_node_index, "run resumed");
+    } else {
+        tracing::info!(event = "workflow_run_started", runId = %run.id, workflowId = %run.workflow_id, orgId = %run.organization_id,
+            attemptCount = run.attempt_count, "run started");
     }
 }
 

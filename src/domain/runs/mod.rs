@@ -2,6 +2,7 @@
 
 pub mod engine;
 pub mod executors;
+pub mod intake;
 pub mod model;
 pub mod routes;
 pub mod store;

@@ -9,7 +9,7 @@ use uuid::Uuid;
 use crate::domain::auth::model::iso;
 use crate::platform::db::schema::{workflow_run_events, workflow_runs};
 
-#[derive(Debug, Clone, Queryable, Selectable)]
+#[derive(Debug, Clone, Queryable, Selectable, QueryableByName)]
 #[diesel(table_name = workflow_runs)]
 pub struct Run {
     pub id: Uuid,

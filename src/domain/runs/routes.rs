@@ -1,14 +1,12 @@
 //! `/v1/orgs/{orgId}/workflows/{workflowId}/runs…`: create (insert + enqueue, or 503 with no row left
 //! behind), list, get, and the run's events.
 
-use std::time::Duration;
-
 use actix_web::http::StatusCode;
 use actix_web::{web, FromRequest, HttpRequest, HttpResponse};
 use diesel_async::scoped_futures::ScopedFutureExt;
 use serde_json::{json, Value};
-use uuid::Uuid;
 
+use super::intake::{CreateError, CreateRun};
 use super::model::{EventView, RunView};
 use super::store;
 use crate::app::state::AppState;
@@ -62,59 +60,35 @@ async fn create(
     let ctx = orgs::context::resolve(&req).await?;
     let workflow_id = path_uuid(&req, "workflowId", not_found)?;
     let (org, user) = (ctx.org_id, ctx.user.user_id);
-    let run_id = Uuid::new_v4();
-    let max_attempts = state.config.workflows.retry_attempts;
-    let run = db::tenant_tx(&state.db, ctx.tenant(), |c| {
-        async move {
-            let (status, _) = store::workflow_state(c, workflow_id)
-                .await?
-                .ok_or_else(not_found)?;
-            if status != "published" {
-                return Err(ApiError::conflict("Workflow is not published"));
-            }
-            Ok(store::insert_run(
-                c,
-                store::NewRun {
-                    id: run_id,
-                    org,
-                    workflow: workflow_id,
-                    requested_by: user,
-                    input,
-                    max_attempts,
-                },
-            )
-            .await?)
-        }
-        .scope_boxed()
-    })
-    .await?;
-    let queue = super::worker::queue(&state);
-    let timeout = Duration::from_millis(state.config.workflows.enqueue_timeout_ms);
-    let enqueued = tokio::time::timeout(timeout, queue.enqueue(org, run_id)).await;
-    let route = route_of(&req);
-    if let Err(reason) = enqueued
-        .map_err(|_| "timed out".to_string())
-        .and_then(|r| r.map_err(|e| e.to_string()))
-    {
-        // Roll back so no run is left that nothing will pick up (the sweeper would, but the client was told 503).
-        let _ = db::tenant_tx(&state.db, ctx.tenant(), |c| {
-            async move {
-                store::delete_fresh_run(c, run_id)
-                    .await
-                    .map_err(ApiError::from)
-            }
-            .scope_boxed()
+    let created = state
+        .runs
+        .create(CreateRun {
+            org,
+            user,
+            workflow: workflow_id,
+            input,
+            max_attempts: state.config.workflows.retry_attempts,
         })
         .await;
-        tracing::error!(event = "queue_unavailable", userId = %user, orgId = %org, workflowId = %workflow_id, runId = %run_id,
-            requestId = %request_id(&req), path = %route, method = %req.method(), error = %reason, "run queue unavailable");
-        return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "QUEUE_UNAVAILABLE",
-            "Workflow queue is unavailable",
-        ));
-    }
-    tracing::info!(event = "workflow_run_enqueued", userId = %user, orgId = %org, workflowId = %workflow_id, runId = %run_id,
+    let route = route_of(&req);
+    let run = match created {
+        Ok(run) => run,
+        Err(CreateError::NotFound) => return Err(not_found()),
+        Err(CreateError::NotPublished) => {
+            return Err(ApiError::conflict("Workflow is not published"))
+        }
+        Err(CreateError::Api(e)) => return Err(e),
+        Err(CreateError::QueueUnavailable { run_id, reason }) => {
+            tracing::error!(event = "queue_unavailable", userId = %user, orgId = %org, workflowId = %workflow_id, runId = %run_id,
+                requestId = %request_id(&req), path = %route, method = %req.method(), error = %reason, "run queue unavailable");
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "QUEUE_UNAVAILABLE",
+                "Workflow queue is unavailable",
+            ));
+        }
+    };
+    tracing::info!(event = "workflow_run_enqueued", userId = %user, orgId = %org, workflowId = %workflow_id, runId = %run.id,
         requestId = %request_id(&req), path = %route, method = %req.method(), "run enqueued");
     Ok(HttpResponse::Created().json(json!({ "run": RunView::from(&run) })))
 }

@@ -2,7 +2,9 @@
 
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
+use diesel::sql_types::{Array, Jsonb, Text, Timestamptz};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use serde::Serialize;
 use serde_json::Value;
 use uuid::Uuid;
 
@@ -24,37 +26,49 @@ pub async fn workflow_state(
         .optional()
 }
 
+/// `status` of each of these workflows found in the org.
+pub async fn workflow_statuses(
+    c: &mut AsyncPgConnection,
+    ids: &[Uuid],
+) -> QueryResult<Vec<(Uuid, String)>> {
+    wf::table
+        .filter(wf::id.eq_any(ids))
+        .select((wf::id, wf::status))
+        .load(c)
+        .await
+}
+
+/// A run to create (queued, manual trigger).
+#[derive(Debug, Clone, Insertable)]
+#[diesel(table_name = wr)]
 pub struct NewRun {
     pub id: Uuid,
-    pub org: Uuid,
-    pub workflow: Uuid,
-    pub requested_by: Uuid,
+    pub organization_id: Uuid,
+    pub workflow_id: Uuid,
+    pub trigger_type: &'static str,
+    pub status: &'static str,
+    pub requested_by_user_id: Uuid,
     pub input: Option<Value>,
     pub max_attempts: i32,
 }
 
-pub async fn insert_run(c: &mut AsyncPgConnection, r: NewRun) -> QueryResult<Run> {
+/// Inserts the runs in one statement.
+pub async fn insert_runs(c: &mut AsyncPgConnection, runs: &[NewRun]) -> QueryResult<Vec<Run>> {
+    if runs.is_empty() {
+        return Ok(Vec::new());
+    }
     diesel::insert_into(wr::table)
-        .values((
-            wr::id.eq(r.id),
-            wr::organization_id.eq(r.org),
-            wr::workflow_id.eq(r.workflow),
-            wr::trigger_type.eq("manual"),
-            wr::status.eq("queued"),
-            wr::requested_by_user_id.eq(r.requested_by),
-            wr::input.eq(r.input),
-            wr::max_attempts.eq(r.max_attempts),
-        ))
+        .values(runs)
         .returning(Run::as_returning())
-        .get_result(c)
+        .get_results(c)
         .await
 }
 
-/// Removes a run that never started (the enqueue failed right after the insert).
-pub async fn delete_fresh_run(c: &mut AsyncPgConnection, id: Uuid) -> QueryResult<usize> {
+/// Removes runs that never started (their enqueue failed right after the insert).
+pub async fn delete_fresh_runs(c: &mut AsyncPgConnection, ids: &[Uuid]) -> QueryResult<usize> {
     diesel::delete(
         wr::table
-            .filter(wr::id.eq(id))
+            .filter(wr::id.eq_any(ids))
             .filter(wr::status.eq("queued"))
             .filter(wr::attempt_count.eq(0)),
     )
@@ -138,15 +152,15 @@ pub async fn event_seq(c: &mut AsyncPgConnection, run: Uuid, id: Uuid) -> QueryR
         .optional()
 }
 
+/// Appends events in order. Chunked: each event binds 10 parameters and a statement takes at most 65,535.
 pub async fn append_events(c: &mut AsyncPgConnection, events: &[NewEvent]) -> QueryResult<()> {
-    if events.is_empty() {
-        return Ok(());
+    for chunk in events.chunks(1000) {
+        diesel::insert_into(ev::table)
+            .values(chunk)
+            .execute(c)
+            .await?;
     }
-    diesel::insert_into(ev::table)
-        .values(events)
-        .execute(c)
-        .await
-        .map(|_| ())
+    Ok(())
 }
 
 pub async fn status_for_update(c: &mut AsyncPgConnection, id: Uuid) -> QueryResult<Option<Run>> {
@@ -223,29 +237,6 @@ pub async fn renew_lease(
     Ok(n == 1)
 }
 
-/// Saves progress; `false` when the lease was lost (another worker took over).
-pub async fn checkpoint(
-    c: &mut AsyncPgConnection,
-    id: Uuid,
-    worker: &str,
-    output: &Value,
-    cursor: i32,
-) -> QueryResult<bool> {
-    let n = diesel::update(
-        wr::table
-            .filter(wr::id.eq(id))
-            .filter(wr::status.eq("running"))
-            .filter(wr::lease_owner.eq(worker)),
-    )
-    .set((
-        wr::output.eq(Some(output)),
-        wr::cursor_node_index.eq(cursor),
-    ))
-    .execute(c)
-    .await?;
-    Ok(n == 1)
-}
-
 pub async fn finish(
     c: &mut AsyncPgConnection,
     id: Uuid,
@@ -270,33 +261,6 @@ pub async fn finish(
         ))
         .execute(c)
         .await?;
-    Ok(n == 1)
-}
-
-pub async fn schedule_retry(
-    c: &mut AsyncPgConnection,
-    id: Uuid,
-    worker: &str,
-    output: &Value,
-    error: &str,
-    next_at: DateTime<Utc>,
-) -> QueryResult<bool> {
-    let n = diesel::update(
-        wr::table
-            .filter(wr::id.eq(id))
-            .filter(wr::lease_owner.eq(worker)),
-    )
-    .set((
-        wr::status.eq("queued"),
-        wr::output.eq(Some(output)),
-        wr::error.eq(Some(error)),
-        wr::next_attempt_at.eq(Some(next_at)),
-        wr::finished_at.eq(None::<DateTime<Utc>>),
-        wr::lease_owner.eq(None::<String>),
-        wr::lease_expires_at.eq(None::<DateTime<Utc>>),
-    ))
-    .execute(c)
-    .await?;
     Ok(n == 1)
 }
 
@@ -335,4 +299,134 @@ pub async fn stranded(
         .bind::<diesel::sql_types::Integer, _>(limit)
         .load(c)
         .await
+}
+
+/// A run started by [`claim_batch`], with its workflow's DSL.
+#[derive(QueryableByName)]
+pub struct ClaimedRun {
+    #[diesel(embed)]
+    pub run: Run,
+    #[diesel(sql_type = Jsonb)]
+    pub dsl: Value,
+}
+
+/// Starts a new attempt of every run among `ids` that is queued, due and whose workflow is published, in
+/// one statement that also appends their `run_started` events. Ids it leaves out need the single path
+/// (resumption, not yet due, unpublished, gone, or held by a concurrent delivery).
+pub async fn claim_batch(
+    c: &mut AsyncPgConnection,
+    ids: &[Uuid],
+    worker: &str,
+    lease_secs: u64,
+) -> QueryResult<Vec<ClaimedRun>> {
+    let now = Utc::now();
+    diesel::sql_query(
+        "WITH started AS ( \
+           UPDATE workflow_runs AS r SET status = 'running', attempt_count = r.attempt_count + 1, \
+             started_at = $3, error = NULL, next_attempt_at = NULL, finished_at = NULL, \
+             lease_owner = $2, lease_expires_at = $4 \
+           FROM workflows AS w \
+           WHERE r.id = ANY($1) AND r.status = 'queued' \
+             AND (r.next_attempt_at IS NULL OR r.next_attempt_at <= $3) \
+             AND w.id = r.workflow_id AND w.status = 'published' \
+           RETURNING r.id, r.organization_id, r.workflow_id, r.trigger_type, r.status, r.attempt_count, \
+             r.max_attempts, r.next_attempt_at, r.cursor_node_index, r.blocked_request_id, r.lease_owner, \
+             r.lease_expires_at, r.requested_by_user_id, r.input, r.output, r.error, r.created_at, \
+             r.started_at, r.finished_at, w.dsl \
+         ), ev AS ( \
+           INSERT INTO workflow_run_events (organization_id, workflow_id, run_id, attempt_count, event_type, level, payload) \
+           SELECT organization_id, workflow_id, id, attempt_count, 'run_started', 'info', \
+             jsonb_build_object('runId', id, 'workflowId', workflow_id, 'orgId', organization_id, 'attemptCount', attempt_count) \
+           FROM started \
+         ) \
+         SELECT * FROM started",
+    )
+    .bind::<Array<diesel::sql_types::Uuid>, _>(ids)
+    .bind::<Text, _>(worker)
+    .bind::<Timestamptz, _>(now)
+    .bind::<Timestamptz, _>(lease_until(lease_secs))
+    .load(c)
+    .await
+}
+
+/// One run's new state: a checkpoint (still `running` under the lease) or the end of its attempt
+/// (`succeeded`, `failed`, or `queued` again for a retry; the lease is released).
+#[derive(Debug, Serialize)]
+pub struct RunWrite {
+    id: Uuid,
+    status: &'static str,
+    output: Value,
+    error: Option<String>,
+    cursor: Option<i32>,
+    next_attempt_at: Option<DateTime<Utc>>,
+    finished_at: Option<DateTime<Utc>>,
+}
+
+impl RunWrite {
+    pub fn checkpoint(id: Uuid, output: Value, cursor: i32) -> Self {
+        Self {
+            id,
+            status: "running",
+            output,
+            error: None,
+            cursor: Some(cursor),
+            next_attempt_at: None,
+            finished_at: None,
+        }
+    }
+
+    pub fn ended(
+        id: Uuid,
+        status: &'static str,
+        output: Value,
+        error: Option<String>,
+        next_attempt_at: Option<DateTime<Utc>>,
+        finished_at: Option<DateTime<Utc>>,
+    ) -> Self {
+        Self {
+            id,
+            status,
+            output,
+            error,
+            cursor: None,
+            next_attempt_at,
+            finished_at,
+        }
+    }
+}
+
+#[derive(QueryableByName)]
+struct AppliedId {
+    #[diesel(sql_type = diesel::sql_types::Uuid)]
+    id: Uuid,
+}
+
+/// Applies the writes in one statement, each only if `worker` still holds that run's lease; returns the
+/// ids written (a missing id means another worker took the run over).
+pub async fn apply_writes(
+    c: &mut AsyncPgConnection,
+    worker: &str,
+    writes: &[RunWrite],
+) -> QueryResult<Vec<Uuid>> {
+    if writes.is_empty() {
+        return Ok(Vec::new());
+    }
+    let rows = serde_json::to_value(writes)
+        .map_err(|e| diesel::result::Error::SerializationError(Box::new(e)))?;
+    let applied: Vec<AppliedId> = diesel::sql_query(
+        "UPDATE workflow_runs AS r SET status = x.status, output = x.output, error = x.error, \
+           cursor_node_index = coalesce(x.cursor, r.cursor_node_index), \
+           next_attempt_at = x.next_attempt_at, finished_at = x.finished_at, \
+           lease_owner = CASE WHEN x.status = 'running' THEN r.lease_owner END, \
+           lease_expires_at = CASE WHEN x.status = 'running' THEN r.lease_expires_at END \
+         FROM jsonb_to_recordset($2) AS x(id uuid, status text, output jsonb, error text, cursor integer, \
+           next_attempt_at timestamptz, finished_at timestamptz) \
+         WHERE r.id = x.id AND r.lease_owner = $1 \
+         RETURNING r.id",
+    )
+    .bind::<Text, _>(worker)
+    .bind::<Jsonb, _>(rows)
+    .load(c)
+    .await?;
+    Ok(applied.into_iter().map(|a| a.id).collect())
 }

@@ -6,11 +6,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
-use super::engine::{Delivery, Engine};
+use super::engine::{Delivery, Engine, EngineError};
 use super::executors::ExecDeps;
 use super::store;
 use crate::app::state::AppState;
@@ -54,42 +54,53 @@ fn hostname() -> String {
         .unwrap_or_else(|| "worker".into())
 }
 
+/// Batches claimed and started at once per worker. Each holds one database connection from its claim to
+/// its commit; a few let PostgreSQL and the worker overlap without crowding the pool.
+const CLAIMERS: usize = 4;
+
 /// Starts the worker; it runs until `stop` turns true, then drains within the grace period.
+///
+/// Each claim takes up to `claim_batch` runs of the next org in turn (bounded by free concurrency slots),
+/// and the engine starts them together (see [`Engine::start_batch`]): under load one commit serves the whole
+/// batch; when idle a batch is a single run and nothing waits to fill it.
 pub fn spawn(state: AppState, stop: watch::Receiver<bool>) -> JoinHandle<()> {
     tokio::spawn(async move {
         let engine = Arc::new(engine(&state));
-        let pool_cap = state.config.database.pool_size.saturating_sub(2).max(1);
-        let mut concurrency = state.config.workflows.concurrency;
-        if concurrency > pool_cap {
-            tracing::warn!(
-                configured = concurrency,
-                used = pool_cap,
-                "worker concurrency capped below the database pool size"
-            );
-            concurrency = pool_cap;
-        }
+        let concurrency = state.config.workflows.concurrency;
+        let batch_max = state.config.workflows.claim_batch.max(1);
         let lease = Duration::from_secs(state.config.workflows.lease_secs);
-        tracing::info!(event = "workflow_worker_ready", queueName = %state.config.workflows.queue_name, concurrency, "worker ready");
+        tracing::info!(event = "workflow_worker_ready", queueName = %state.config.workflows.queue_name, concurrency, claimBatch = batch_max, "worker ready");
         let sweeper = spawn_sweeper(state.clone(), engine.queue.clone(), stop.clone());
-        let permits = Arc::new(Semaphore::new(concurrency));
+        let slots = Arc::new(Semaphore::new(concurrency));
+        let claimers = Arc::new(Semaphore::new(CLAIMERS));
         let mut blocking = None;
         loop {
             if *stop.borrow() {
                 break;
             }
-            let Ok(permit) = permits.clone().acquire_owned().await else {
+            let Ok(claimer) = claimers.clone().acquire_owned().await else {
                 break;
             };
-            match engine.queue.claim(lease).await {
-                Ok(Some((org, run))) => {
+            let Ok(first) = slots.clone().acquire_owned().await else {
+                break;
+            };
+            let mut held = vec![first];
+            while held.len() < batch_max {
+                match slots.clone().try_acquire_owned() {
+                    Ok(p) => held.push(p),
+                    Err(_) => break,
+                }
+            }
+            match engine.queue.claim_many(lease, held.len()).await {
+                Ok(Some((org, runs))) => {
+                    held.truncate(runs.len());
                     let (engine, stop) = (engine.clone(), stop.clone());
                     tokio::spawn(async move {
-                        handle(&engine, org, run, &stop).await;
-                        drop(permit);
+                        deliver(&engine, org, runs, held, claimer, &stop).await;
                     });
                 }
                 Ok(None) => {
-                    drop(permit);
+                    drop((held, claimer));
                     if blocking.is_none() {
                         blocking = engine.queue.blocking_client().await.ok();
                     }
@@ -108,7 +119,7 @@ pub fn spawn(state: AppState, stop: watch::Receiver<bool>) -> JoinHandle<()> {
                     }
                 }
                 Err(e) => {
-                    drop(permit);
+                    drop((held, claimer));
                     tracing::error!(event = "worker_runtime_error", error = %e, "cannot claim from the queue");
                     tokio::time::sleep(Duration::from_millis(500)).await;
                 }
@@ -116,7 +127,7 @@ pub fn spawn(state: AppState, stop: watch::Receiver<bool>) -> JoinHandle<()> {
         }
         // Drain: in-flight runs stop at their next node boundary and hand themselves back.
         let grace = Duration::from_secs(state.config.server.shutdown_grace_secs);
-        let _ = tokio::time::timeout(grace, permits.acquire_many(concurrency as u32)).await;
+        let _ = tokio::time::timeout(grace, slots.acquire_many(concurrency as u32)).await;
         sweeper.abort();
         if let Some(c) = blocking {
             let _ = fred::interfaces::ClientLike::quit(&c).await;
@@ -125,32 +136,71 @@ pub fn spawn(state: AppState, stop: watch::Receiver<bool>) -> JoinHandle<()> {
     })
 }
 
-/// One delivery: process, then settle the queue entry according to what happened.
-pub async fn handle(engine: &Engine, org: Uuid, run: Uuid, stop: &watch::Receiver<bool>) {
-    let outcome = engine.process(org, run, stop).await;
-    let q = &engine.queue;
-    let settled = match &outcome {
-        Ok(Delivery::NotYetDue(at)) => {
-            let _ = q.ack(org, run).await;
-            q.enqueue_at(org, run, *at).await
-        }
-        Ok(Delivery::RetryScheduled(at)) => {
-            let _ = q.ack(org, run).await;
-            q.enqueue_at(org, run, *at).await
-        }
-        Ok(Delivery::Released) => {
-            let _ = q.ack(org, run).await;
-            q.enqueue(org, run).await.map(|_| ())
-        }
-        Ok(_) => q.ack(org, run).await,
+/// One claim's runs: start them as a batch, settle what ended, then let the rest go on (each keeping one
+/// concurrency slot; the others are freed as soon as the batch commits).
+async fn deliver(
+    engine: &Engine,
+    org: Uuid,
+    runs: Vec<Uuid>,
+    mut slots: Vec<OwnedSemaphorePermit>,
+    claimer: OwnedSemaphorePermit,
+    stop: &watch::Receiver<bool>,
+) {
+    let batch = engine.start_batch(org, &runs, stop).await;
+    drop(claimer);
+    let batch = match batch {
+        Ok(b) => b,
         Err(e) => {
-            // Infrastructure trouble (database down…): leave the lease to expire; the sweeper re-delivers.
-            tracing::error!(event = "worker_runtime_error", error = %e, run_id = %run, "run delivery failed");
-            Ok(())
+            // Infrastructure trouble (database down…): leave the leases to expire; the queue re-delivers.
+            tracing::error!(event = "worker_runtime_error", error = %e, org_id = %org, runs = runs.len(), "run batch failed");
+            return;
         }
     };
-    if let Err(e) = settled {
-        tracing::warn!(error = %e, run_id = %run, "queue update after delivery failed; the sweeper will repair it");
+    let settled: Vec<(Uuid, Result<Delivery, EngineError>)> = batch
+        .settled
+        .iter()
+        .map(|(id, d)| (*id, Ok(d.clone())))
+        .collect();
+    settle(&engine.queue, org, settled).await;
+    slots.truncate(batch.remaining());
+    let rest = engine.finish_batch(batch, stop).await;
+    settle(&engine.queue, org, rest).await;
+    drop(slots);
+}
+
+/// Updates the queue after deliveries, according to what happened: finished or not ours → acknowledged;
+/// a retry or a not-yet-due run → delivered again at its time; handed back → ready again at once; an
+/// infrastructure error → left in flight, so its lease expires and it is delivered again.
+async fn settle(q: &WorkQueue, org: Uuid, outcomes: Vec<(Uuid, Result<Delivery, EngineError>)>) {
+    let mut done = Vec::with_capacity(outcomes.len());
+    let mut later = Vec::new();
+    for (run, outcome) in outcomes {
+        match outcome {
+            Ok(d) => {
+                done.push(run);
+                match d {
+                    Delivery::NotYetDue(at) | Delivery::RetryScheduled(at) => {
+                        later.push((run, Some(at)))
+                    }
+                    Delivery::Released => later.push((run, None)),
+                    _ => {}
+                }
+            }
+            Err(e) => {
+                tracing::error!(event = "worker_runtime_error", error = %e, run_id = %run, "run delivery failed");
+            }
+        }
+    }
+    let mut result = q.ack_many(org, &done).await;
+    for (run, at) in later {
+        let r = match at {
+            Some(at) => q.enqueue_at(org, run, at).await,
+            None => q.enqueue(org, run).await.map(|_| ()),
+        };
+        result = result.and(r);
+    }
+    if let Err(e) = result {
+        tracing::warn!(error = %e, org_id = %org, "queue update after delivery failed; the sweeper will repair it");
     }
 }
 

@@ -1,0 +1,223 @@
+//! Run creation with group commit. Create requests go to one task per process; whatever arrived while the
+//! previous batches were committing is taken together, and the requests of one org and user share one
+//! transaction (a status read, one multi-row insert, one commit) and one Redis call that enqueues them all.
+//! An idle server handles a lone request at once, so nothing waits for a batch to fill; under load the
+//! cost of a commit and of the round trips is paid per batch instead of per run.
+//!
+//! The transaction runs on the intake's task, not the request's: a client that disconnects mid-way cannot
+//! cancel it halfway. Its run is created and enqueued as if it had waited for the answer.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use diesel_async::scoped_futures::ScopedFutureExt;
+use serde_json::Value;
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
+use uuid::Uuid;
+
+use super::model::Run;
+use super::store::{self, NewRun};
+use crate::platform::db::{self, PgPool, TenantCtx};
+use crate::platform::http::ApiError;
+use crate::platform::queue::WorkQueue;
+
+/// Requests waiting beyond this make senders wait (back-pressure instead of unbounded memory).
+const QUEUE_DEPTH: usize = 4096;
+/// At most this many requests per batch.
+const BATCH_MAX: usize = 256;
+/// Batches committing at once; while all are busy, new requests gather into the next batch.
+const IN_FLIGHT: usize = 4;
+
+/// Why a run was not created.
+#[derive(Debug, Clone)]
+pub enum CreateError {
+    /// No such workflow in the org.
+    NotFound,
+    NotPublished,
+    /// Redis did not take the run in time; the row (this id) was removed again.
+    QueueUnavailable {
+        run_id: Uuid,
+        reason: String,
+    },
+    /// Anything else (database unavailable, …), already in the envelope.
+    Api(ApiError),
+}
+
+pub struct CreateRun {
+    pub org: Uuid,
+    pub user: Uuid,
+    pub workflow: Uuid,
+    pub input: Option<Value>,
+    pub max_attempts: i32,
+}
+
+struct Request {
+    run: CreateRun,
+    reply: oneshot::Sender<Result<Run, CreateError>>,
+}
+
+/// The handle the API holds; cloning shares the one intake task.
+#[derive(Clone)]
+pub struct RunIntake {
+    tx: mpsc::Sender<Request>,
+}
+
+impl RunIntake {
+    /// Starts the intake task (it ends when the last handle is dropped).
+    pub fn spawn(db: PgPool, queue: WorkQueue, enqueue_timeout: Duration) -> Self {
+        let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
+        tokio::spawn(intake_loop(
+            rx,
+            Arc::new(Shared {
+                db,
+                queue,
+                enqueue_timeout,
+            }),
+        ));
+        Self { tx }
+    }
+
+    /// Creates a queued run and enqueues it; answers once both are done (or neither is).
+    pub async fn create(&self, run: CreateRun) -> Result<Run, CreateError> {
+        let (reply, answer) = oneshot::channel();
+        let unavailable = || CreateError::Api(ApiError::internal());
+        self.tx
+            .send(Request { run, reply })
+            .await
+            .map_err(|_| unavailable())?;
+        answer.await.map_err(|_| unavailable())?
+    }
+}
+
+struct Shared {
+    db: PgPool,
+    queue: WorkQueue,
+    enqueue_timeout: Duration,
+}
+
+async fn intake_loop(mut rx: mpsc::Receiver<Request>, shared: Arc<Shared>) {
+    let in_flight = Arc::new(Semaphore::new(IN_FLIGHT));
+    while let Some(first) = rx.recv().await {
+        // Wait for a free slot before gathering: requests arriving meanwhile join this batch.
+        let Ok(permit) = in_flight.clone().acquire_owned().await else {
+            return;
+        };
+        let mut batch = vec![first];
+        while batch.len() < BATCH_MAX {
+            match rx.try_recv() {
+                Ok(r) => batch.push(r),
+                Err(_) => break,
+            }
+        }
+        let mut groups: HashMap<(Uuid, Uuid), Vec<Request>> = HashMap::new();
+        for r in batch {
+            groups.entry((r.run.org, r.run.user)).or_default().push(r);
+        }
+        tokio::spawn(commit_groups(shared.clone(), groups, permit));
+    }
+}
+
+async fn commit_groups(
+    shared: Arc<Shared>,
+    groups: HashMap<(Uuid, Uuid), Vec<Request>>,
+    _permit: OwnedSemaphorePermit,
+) {
+    for ((org, user), requests) in groups {
+        commit_group(&shared, org, user, requests).await;
+    }
+}
+
+/// One org and user: check the workflows, insert the runs, commit, enqueue, answer each request.
+async fn commit_group(shared: &Shared, org: Uuid, user: Uuid, requests: Vec<Request>) {
+    let (runs, replies): (Vec<CreateRun>, Vec<_>) =
+        requests.into_iter().map(|r| (r.run, r.reply)).unzip();
+    let ctx = TenantCtx::user_org(user, org);
+    let decided = db::tenant_tx(&shared.db, ctx, |c| {
+        async move {
+            let mut workflows: Vec<Uuid> = runs.iter().map(|r| r.workflow).collect();
+            workflows.sort_unstable();
+            workflows.dedup();
+            let statuses: HashMap<Uuid, String> = store::workflow_statuses(c, &workflows)
+                .await?
+                .into_iter()
+                .collect();
+            let mut rows = Vec::with_capacity(runs.len());
+            let mut outcome: Vec<Result<Uuid, CreateError>> = Vec::with_capacity(runs.len());
+            for r in runs {
+                outcome.push(match statuses.get(&r.workflow).map(String::as_str) {
+                    None => Err(CreateError::NotFound),
+                    Some("published") => {
+                        let id = Uuid::new_v4();
+                        rows.push(NewRun {
+                            id,
+                            organization_id: org,
+                            workflow_id: r.workflow,
+                            trigger_type: "manual",
+                            status: "queued",
+                            requested_by_user_id: user,
+                            input: r.input,
+                            max_attempts: r.max_attempts,
+                        });
+                        Ok(id)
+                    }
+                    Some(_) => Err(CreateError::NotPublished),
+                });
+            }
+            let inserted = store::insert_runs(c, &rows).await?;
+            Ok::<_, ApiError>((outcome, inserted))
+        }
+        .scope_boxed()
+    })
+    .await;
+    let (outcome, inserted) = match decided {
+        Ok(d) => d,
+        Err(e) => {
+            for reply in replies {
+                let _ = reply.send(Err(CreateError::Api(e.clone())));
+            }
+            return;
+        }
+    };
+    let ids: Vec<Uuid> = inserted.iter().map(|r| r.id).collect();
+    let enqueued =
+        tokio::time::timeout(shared.enqueue_timeout, shared.queue.enqueue_many(org, &ids))
+            .await
+            .map_err(|_| "timed out".to_string())
+            .and_then(|r| r.map(|_| ()).map_err(|e| e.to_string()));
+    if let Err(reason) = enqueued {
+        // Take the rows back, so no run is left that nothing will pick up (the sweeper would, but the
+        // clients are told 503).
+        let removed = db::tenant_tx(&shared.db, ctx, |c| {
+            async move {
+                store::delete_fresh_runs(c, &ids)
+                    .await
+                    .map_err(ApiError::from)
+            }
+            .scope_boxed()
+        })
+        .await;
+        if let Err(e) = removed {
+            tracing::error!(error = ?e, org_id = %org, "could not remove runs after a failed enqueue; the sweeper will deliver them");
+        }
+        for (reply, o) in replies.into_iter().zip(outcome) {
+            let answer = o.and_then(|run_id| {
+                Err(CreateError::QueueUnavailable {
+                    run_id,
+                    reason: reason.clone(),
+                })
+            });
+            let _ = reply.send(answer);
+        }
+        return;
+    }
+    let mut by_id: HashMap<Uuid, Run> = inserted.into_iter().map(|r| (r.id, r)).collect();
+    for (reply, o) in replies.into_iter().zip(outcome) {
+        let answer = o.and_then(|id| {
+            by_id
+                .remove(&id)
+                .ok_or(CreateError::Api(ApiError::internal()))
+        });
+        let _ = reply.send(answer);
+    }
+}
