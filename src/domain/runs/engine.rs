@@ -4,11 +4,12 @@
 //!
 //! Two ways in:
 //! - [`Engine::start_batch`] then [`Engine::finish_batch`], the worker's path. Queued, due runs of one org
-//!   are started by one statement; their pure nodes run in memory; then one statement writes every run's
-//!   end (or its checkpoint before a node with effects), one more appends the events, and one commit covers
-//!   the lot. Under load a commit is shared by the whole batch instead of paid per run. Runs that reached a
-//!   node with effects continue on their own afterwards; ids the statement did not start (a dead worker's
-//!   run, a retry not yet due, an unpublished workflow, a duplicate delivery) take the single path.
+//!   are started by one statement (committed at once); their pure nodes run in memory; then one statement
+//!   writes every run's end (or its checkpoint before a node with effects), one more appends the events,
+//!   and one commit covers the lot. Under load two commits serve the whole batch instead of two per run.
+//!   Runs that reached a node with effects continue on their own afterwards; ids the claim did not start
+//!   (a dead worker's run, a retry not yet due, an unpublished workflow, a duplicate delivery) take the
+//!   single path.
 //! - [`Engine::process`], one run with every case: resumption after a crash, not-yet-due, unpublished.
 //!
 //! Either way a node with effects (an HTTP call, a connector action) is committed around: its
@@ -293,8 +294,8 @@ impl Engine {
     }
 
     /// Starts the queued, due runs among `ids` (all of `org`) in one statement, runs their pure nodes, and
-    /// commits every end and checkpoint together. On error nothing is committed: the queue's leases expire
-    /// and the runs are delivered again.
+    /// commits every end and checkpoint together. On error the runs keep their claim (or were never
+    /// claimed): the leases expire and the runs are delivered again, resuming where they stood.
     pub async fn start_batch(
         &self,
         org: Uuid,
@@ -314,44 +315,23 @@ impl Engine {
         stop: &watch::Receiver<bool>,
     ) -> Result<Batch, EngineError> {
         let settings = self.settings(org).await?;
-        let mut tx = OpenTx::begin(&self.state.db, TenantCtx::org(org)).await?;
+        // The claim commits on its own. Updating the rows again in the transaction that claimed them would
+        // make PostgreSQL re-check the runs' foreign keys (a row it wrote itself), share-locking the org, the
+        // workflow and the user row once per run; a second short transaction costs one round trip per batch.
+        let (worker, lease) = (self.worker_id.clone(), self.lease_secs());
+        let claimed = self
+            .tx(org, |c| {
+                async move { Ok(store::claim_batch(c, ids, &worker, lease).await?) }.scope_boxed()
+            })
+            .await?;
+        let taken: HashSet<Uuid> = claimed.iter().map(|r| r.run.id).collect();
         let mut batch = Batch {
             org,
             settled: Vec::new(),
             yielded: Vec::new(),
-            leftovers: Vec::new(),
+            leftovers: ids.iter().filter(|id| !taken.contains(id)).copied().collect(),
             settings,
         };
-        let started = match self.run_batch(tx.conn(), ids, &mut batch, stop).await {
-            Ok(started) => started,
-            Err(e) => {
-                tx.rollback().await;
-                return Err(e);
-            }
-        };
-        tx.commit().await?;
-        for (run, kind, error) in started {
-            let delivery = self.ended(&run, kind, error.as_deref());
-            batch.settled.push((run.id, delivery));
-        }
-        Ok(batch)
-    }
-
-    /// The batch's statements, inside its transaction. Returns the runs that ended (logged after commit).
-    async fn run_batch(
-        &self,
-        c: &mut AsyncPgConnection,
-        ids: &[Uuid],
-        batch: &mut Batch,
-        stop: &watch::Receiver<bool>,
-    ) -> Result<Vec<(Run, EndKind, Option<String>)>, EngineError> {
-        let claimed = store::claim_batch(c, ids, &self.worker_id, self.lease_secs()).await?;
-        let taken: HashSet<Uuid> = claimed.iter().map(|r| r.run.id).collect();
-        batch.leftovers = ids
-            .iter()
-            .filter(|id| !taken.contains(id))
-            .copied()
-            .collect();
         // Runs of a batch mostly share a workflow: parse each DSL once.
         let mut plans: HashMap<Uuid, ParsedPlan> = HashMap::new();
         let never_lost = AtomicBool::new(false);
@@ -381,19 +361,38 @@ impl Engine {
                 Halt::Settled(d) => batch.settled.push((p.run.id, d)),
             }
         }
-        // The batch holds every started row's lock, so each write applies; checking costs nothing.
-        let applied: HashSet<Uuid> = store::apply_writes(c, &self.worker_id, &writes)
-            .await?
-            .into_iter()
-            .collect();
-        events.retain(|e| applied.contains(&e.run_id));
-        store::append_events(c, &events).await?;
-        for (run, _, _) in ended.iter().filter(|(r, _, _)| !applied.contains(&r.id)) {
-            batch.settled.push((run.id, Delivery::LeaseLost));
+        let worker = self.worker_id.clone();
+        let applied: HashSet<Uuid> = self
+            .tx(org, |c| {
+                async move {
+                    let applied: HashSet<Uuid> = store::apply_writes(c, &worker, &writes)
+                        .await?
+                        .into_iter()
+                        .collect();
+                    events.retain(|e| applied.contains(&e.run_id));
+                    store::append_events(c, &events).await?;
+                    Ok(applied)
+                }
+                .scope_boxed()
+            })
+            .await?;
+        // A run not written lost its lease to another worker in between (only possible after a long stall).
+        for (run, kind, error) in ended {
+            let delivery = if applied.contains(&run.id) {
+                self.ended(&run, kind, error.as_deref())
+            } else {
+                Delivery::LeaseLost
+            };
+            batch.settled.push((run.id, delivery));
         }
-        ended.retain(|(r, _, _)| applied.contains(&r.id));
-        batch.yielded.retain(|(p, _)| applied.contains(&p.run.id));
-        Ok(ended)
+        batch.yielded.retain(|(p, _)| {
+            let kept = applied.contains(&p.run.id);
+            if !kept {
+                batch.settled.push((p.run.id, Delivery::LeaseLost));
+            }
+            kept
+        });
+        Ok(batch)
     }
 
     /// Runs what the batch left: runs that stopped before a node with effects go on alone (with their
