@@ -1,3 +1,8 @@
+ALTER TABLE workflow_run_events ALTER COLUMN id SET DEFAULT gen_random_uuid();
+DROP FUNCTION app.uuid_v7();
+DROP INDEX workflow_runs_list_idx;
+CREATE INDEX workflow_runs_list_idx ON workflow_runs (organization_id, workflow_id, created_at DESC, id DESC);
+CREATE INDEX workflow_runs_workflow_id_idx ON workflow_runs (workflow_id);
 ALTER TABLE workflow_runs RESET (fillfactor);
 DROP TRIGGER workflow_runs_index_insert ON workflow_runs;
 DROP TRIGGER workflow_runs_index_update ON workflow_runs;

@@ -4,8 +4,12 @@
 --    statement instead of a PL/pgSQL call and a single-row upsert per run. The worker writes runs a batch
 --    per statement, so this turns dozens of calls into one; rows whose tracked fields did not change (most
 --    checkpoints) are not written at all.
--- 2. Run rows leave room for their updates on their own page (fillfactor), so the two or three updates of
---    each run stay HOT (no new index entries) instead of moving the row and touching every index.
+-- 2. Run rows leave room for their updates on their own page (fillfactor), so more of each run's updates
+--    stay HOT (no new index entries).
+-- 3. One index fewer on runs: listing (by workflow, newest first) and the cascade from a deleted workflow
+--    both use (workflow_id, created_at, id); the org prefix added nothing, as RLS pins the org anyway.
+-- 4. Event ids are time-ordered (UUIDv7 layout), so the primary key grows at its right edge instead of
+--    taking every insert on a random page. Run ids come time-ordered from the application.
 DROP TRIGGER workflow_runs_index ON workflow_runs;
 DROP FUNCTION app.track_run_index();
 
@@ -59,3 +63,19 @@ CREATE TRIGGER workflow_runs_index_delete AFTER DELETE ON workflow_runs
   REFERENCING OLD TABLE AS old_runs FOR EACH STATEMENT EXECUTE FUNCTION app.track_run_index_delete();
 
 ALTER TABLE workflow_runs SET (fillfactor = 70);
+
+DROP INDEX workflow_runs_workflow_id_idx;
+DROP INDEX workflow_runs_list_idx;
+CREATE INDEX workflow_runs_list_idx ON workflow_runs (workflow_id, created_at DESC, id DESC);
+
+-- A UUID with the version-7 layout: 48 bits of Unix milliseconds, then random bits.
+CREATE FUNCTION app.uuid_v7() RETURNS uuid LANGUAGE sql VOLATILE PARALLEL SAFE AS $$
+  SELECT encode(
+    set_bit(set_bit(
+      overlay(uuid_send(gen_random_uuid())
+              PLACING substring(int8send(floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint) FROM 3)
+              FROM 1 FOR 6),
+      52, 1), 53, 1),
+    'hex')::uuid
+$$;
+ALTER TABLE workflow_run_events ALTER COLUMN id SET DEFAULT app.uuid_v7();

@@ -148,7 +148,9 @@ async fn commit_group(shared: &Shared, org: Uuid, user: Uuid, requests: Vec<Requ
                 outcome.push(match statuses.get(&r.workflow).map(String::as_str) {
                     None => Err(CreateError::NotFound),
                     Some("published") => {
-                        let id = Uuid::new_v4();
+                        // Time-ordered ids: new runs land at the right edge of the primary key (and their
+                        // events next to each other in the events index) instead of on random pages.
+                        let id = Uuid::now_v7();
                         rows.push(NewRun {
                             id,
                             organization_id: org,
