@@ -25,6 +25,7 @@ use chrono::{DateTime, Utc};
 use diesel_async::scoped_futures::ScopedFutureExt;
 use diesel_async::AsyncPgConnection;
 use futures_util::future::join_all;
+use futures_util::stream::{self, StreamExt};
 use rand::Rng;
 use serde_json::{json, Value};
 use tokio::sync::watch;
@@ -77,6 +78,9 @@ pub struct Engine {
     pub queue: WorkQueue,
     pub worker_id: String,
 }
+
+/// Ids of a batch taking the single path at once (see [`Engine::finish_batch`]).
+const SINGLES_AT_ONCE: usize = 4;
 
 /// A workflow's DSL as parsed for execution, or the code of why it no longer parses.
 type ParsedPlan = Arc<Result<Plan, String>>;
@@ -396,7 +400,7 @@ impl Engine {
     }
 
     /// Runs what the batch left: runs that stopped before a node with effects go on alone (with their
-    /// own lease heartbeat), and ids it did not start take the single path. Concurrently.
+    /// own lease heartbeat), and ids it did not start take the single path, a few at a time. Concurrently.
     pub async fn finish_batch(
         &self,
         batch: Batch,
@@ -419,11 +423,14 @@ impl Engine {
                 .await;
             (id, done)
         });
-        let singles = leftovers
-            .into_iter()
-            .map(|id| async move { (id, self.process(org, id, stop).await) });
-        let mut out = join_all(alone).await;
-        out.extend(join_all(singles).await);
+        // The single path holds a connection from its claim until its first commit; a few at a time leave
+        // the pool to everyone else (after a crash, a whole batch of resumptions can land here).
+        let singles = stream::iter(leftovers)
+            .map(|id| async move { (id, self.process(org, id, stop).await) })
+            .buffer_unordered(SINGLES_AT_ONCE)
+            .collect::<Vec<_>>();
+        let (mut out, singles) = tokio::join!(join_all(alone), singles);
+        out.extend(singles);
         out
     }
 
