@@ -30,7 +30,11 @@ async fn publish(
 ) -> Result<String, Box<dyn std::error::Error>> {
     let list: Vec<Value> = (0..nodes)
         .map(|i| {
-            let kind = if i % 3 == 1 { "agent.execute" } else { "http.request" };
+            let kind = if i % 3 == 1 {
+                "agent.execute"
+            } else {
+                "http.request"
+            };
             json!({"id": format!("n{i}"), "type": kind})
         })
         .collect();

@@ -333,7 +333,11 @@ impl Engine {
             org,
             settled: Vec::new(),
             yielded: Vec::new(),
-            leftovers: ids.iter().filter(|id| !taken.contains(id)).copied().collect(),
+            leftovers: ids
+                .iter()
+                .filter(|id| !taken.contains(id))
+                .copied()
+                .collect(),
             settings,
         };
         // Runs of a batch mostly share a workflow: parse each DSL once.
