@@ -982,3 +982,119 @@ async fn connector_action_with_a_secret_end_to_end() {
         "the token leaked into the run or its events"
     );
 }
+
+/// Runs waiting together are claimed together: one statement starts a batch of an org's runs, their pure
+/// nodes run in memory, runs reaching a node with effects continue alone, and one commit ends the rest.
+/// Every run must still get exactly its own history, every effect must happen once, and concurrent creates
+/// (group commit) must answer each request for itself.
+#[tokio::test]
+async fn concurrent_runs_are_created_and_executed_in_batches_each_with_its_own_history() {
+    let app = common::spawn_with(opts()).await;
+    let (target, hits) = start_target(0).await;
+    let a = app.signup("batch-a").await;
+    let b = app.signup("batch-b").await;
+    let pure = json!({"version": "v2", "trigger": {"type": "trigger.manual"}, "nodes": [
+        {"id": "one", "type": "http.request"}, {"id": "two", "type": "agent.execute"}, {"id": "three", "type": "http.request"},
+    ]});
+    let mixed = json!({"version": "v2", "trigger": {"type": "trigger.manual"}, "nodes": [
+        {"id": "stub", "type": "http.request"}, http_node("call", format!("{target}/ok/call")), {"id": "task", "type": "agent.execute"},
+    ]});
+    let (org_a, org_b) = (a.personal_org, b.personal_org);
+    let wf_a = published(&app, &a, org_a, pure.clone()).await;
+    let wf_b = published(&app, &b, org_b, mixed.clone()).await;
+    let draft = app
+        .post(&format!("/v1/orgs/{org_a}/workflows"))
+        .by(&a)
+        .org(org_a)
+        .json(json!({"name": "draft", "dsl": pure}))
+        .send()
+        .await;
+    let draft: Uuid = draft.body["workflow"]["id"]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .expect("draft id");
+
+    // All at once, before any worker runs, so the queue holds a backlog to batch.
+    let create = |user: &'static str, org: Uuid, wf: Uuid, i: usize| {
+        let who = if user == "a" { &a } else { &b };
+        app.post(&format!("/v1/orgs/{org}/workflows/{wf}/runs"))
+            .by(who)
+            .org(org)
+            .json(json!({"input": {"i": i}}))
+            .send()
+    };
+    let mut requests = Vec::new();
+    for i in 0..12 {
+        requests.push(create("a", org_a, wf_a, i));
+        requests.push(create("b", org_b, wf_b, i));
+    }
+    requests.push(create("a", org_a, draft, 99));
+    requests.push(create("a", org_a, Uuid::new_v4(), 100));
+    let answers = futures_util::future::join_all(requests).await;
+    let (runs, refused) = answers.split_at(24);
+    assert_eq!(
+        (refused[0].status.as_u16(), refused[1].status.as_u16()),
+        (409, 404),
+        "a draft and an unknown workflow among the batch get their own answers"
+    );
+    let mut ids = Vec::new();
+    for (n, r) in runs.iter().enumerate() {
+        assert_eq!(r.status, 201, "{:?}", r.body);
+        let (user, org, wf) = if n % 2 == 0 {
+            (&a, org_a, wf_a)
+        } else {
+            (&b, org_b, wf_b)
+        };
+        assert_eq!(r.body["run"]["organizationId"], org.to_string());
+        assert_eq!(r.body["run"]["input"]["i"], n / 2);
+        let id: Uuid = r.body["run"]["id"]
+            .as_str()
+            .and_then(|s| s.parse().ok())
+            .expect("id");
+        ids.push((user, org, wf, id));
+    }
+
+    let _worker = start_worker(&app);
+    for &(user, org, wf, run) in &ids {
+        let done = wait_terminal(&app, user, org, wf, run, Duration::from_secs(20)).await;
+        assert_eq!(done["status"], "succeeded", "{done}");
+        assert_eq!(done["attemptCount"], 1);
+        assert_eq!(done["output"]["output"]["completedNodeCount"], 3);
+        let nodes = if wf == wf_a {
+            ["one", "two", "three"]
+        } else {
+            ["stub", "call", "task"]
+        };
+        let mut expected = vec!["run_started".to_string()];
+        for n in nodes {
+            expected.push(format!("node_started:{n}"));
+            expected.push(format!("node_succeeded:{n}"));
+        }
+        expected.push("run_succeeded".into());
+        let evs = events(&app, user, org, wf, run).await;
+        assert_eq!(kinds(&evs), expected, "run {run}");
+        assert!(evs.iter().all(|e| e["runId"] == run.to_string()));
+    }
+    assert_eq!(
+        hits.hits("call"),
+        12,
+        "each run's HTTP call happened exactly once"
+    );
+
+    // The batch path really ran: runs started by one claim share their `started_at`.
+    let db = app.owner_db().await;
+    for org in [org_a, org_b] {
+        db.execute(
+            "SELECT set_config('app.current_org_id', $1, false)",
+            &[&org.to_string()],
+        )
+        .await
+        .expect("context");
+        let claims: i64 = db
+            .query_one("SELECT count(DISTINCT started_at) FROM workflow_runs", &[])
+            .await
+            .expect("count")
+            .get(0);
+        assert!(claims < 12, "org {org}: 12 runs took {claims} claims");
+    }
+}
