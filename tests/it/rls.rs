@@ -570,3 +570,64 @@ async fn owner_role_is_bound_by_force_rls() {
     );
     assert_eq!(count(&mut db, "", &a, &sql).await, 0);
 }
+
+#[derive(diesel::QueryableByName)]
+struct Session {
+    #[diesel(sql_type = diesel::sql_types::Integer)]
+    pid: i32,
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    org: String,
+}
+
+/// A request cancelled in the middle of a tenant transaction (its client went away) must not hand the
+/// half-used session to the next caller: the pool discards that connection, so the next transaction gets a
+/// fresh backend with nothing of the previous context.
+#[tokio::test]
+async fn a_transaction_cancelled_midway_never_reaches_the_next_caller() {
+    use diesel_async::scoped_futures::ScopedFutureExt;
+    use diesel_async::RunQueryDsl;
+    use vespid::platform::db::{self, DbError, TenantCtx};
+
+    let app = spawn().await;
+    // One connection, so the next transaction would get the same one if it were handed back.
+    let pool = db::build_pool(
+        app.state.config.database.url.expose(),
+        1,
+        std::time::Duration::from_secs(5),
+    )
+    .expect("pool");
+    let (org_a, org_b) = (Uuid::new_v4(), Uuid::new_v4());
+    let probe = |org: Uuid, sleep: f64| {
+        let pool = pool.clone();
+        async move {
+            db::tenant_tx(&pool, TenantCtx::org(org), |c| {
+                async move {
+                    diesel::sql_query("SELECT pg_sleep($1)")
+                        .bind::<diesel::sql_types::Double, _>(sleep)
+                        .execute(c)
+                        .await?;
+                    diesel::sql_query(
+                        "SELECT pg_backend_pid() AS pid, current_setting('app.current_org_id') AS org",
+                    )
+                    .get_result::<Session>(c)
+                    .await
+                    .map_err(DbError::from)
+                }
+                .scope_boxed()
+            })
+            .await
+        }
+    };
+    let first = probe(org_a, 0.0).await.expect("first");
+    assert_eq!(first.org, org_a.to_string());
+    // Dropped while PostgreSQL sleeps inside the transaction.
+    let cancelled =
+        tokio::time::timeout(std::time::Duration::from_millis(100), probe(org_a, 2.0)).await;
+    assert!(cancelled.is_err(), "the probe should have been cancelled");
+    let next = probe(org_b, 0.0).await.expect("next");
+    assert_eq!(next.org, org_b.to_string());
+    assert_ne!(
+        next.pid, first.pid,
+        "the cancelled transaction's connection went back to the pool"
+    );
+}

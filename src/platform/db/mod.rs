@@ -124,8 +124,10 @@ where
 {
     let mut conn = conn(pool).await?;
     // BEGIN and the context travel in one round trip. The ids are UUIDs formatted by `uuid` (hex and
-    // dashes only), so inlining them cannot inject SQL. The transaction manager tracks the depth, so a
-    // future dropped mid-way leaves the connection marked broken and the pool discards it.
+    // dashes only), so inlining them cannot inject SQL. The transaction manager tracks the depth and marks
+    // BEGIN/COMMIT/ROLLBACK in flight, so a future dropped mid-way (a client that went away) leaves the
+    // connection marked broken and the pool discards it instead of handing it on (see the test
+    // `rls::a_transaction_cancelled_midway_never_reaches_the_next_caller`).
     let sql = format!(
         "BEGIN; SELECT set_config('app.current_user_id', '{}', true), set_config('app.current_org_id', '{}', true)",
         ctx.user.map(|u| u.to_string()).unwrap_or_default(),
