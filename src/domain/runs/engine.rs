@@ -24,8 +24,8 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use diesel_async::scoped_futures::ScopedFutureExt;
 use diesel_async::AsyncPgConnection;
-use futures_util::future::join_all;
-use futures_util::stream::{self, StreamExt};
+use futures_util::future::{BoxFuture, FutureExt};
+use futures_util::stream::FuturesUnordered;
 use rand::Rng;
 use serde_json::{json, Value};
 use tokio::sync::watch;
@@ -78,9 +78,6 @@ pub struct Engine {
     pub queue: WorkQueue,
     pub worker_id: String,
 }
-
-/// Ids of a batch taking the single path at once (see [`Engine::finish_batch`]).
-const SINGLES_AT_ONCE: usize = 4;
 
 /// A workflow's DSL as parsed for execution, or the code of why it no longer parses.
 type ParsedPlan = Arc<Result<Plan, String>>;
@@ -369,11 +366,13 @@ impl Engine {
                 Halt::Settled(d) => batch.settled.push((p.run.id, d)),
             }
         }
-        let worker = self.worker_id.clone();
-        let applied: HashSet<Uuid> = self
-            .tx(org, |c| {
+        let (worker, lease) = (self.worker_id.clone(), self.lease_secs());
+        let applied: HashSet<Uuid> = if writes.is_empty() {
+            HashSet::new()
+        } else {
+            self.tx(org, |c| {
                 async move {
-                    let applied: HashSet<Uuid> = store::apply_writes(c, &worker, &writes)
+                    let applied: HashSet<Uuid> = store::apply_writes(c, &worker, lease, &writes)
                         .await?
                         .into_iter()
                         .collect();
@@ -383,7 +382,8 @@ impl Engine {
                 }
                 .scope_boxed()
             })
-            .await?;
+            .await?
+        };
         // A run not written lost its lease to another worker in between (only possible after a long stall).
         for (run, kind, error) in ended {
             let delivery = if applied.contains(&run.id) {
@@ -403,13 +403,14 @@ impl Engine {
         Ok(batch)
     }
 
-    /// Runs what the batch left: runs that stopped before a node with effects go on alone (with their
-    /// own lease heartbeat), and ids it did not start take the single path, a few at a time. Concurrently.
-    pub async fn finish_batch(
-        &self,
+    /// Runs what the batch left, each as it goes: runs that stopped before a node with effects go on alone
+    /// (with their own lease heartbeat), and ids the claim did not start take the single path. The worker
+    /// settles every run (and frees its slot) as soon as that run is done, not when the slowest one is.
+    pub fn finish_batch<'a>(
+        &'a self,
         batch: Batch,
-        stop: &watch::Receiver<bool>,
-    ) -> Vec<(Uuid, Result<Delivery, EngineError>)> {
+        stop: &'a watch::Receiver<bool>,
+    ) -> FuturesUnordered<BoxFuture<'a, (Uuid, Result<Delivery, EngineError>)>> {
         let Batch {
             org,
             yielded,
@@ -417,25 +418,43 @@ impl Engine {
             settings,
             ..
         } = batch;
-        let settings = &settings;
-        let alone = yielded.into_iter().map(|(mut p, plan)| async move {
-            let id = p.run.id;
-            let span = tracing::info_span!("run", run_id = %id, org_id = %org);
-            let done = self
-                .run_alone(&mut p, &plan, settings, stop)
-                .instrument(span)
-                .await;
-            (id, done)
-        });
-        // The single path holds a connection from its claim until its first commit; a few at a time leave
-        // the pool to everyone else (after a crash, a whole batch of resumptions can land here).
-        let singles = stream::iter(leftovers)
-            .map(|id| async move { (id, self.process(org, id, stop).await) })
-            .buffer_unordered(SINGLES_AT_ONCE)
-            .collect::<Vec<_>>();
-        let (mut out, singles) = tokio::join!(join_all(alone), singles);
-        out.extend(singles);
-        out
+        let settings = Arc::new(settings);
+        let runs = FuturesUnordered::new();
+        for (mut p, plan) in yielded {
+            let settings = settings.clone();
+            runs.push(
+                async move {
+                    let id = p.run.id;
+                    // The queue's lease dates from the claim; refresh it before the run goes on alone (the
+                    // batch's write already renewed the one in PostgreSQL).
+                    let lease = Duration::from_secs(self.lease_secs());
+                    if let Err(e) = self.queue.heartbeat(org, id, lease).await {
+                        tracing::warn!(error = %e, run_id = %id, "queue lease refresh failed");
+                    }
+                    let span = tracing::info_span!("run", run_id = %id, org_id = %org);
+                    let done = self
+                        .run_alone(&mut p, &plan, &settings, stop)
+                        .instrument(span)
+                        .await;
+                    (id, done)
+                }
+                .boxed(),
+            );
+        }
+        // Shutting down: ids the claim did not start were not touched in PostgreSQL; hand them straight back.
+        let stopping = *stop.borrow();
+        for id in leftovers {
+            runs.push(
+                async move {
+                    if stopping {
+                        return (id, Ok(Delivery::Released));
+                    }
+                    (id, self.process(org, id, stop).await)
+                }
+                .boxed(),
+            );
+        }
+        runs
     }
 
     /// Handles one delivery of `run_id`.
@@ -515,11 +534,14 @@ impl Engine {
     /// Writes the end of a run that runs alone (lease checked) and logs it.
     async fn write_end(&self, p: &mut Progress, end: End) -> Result<Delivery, EngineError> {
         let (write, events, kind, error) = end.split(p.run.id);
-        let worker = self.worker_id.clone();
+        let (worker, lease) = (self.worker_id.clone(), self.lease_secs());
         let applied = self
             .commit_in(&mut p.open, p.run.organization_id, |c| {
                 async move {
-                    if store::apply_writes(c, &worker, &[write]).await?.is_empty() {
+                    if store::apply_writes(c, &worker, lease, &[write])
+                        .await?
+                        .is_empty()
+                    {
                         return Ok(false);
                     }
                     store::append_events(c, &events).await?;
@@ -736,10 +758,13 @@ impl Engine {
     async fn flush(&self, p: &mut Progress) -> Result<bool, EngineError> {
         let events = std::mem::take(&mut p.pending);
         let write = p.checkpoint();
-        let worker = self.worker_id.clone();
+        let (worker, lease) = (self.worker_id.clone(), self.lease_secs());
         self.commit_in(&mut p.open, p.run.organization_id, |c| {
             async move {
-                if store::apply_writes(c, &worker, &[write]).await?.is_empty() {
+                if store::apply_writes(c, &worker, lease, &[write])
+                    .await?
+                    .is_empty()
+                {
                     return Ok(false);
                 }
                 store::append_events(c, &events).await?;

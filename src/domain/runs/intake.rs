@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use diesel_async::scoped_futures::ScopedFutureExt;
+use futures_util::future::join_all;
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use uuid::Uuid;
@@ -118,22 +119,61 @@ async fn intake_loop(mut rx: mpsc::Receiver<Request>, shared: Arc<Shared>) {
     }
 }
 
+/// The groups of one batch, concurrently: a slow group (Redis timing out) must not delay the others.
 async fn commit_groups(
     shared: Arc<Shared>,
     groups: HashMap<(Uuid, Uuid), Vec<Request>>,
     _permit: OwnedSemaphorePermit,
 ) {
-    for ((org, user), requests) in groups {
-        commit_group(&shared, org, user, requests).await;
-    }
+    let shared = &shared;
+    join_all(
+        groups
+            .into_iter()
+            .map(|((org, user), requests)| commit_group(shared, org, user, requests)),
+    )
+    .await;
 }
 
-/// One org and user: check the workflows, insert the runs, commit, enqueue, answer each request.
+/// One org and user: check the workflows, insert the runs, commit, enqueue, answer each request. If the
+/// shared transaction fails for a reason other than an unreachable database (say a workflow deleted between
+/// the check and the insert), each request is tried again on its own, so one bad row fails only itself.
 async fn commit_group(shared: &Shared, org: Uuid, user: Uuid, requests: Vec<Request>) {
     let (runs, replies): (Vec<CreateRun>, Vec<_>) =
         requests.into_iter().map(|r| (r.run, r.reply)).unzip();
-    let ctx = TenantCtx::user_org(user, org);
-    let decided = db::tenant_tx(&shared.db, ctx, |c| {
+    match insert_group(shared, org, user, &runs).await {
+        Ok((outcome, inserted)) => {
+            enqueue_and_answer(shared, org, user, replies, outcome, inserted).await
+        }
+        Err(e) if runs.len() == 1 || e.status.as_u16() == 503 => {
+            for reply in replies {
+                let _ = reply.send(Err(CreateError::Api(e.clone())));
+            }
+        }
+        Err(_) => {
+            for (run, reply) in runs.into_iter().zip(replies) {
+                let alone = [run];
+                let answer = insert_group(shared, org, user, &alone).await;
+                match answer {
+                    Ok((outcome, inserted)) => {
+                        enqueue_and_answer(shared, org, user, vec![reply], outcome, inserted).await
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(CreateError::Api(e)));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The group's transaction: which requests may run (404/409 per request) and the inserted rows.
+async fn insert_group(
+    shared: &Shared,
+    org: Uuid,
+    user: Uuid,
+    runs: &[CreateRun],
+) -> Result<(Vec<Result<Uuid, CreateError>>, Vec<Run>), ApiError> {
+    db::tenant_tx(&shared.db, TenantCtx::user_org(user, org), |c| {
         async move {
             let mut workflows: Vec<Uuid> = runs.iter().map(|r| r.workflow).collect();
             workflows.sort_unstable();
@@ -158,7 +198,7 @@ async fn commit_group(shared: &Shared, org: Uuid, user: Uuid, requests: Vec<Requ
                             trigger_type: "manual",
                             status: "queued",
                             requested_by_user_id: user,
-                            input: r.input,
+                            input: r.input.as_ref(),
                             max_attempts: r.max_attempts,
                         });
                         Ok(id)
@@ -171,16 +211,20 @@ async fn commit_group(shared: &Shared, org: Uuid, user: Uuid, requests: Vec<Requ
         }
         .scope_boxed()
     })
-    .await;
-    let (outcome, inserted) = match decided {
-        Ok(d) => d,
-        Err(e) => {
-            for reply in replies {
-                let _ = reply.send(Err(CreateError::Api(e.clone())));
-            }
-            return;
-        }
-    };
+    .await
+}
+
+/// After the commit: enqueue the inserted runs in one call, then answer each request (or take the rows
+/// back and answer 503 when Redis does not take them in time).
+async fn enqueue_and_answer(
+    shared: &Shared,
+    org: Uuid,
+    user: Uuid,
+    replies: Vec<oneshot::Sender<Result<Run, CreateError>>>,
+    outcome: Vec<Result<Uuid, CreateError>>,
+    inserted: Vec<Run>,
+) {
+    let ctx = TenantCtx::user_org(user, org);
     let ids: Vec<Uuid> = inserted.iter().map(|r| r.id).collect();
     let enqueued =
         tokio::time::timeout(shared.enqueue_timeout, shared.queue.enqueue_many(org, &ids))

@@ -41,19 +41,19 @@ pub async fn workflow_statuses(
 /// A run to create (queued, manual trigger).
 #[derive(Debug, Clone, Insertable)]
 #[diesel(table_name = wr)]
-pub struct NewRun {
+pub struct NewRun<'a> {
     pub id: Uuid,
     pub organization_id: Uuid,
     pub workflow_id: Uuid,
     pub trigger_type: &'static str,
     pub status: &'static str,
     pub requested_by_user_id: Uuid,
-    pub input: Option<Value>,
+    pub input: Option<&'a Value>,
     pub max_attempts: i32,
 }
 
 /// Inserts the runs in one statement.
-pub async fn insert_runs(c: &mut AsyncPgConnection, runs: &[NewRun]) -> QueryResult<Vec<Run>> {
+pub async fn insert_runs(c: &mut AsyncPgConnection, runs: &[NewRun<'_>]) -> QueryResult<Vec<Run>> {
     if runs.is_empty() {
         return Ok(Vec::new());
     }
@@ -402,10 +402,13 @@ struct AppliedId {
 }
 
 /// Applies the writes in one statement, each only if `worker` still holds that run's lease; returns the
-/// ids written (a missing id means another worker took the run over).
+/// ids written (a missing id means another worker took the run over). A checkpoint renews the lease for
+/// `lease_secs` (progress is proof of life, and a batched run may have waited on its batch-mates); an end
+/// releases it.
 pub async fn apply_writes(
     c: &mut AsyncPgConnection,
     worker: &str,
+    lease_secs: u64,
     writes: &[RunWrite],
 ) -> QueryResult<Vec<Uuid>> {
     if writes.is_empty() {
@@ -418,7 +421,7 @@ pub async fn apply_writes(
            cursor_node_index = coalesce(x.cursor, r.cursor_node_index), \
            next_attempt_at = x.next_attempt_at, finished_at = x.finished_at, \
            lease_owner = CASE WHEN x.status = 'running' THEN r.lease_owner END, \
-           lease_expires_at = CASE WHEN x.status = 'running' THEN r.lease_expires_at END \
+           lease_expires_at = CASE WHEN x.status = 'running' THEN $3 END \
          FROM jsonb_to_recordset($2) AS x(id uuid, status text, output jsonb, error text, cursor integer, \
            next_attempt_at timestamptz, finished_at timestamptz) \
          WHERE r.id = x.id AND r.lease_owner = $1 \
@@ -426,6 +429,7 @@ pub async fn apply_writes(
     )
     .bind::<Text, _>(worker)
     .bind::<Jsonb, _>(rows)
+    .bind::<Timestamptz, _>(lease_until(lease_secs))
     .load(c)
     .await?;
     Ok(applied.into_iter().map(|a| a.id).collect())

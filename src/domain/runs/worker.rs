@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
+use futures_util::StreamExt;
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use uuid::Uuid;
@@ -78,10 +79,14 @@ pub fn spawn(state: AppState, stop: watch::Receiver<bool>) -> JoinHandle<()> {
             if *stop.borrow() {
                 break;
             }
-            let Ok(claimer) = claimers.clone().acquire_owned().await else {
-                break;
+            // Waiting for a free claimer and slot must not outlast a stop: a batch claimed after the stop
+            // would only be handed back.
+            let mut stopped = stop.clone();
+            let acquired = tokio::select! {
+                a = acquire(&claimers, &slots) => a,
+                _ = stopped.wait_for(|s| *s) => None,
             };
-            let Ok(first) = slots.clone().acquire_owned().await else {
+            let Some((claimer, first)) = acquired else {
                 break;
             };
             let mut held = vec![first];
@@ -163,9 +168,22 @@ async fn deliver(
         .collect();
     settle(&engine.queue, org, settled).await;
     slots.truncate(batch.remaining());
-    let rest = engine.finish_batch(batch, stop).await;
-    settle(&engine.queue, org, rest).await;
-    drop(slots);
+    // Each remaining run is settled, and its slot freed, as soon as it is done.
+    let mut rest = engine.finish_batch(batch, stop);
+    while let Some(outcome) = rest.next().await {
+        settle(&engine.queue, org, vec![outcome]).await;
+        slots.pop();
+    }
+}
+
+/// A claimer, then a first concurrency slot; `None` once the semaphores are closed.
+async fn acquire(
+    claimers: &Arc<Semaphore>,
+    slots: &Arc<Semaphore>,
+) -> Option<(OwnedSemaphorePermit, OwnedSemaphorePermit)> {
+    let claimer = claimers.clone().acquire_owned().await.ok()?;
+    let slot = slots.clone().acquire_owned().await.ok()?;
+    Some((claimer, slot))
 }
 
 /// Updates the queue after deliveries, according to what happened: finished or not ours → acknowledged;
