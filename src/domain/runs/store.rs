@@ -414,7 +414,8 @@ pub async fn apply_writes(
     if writes.is_empty() {
         return Ok(Vec::new());
     }
-    let rows = serde_json::to_value(writes)
+    // Serialized straight to text (cast in SQL): no intermediate copy of every run's output.
+    let rows = serde_json::to_string(writes)
         .map_err(|e| diesel::result::Error::SerializationError(Box::new(e)))?;
     let applied: Vec<AppliedId> = diesel::sql_query(
         "UPDATE workflow_runs AS r SET status = x.status, output = x.output, error = x.error, \
@@ -422,13 +423,13 @@ pub async fn apply_writes(
            next_attempt_at = x.next_attempt_at, finished_at = x.finished_at, \
            lease_owner = CASE WHEN x.status = 'running' THEN r.lease_owner END, \
            lease_expires_at = CASE WHEN x.status = 'running' THEN $3 END \
-         FROM jsonb_to_recordset($2) AS x(id uuid, status text, output jsonb, error text, cursor integer, \
+         FROM jsonb_to_recordset($2::jsonb) AS x(id uuid, status text, output jsonb, error text, cursor integer, \
            next_attempt_at timestamptz, finished_at timestamptz) \
          WHERE r.id = x.id AND r.lease_owner = $1 \
          RETURNING r.id",
     )
     .bind::<Text, _>(worker)
-    .bind::<Jsonb, _>(rows)
+    .bind::<Text, _>(rows)
     .bind::<Timestamptz, _>(lease_until(lease_secs))
     .load(c)
     .await?;

@@ -122,26 +122,14 @@ where
     E: From<diesel::result::Error> + From<DbError> + Send + 'a,
     R: Send + 'a,
 {
-    let mut conn = conn(pool).await?;
-    // BEGIN and the context travel in one round trip. The ids are UUIDs formatted by `uuid` (hex and
-    // dashes only), so inlining them cannot inject SQL. The transaction manager tracks the depth and marks
-    // BEGIN/COMMIT/ROLLBACK in flight, so a future dropped mid-way (a client that went away) leaves the
-    // connection marked broken and the pool discards it instead of handing it on (see the test
-    // `rls::a_transaction_cancelled_midway_never_reaches_the_next_caller`).
-    let sql = format!(
-        "BEGIN; SELECT set_config('app.current_user_id', '{}', true), set_config('app.current_org_id', '{}', true)",
-        ctx.user.map(|u| u.to_string()).unwrap_or_default(),
-        ctx.org.map(|o| o.to_string()).unwrap_or_default(),
-    );
-    AnsiTransactionManager::begin_transaction_sql(&mut *conn, &sql).await?;
-    match f(&mut conn).await {
+    let mut tx = OpenTx::begin(pool, ctx).await?;
+    match f(tx.conn()).await {
         Ok(value) => {
-            AnsiTransactionManager::commit_transaction(&mut *conn).await?;
+            tx.commit().await?;
             Ok(value)
         }
         Err(e) => {
-            // A failed rollback leaves the manager broken; the pool then drops the connection.
-            let _ = AnsiTransactionManager::rollback_transaction(&mut *conn).await;
+            tx.rollback().await;
             Err(e)
         }
     }
@@ -157,6 +145,11 @@ pub struct OpenTx {
 impl OpenTx {
     pub async fn begin(pool: &PgPool, ctx: TenantCtx) -> Result<Self, DbError> {
         let mut conn = conn(pool).await?;
+        // BEGIN and the context travel in one round trip. The ids are UUIDs formatted by `uuid` (hex and
+        // dashes only), so inlining them cannot inject SQL. The transaction manager tracks the depth and
+        // marks BEGIN/COMMIT/ROLLBACK in flight, so a future dropped mid-way (a client that went away) leaves
+        // the connection marked broken and the pool discards it instead of handing it on (see the test
+        // `rls::a_transaction_cancelled_midway_never_reaches_the_next_caller`).
         let sql = format!(
             "BEGIN; SELECT set_config('app.current_user_id', '{}', true), set_config('app.current_org_id', '{}', true)",
             ctx.user.map(|u| u.to_string()).unwrap_or_default(),
@@ -175,6 +168,7 @@ impl OpenTx {
         Ok(())
     }
 
+    /// A failed rollback leaves the manager broken; the pool then drops the connection.
     pub async fn rollback(mut self) {
         let _ = AnsiTransactionManager::rollback_transaction(&mut *self.conn).await;
     }
