@@ -319,10 +319,10 @@ impl Engine {
         // The claim commits on its own. Updating the rows again in the transaction that claimed them would
         // make PostgreSQL re-check the runs' foreign keys (a row it wrote itself), share-locking the org, the
         // workflow and the user row once per run; a second short transaction costs one round trip per batch.
-        let (worker, lease) = (self.worker_id.clone(), self.lease_secs());
+        let (worker, lease) = (self.worker_id.as_str(), self.lease_secs());
         let claimed = self
             .tx(org, |c| {
-                async move { Ok(store::claim_batch(c, ids, &worker, lease).await?) }.scope_boxed()
+                async move { Ok(store::claim_batch(c, ids, worker, lease).await?) }.scope_boxed()
             })
             .await?;
         let taken: HashSet<Uuid> = claimed.iter().map(|r| r.run.id).collect();
@@ -366,21 +366,12 @@ impl Engine {
                 Halt::Settled(d) => batch.settled.push((p.run.id, d)),
             }
         }
-        let (worker, lease) = (self.worker_id.clone(), self.lease_secs());
         let applied: HashSet<Uuid> = if writes.is_empty() {
             HashSet::new()
         } else {
             self.tx(org, |c| {
-                async move {
-                    let applied: HashSet<Uuid> = store::apply_writes(c, &worker, lease, &writes)
-                        .await?
-                        .into_iter()
-                        .collect();
-                    events.retain(|e| applied.contains(&e.run_id));
-                    store::append_events(c, &events).await?;
-                    Ok(applied)
-                }
-                .scope_boxed()
+                async move { Ok(store::write_runs(c, worker, lease, &writes, events).await?) }
+                    .scope_boxed()
             })
             .await?
         };
@@ -534,22 +525,7 @@ impl Engine {
     /// Writes the end of a run that runs alone (lease checked) and logs it.
     async fn write_end(&self, p: &mut Progress, end: End) -> Result<Delivery, EngineError> {
         let (write, events, kind, error) = end.split(p.run.id);
-        let (worker, lease) = (self.worker_id.clone(), self.lease_secs());
-        let applied = self
-            .commit_in(&mut p.open, p.run.organization_id, |c| {
-                async move {
-                    if store::apply_writes(c, &worker, lease, &[write])
-                        .await?
-                        .is_empty()
-                    {
-                        return Ok(false);
-                    }
-                    store::append_events(c, &events).await?;
-                    Ok(true)
-                }
-                .scope_boxed()
-            })
-            .await?;
+        let applied = self.commit_write(p, write, events).await?;
         if !applied {
             return Ok(Delivery::LeaseLost);
         }
@@ -758,17 +734,22 @@ impl Engine {
     async fn flush(&self, p: &mut Progress) -> Result<bool, EngineError> {
         let events = std::mem::take(&mut p.pending);
         let write = p.checkpoint();
+        self.commit_write(p, write, events).await
+    }
+
+    /// Commits one run's write with its events (in the claim's open transaction if there is one).
+    /// `false` = lease lost: nothing was written.
+    async fn commit_write(
+        &self,
+        p: &mut Progress,
+        write: RunWrite,
+        events: Vec<NewEvent>,
+    ) -> Result<bool, EngineError> {
         let (worker, lease) = (self.worker_id.clone(), self.lease_secs());
         self.commit_in(&mut p.open, p.run.organization_id, |c| {
             async move {
-                if store::apply_writes(c, &worker, lease, &[write])
-                    .await?
-                    .is_empty()
-                {
-                    return Ok(false);
-                }
-                store::append_events(c, &events).await?;
-                Ok(true)
+                let applied = store::write_runs(c, &worker, lease, &[write], events).await?;
+                Ok(!applied.is_empty())
             }
             .scope_boxed()
         })

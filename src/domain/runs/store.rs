@@ -395,6 +395,24 @@ impl RunWrite {
     }
 }
 
+/// [`apply_writes`], then the events of the runs actually written (one statement each); returns the ids
+/// written. Events of a run whose lease was lost are dropped with its write.
+pub async fn write_runs(
+    c: &mut AsyncPgConnection,
+    worker: &str,
+    lease_secs: u64,
+    writes: &[RunWrite],
+    mut events: Vec<NewEvent>,
+) -> QueryResult<std::collections::HashSet<Uuid>> {
+    let applied: std::collections::HashSet<Uuid> = apply_writes(c, worker, lease_secs, writes)
+        .await?
+        .into_iter()
+        .collect();
+    events.retain(|e| applied.contains(&e.run_id));
+    append_events(c, &events).await?;
+    Ok(applied)
+}
+
 #[derive(QueryableByName)]
 struct AppliedId {
     #[diesel(sql_type = diesel::sql_types::Uuid)]
@@ -405,7 +423,7 @@ struct AppliedId {
 /// ids written (a missing id means another worker took the run over). A checkpoint renews the lease for
 /// `lease_secs` (progress is proof of life, and a batched run may have waited on its batch-mates); an end
 /// releases it.
-pub async fn apply_writes(
+async fn apply_writes(
     c: &mut AsyncPgConnection,
     worker: &str,
     lease_secs: u64,
