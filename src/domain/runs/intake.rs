@@ -119,49 +119,75 @@ async fn intake_loop(mut rx: mpsc::Receiver<Request>, shared: Arc<Shared>) {
     }
 }
 
-/// The groups of one batch, concurrently: a slow group (Redis timing out) must not delay the others.
+/// The groups of one batch, concurrently: a slow group must not delay the others. The in-flight permit
+/// bounds database work only: it is released once every group has committed, before the Redis calls, so
+/// batches arriving while Redis times out still commit and answer within their own enqueue timeout.
 async fn commit_groups(
     shared: Arc<Shared>,
     groups: HashMap<(Uuid, Uuid), Vec<Request>>,
-    _permit: OwnedSemaphorePermit,
+    permit: OwnedSemaphorePermit,
 ) {
     let shared = &shared;
-    join_all(
+    let committed: Vec<Committed> = join_all(
         groups
             .into_iter()
             .map(|((org, user), requests)| commit_group(shared, org, user, requests)),
     )
-    .await;
+    .await
+    .into_iter()
+    .flatten()
+    .collect();
+    drop(permit);
+    join_all(committed.into_iter().map(|c| enqueue_and_answer(shared, c))).await;
 }
 
-/// One org and user: check the workflows, insert the runs, commit, enqueue, answer each request. If the
-/// shared transaction fails for a reason other than an unreachable database (say a workflow deleted between
-/// the check and the insert), each request is tried again on its own, so one bad row fails only itself.
-async fn commit_group(shared: &Shared, org: Uuid, user: Uuid, requests: Vec<Request>) {
+/// Runs committed for one org and user, waiting to be enqueued and answered.
+struct Committed {
+    org: Uuid,
+    user: Uuid,
+    replies: Vec<oneshot::Sender<Result<Run, CreateError>>>,
+    outcome: Vec<Result<Uuid, CreateError>>,
+    inserted: Vec<Run>,
+}
+
+/// One org and user: check the workflows, insert the runs, commit. Requests that failed are answered here.
+/// If the shared transaction fails for a reason other than an unreachable database (say a workflow deleted
+/// between the check and the insert), each request is tried again on its own, so one bad row fails only
+/// itself.
+async fn commit_group(
+    shared: &Shared,
+    org: Uuid,
+    user: Uuid,
+    requests: Vec<Request>,
+) -> Vec<Committed> {
     let (runs, replies): (Vec<CreateRun>, Vec<_>) =
         requests.into_iter().map(|r| (r.run, r.reply)).unzip();
+    let committed = |replies, (outcome, inserted)| Committed {
+        org,
+        user,
+        replies,
+        outcome,
+        inserted,
+    };
     match insert_group(shared, org, user, &runs).await {
-        Ok((outcome, inserted)) => {
-            enqueue_and_answer(shared, org, user, replies, outcome, inserted).await
-        }
+        Ok(done) => vec![committed(replies, done)],
         Err(e) if runs.len() == 1 || e.status.as_u16() == 503 => {
             for reply in replies {
                 let _ = reply.send(Err(CreateError::Api(e.clone())));
             }
+            Vec::new()
         }
         Err(_) => {
+            let mut out = Vec::new();
             for (run, reply) in runs.into_iter().zip(replies) {
-                let alone = [run];
-                let answer = insert_group(shared, org, user, &alone).await;
-                match answer {
-                    Ok((outcome, inserted)) => {
-                        enqueue_and_answer(shared, org, user, vec![reply], outcome, inserted).await
-                    }
+                match insert_group(shared, org, user, &[run]).await {
+                    Ok(done) => out.push(committed(vec![reply], done)),
                     Err(e) => {
                         let _ = reply.send(Err(CreateError::Api(e)));
                     }
                 }
             }
+            out
         }
     }
 }
@@ -216,14 +242,14 @@ async fn insert_group(
 
 /// After the commit: enqueue the inserted runs in one call, then answer each request (or take the rows
 /// back and answer 503 when Redis does not take them in time).
-async fn enqueue_and_answer(
-    shared: &Shared,
-    org: Uuid,
-    user: Uuid,
-    replies: Vec<oneshot::Sender<Result<Run, CreateError>>>,
-    outcome: Vec<Result<Uuid, CreateError>>,
-    inserted: Vec<Run>,
-) {
+async fn enqueue_and_answer(shared: &Shared, committed: Committed) {
+    let Committed {
+        org,
+        user,
+        replies,
+        outcome,
+        inserted,
+    } = committed;
     let ctx = TenantCtx::user_org(user, org);
     let ids: Vec<Uuid> = inserted.iter().map(|r| r.id).collect();
     let enqueued =
