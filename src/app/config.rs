@@ -1,35 +1,18 @@
 //! Typed configuration: built-in defaults (`config/default.toml`) < optional file < environment variables,
 //! validated once at start-up with errors that name the offending key.
 
-use std::fmt;
-
 use serde::Deserialize;
 use toml::Value;
 
+pub use crate::domain::auth::config::{AuthConfig, CookieSecure};
+pub use crate::domain::auth::config::{GithubConfig, GoogleConfig, OAuthConfig};
+pub use crate::domain::common::access::Enforcement;
+pub use crate::domain::orgs::config::OrgsConfig;
+pub use crate::domain::runs::config::WorkflowsConfig;
+pub use crate::domain::secrets::config::SecretsConfig;
+pub use crate::platform::secret::Secret;
+
 const DEFAULT_TOML: &str = include_str!("../../config/default.toml");
-
-/// Secrets that must not show up in `Debug` output or logs.
-#[derive(Clone, Deserialize, Default, PartialEq, Eq)]
-#[serde(transparent)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: impl Into<String>) -> Self {
-        Self(value.into())
-    }
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("***")
-    }
-}
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -44,25 +27,6 @@ pub struct Config {
     pub secrets: SecretsConfig,
     pub workflows: WorkflowsConfig,
     pub enterprise: EnterpriseConfig,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct WorkflowsConfig {
-    pub queue_name: String,
-    pub concurrency: usize,
-    pub claim_batch: usize,
-    pub retry_attempts: i32,
-    pub retry_backoff_ms: u64,
-    pub event_payload_max_chars: usize,
-    pub lease_secs: u64,
-    pub reaper_interval_ms: u64,
-    pub stale_queued_secs: u64,
-    pub enqueue_timeout_ms: u64,
-    pub http_timeout_ms: u64,
-    pub http_max_response_bytes: usize,
-    pub http_allow_hosts: String,
-    pub github_api_base_url: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -114,108 +78,6 @@ pub struct RedisConfig {
 #[serde(deny_unknown_fields)]
 pub struct WebConfig {
     pub base_url: String,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AuthConfig {
-    pub token_secret: Secret,
-    pub token_secret_previous: Secret,
-    pub refresh_secret: Secret,
-    pub oauth_state_secret: Secret,
-    pub access_ttl_secs: i64,
-    pub session_ttl_secs: i64,
-    pub session_absolute_ttl_secs: i64,
-    pub oauth_context_ttl_secs: i64,
-    pub session_cookie_name: String,
-    pub cookie_secure: CookieSecure,
-    pub session_cache_ttl_secs: u64,
-    pub login_max_failures: u32,
-    pub login_failure_window_secs: u64,
-}
-
-impl AuthConfig {
-    /// The refresh-token key; falls back to the access-token key as the original does.
-    pub fn refresh_key(&self) -> &Secret {
-        if self.refresh_secret.is_empty() {
-            &self.token_secret
-        } else {
-            &self.refresh_secret
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum CookieSecure {
-    Auto,
-    True,
-    False,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Enforcement {
-    Strict,
-    Warn,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct OrgsConfig {
-    pub context_enforcement: Enforcement,
-    pub personal_trial_credits: i64,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct OAuthConfig {
-    pub google: GoogleConfig,
-    pub github: GithubConfig,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct GoogleConfig {
-    pub client_id: String,
-    pub client_secret: Secret,
-    pub redirect_uri: String,
-    pub issuer_url: String,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct GithubConfig {
-    pub client_id: String,
-    pub client_secret: Secret,
-    pub redirect_uri: String,
-    pub authorize_url: String,
-    pub token_url: String,
-    pub api_url: String,
-}
-
-impl GoogleConfig {
-    pub fn enabled(&self) -> bool {
-        all_set(&self.client_id, &self.client_secret, &self.redirect_uri)
-    }
-}
-
-impl GithubConfig {
-    pub fn enabled(&self) -> bool {
-        all_set(&self.client_id, &self.client_secret, &self.redirect_uri)
-    }
-}
-
-fn all_set(id: &str, secret: &Secret, redirect: &str) -> bool {
-    !id.trim().is_empty() && !secret.expose().trim().is_empty() && !redirect.trim().is_empty()
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SecretsConfig {
-    pub kek_id: String,
-    pub kek_base64: Secret,
-    pub kek_previous: Secret,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -291,6 +153,7 @@ const ENV_KEYS: &[(&str, &str)] = &[
     ("SECRETS_KEK_ID", "secrets.kek_id"),
     ("SECRETS_KEK_BASE64", "secrets.kek_base64"),
     ("SECRETS_KEK_PREVIOUS", "secrets.kek_previous"),
+    ("SECRETS_DEV_KEK_FILE", "secrets.dev_kek_file"),
     ("WORKFLOW_QUEUE_NAME", "workflows.queue_name"),
     ("WORKFLOW_QUEUE_CONCURRENCY", "workflows.concurrency"),
     ("WORKFLOW_CLAIM_BATCH", "workflows.claim_batch"),

@@ -1,6 +1,7 @@
 //! Composition root: configuration, shared state, telemetry and shutdown.
 
 pub mod config;
+pub mod dev_kek;
 pub mod shutdown;
 pub mod state;
 pub mod telemetry;

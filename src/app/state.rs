@@ -1,12 +1,22 @@
-//! `AppState`: what every role shares: config, PostgreSQL pool, Redis client and the domain services.
+//! `AppState`: what the roles share: config, the PostgreSQL pool, the Redis client, and every domain
+//! service, each built here from the narrow parts it needs. This is the only place that knows them all.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::app::config::Config;
-use crate::domain::auth::AuthService;
+use crate::app::dev_kek;
+#[cfg(feature = "oidc")]
+use crate::domain::auth::oauth::{OAuthParts, OAuthService};
+use crate::domain::auth::{AuthParts, AuthService};
+use crate::domain::common::access::AccessConfig;
 use crate::domain::meta::provider::{self, EnterpriseProvider};
-use crate::domain::runs::intake::RunIntake;
+use crate::domain::meta::Meta;
+use crate::domain::orgs::{Orgs, OrgsParts};
+use crate::domain::runs::worker::WorkerParts;
+use crate::domain::runs::{Runs, RunsParts};
+use crate::domain::secrets::{Secrets, SecretsParts};
+use crate::domain::workflows::Workflows;
 use crate::platform::crypto::envelope::Keyring;
 use crate::platform::db::{self, PgPool};
 use crate::platform::queue::WorkQueue;
@@ -17,13 +27,14 @@ pub struct AppState {
     pub config: Arc<Config>,
     pub db: PgPool,
     pub redis: Redis,
+    pub meta: Arc<Meta>,
     pub auth: Arc<AuthService>,
-    pub provider: Arc<dyn EnterpriseProvider>,
-    pub secrets: Arc<Keyring>,
-    /// Run creation (group commit; see `domain::runs::intake`).
-    pub runs: RunIntake,
     #[cfg(feature = "oidc")]
-    pub oauth: Arc<crate::domain::auth::oauth::OAuthService>,
+    pub oauth: Arc<OAuthService>,
+    pub orgs: Arc<Orgs>,
+    pub secrets: Arc<Secrets>,
+    pub workflows: Arc<Workflows>,
+    pub runs: Arc<Runs>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +45,8 @@ pub enum StartError {
     Redis(#[from] crate::platform::redis::RedisError),
     #[error("config key `secrets.kek_previous` (env SECRETS_KEK_PREVIOUS): {0}")]
     Keyring(String),
+    #[error(transparent)]
+    DevKek(#[from] dev_kek::DevKekError),
     #[error("the application database role `{0}` bypasses row-level security (superuser or BYPASSRLS); production refuses it")]
     RlsBypass(String),
 }
@@ -45,6 +58,8 @@ impl AppState {
         config: Config,
         provider: Option<Arc<dyn EnterpriseProvider>>,
     ) -> Result<Self, StartError> {
+        let mut config = config;
+        dev_kek::apply(&mut config)?;
         let config = Arc::new(config);
         let wait = Duration::from_millis(config.database.connect_timeout_ms);
         let db = db::build_pool(
@@ -70,7 +85,8 @@ impl AppState {
         .await?;
         let provider =
             provider.unwrap_or_else(|| provider::load(&config.enterprise.provider_module));
-        let secrets = Arc::new(
+        let meta = Arc::new(Meta::new(provider));
+        let keyring = Arc::new(
             Keyring::new(
                 &config.secrets.kek_id,
                 config.secrets.kek_base64.expose(),
@@ -78,25 +94,73 @@ impl AppState {
             )
             .map_err(StartError::Keyring)?,
         );
-        let auth = Arc::new(AuthService::new(config.clone(), db.clone(), redis.clone()));
-        let runs = RunIntake::spawn(
-            db.clone(),
-            WorkQueue::new(&redis, &config.workflows.queue_name),
-            Duration::from_millis(config.workflows.enqueue_timeout_ms),
-        );
+        let orgs = Arc::new(Orgs::new(OrgsParts {
+            config: config.orgs.clone(),
+            cache_ttl: Duration::from_secs(config.auth.session_cache_ttl_secs),
+            db: db.clone(),
+            redis: redis.clone(),
+        }));
+        let auth = Arc::new(AuthService::new(AuthParts {
+            config: config.auth.clone(),
+            secure_cookies: config.cookie_secure(),
+            db: db.clone(),
+            redis: redis.clone(),
+            orgs: orgs.clone(),
+        }));
+        let secrets = Arc::new(Secrets::new(SecretsParts {
+            db: db.clone(),
+            keyring,
+            allowed_connectors: meta.allowed_secret_connectors(),
+        }));
+        let runs = Arc::new(Runs::new(RunsParts {
+            db: db.clone(),
+            queue: Self::work_queue(&config, &redis),
+            enqueue_timeout: Duration::from_millis(config.workflows.enqueue_timeout_ms),
+            retry_attempts: config.workflows.retry_attempts,
+        }));
         Ok(Self {
-            runs,
             #[cfg(feature = "oidc")]
-            oauth: Arc::new(crate::domain::auth::oauth::OAuthService::new(
-                config.clone(),
-                db.clone(),
-            )),
+            oauth: Arc::new(OAuthService::new(OAuthParts {
+                config: config.oauth.clone(),
+                state_secret: config.auth.oauth_state_secret.clone(),
+                context_ttl_secs: config.auth.oauth_context_ttl_secs,
+                web_base_url: config.web.base_url.clone(),
+                db: db.clone(),
+            })),
+            workflows: Arc::new(Workflows::new(db.clone())),
             config,
             db,
             redis,
+            meta,
             auth,
-            provider,
+            orgs,
             secrets,
+            runs,
         })
+    }
+
+    fn work_queue(config: &Config, redis: &Redis) -> WorkQueue {
+        WorkQueue::new(redis, &config.workflows.queue_name)
+    }
+
+    /// What the request extractors need to know (cookie name, web origin, org-context enforcement).
+    pub fn access_config(&self) -> AccessConfig {
+        AccessConfig {
+            session_cookie_name: self.config.auth.session_cookie_name.clone(),
+            web_origin: self.config.web.base_url.clone(),
+            enforcement: self.config.orgs.context_enforcement,
+        }
+    }
+
+    /// What a run worker is built from.
+    pub fn worker_parts(&self) -> WorkerParts {
+        WorkerParts {
+            config: Arc::new(self.config.workflows.clone()),
+            shutdown_grace: Duration::from_secs(self.config.server.shutdown_grace_secs),
+            db: self.db.clone(),
+            queue: Self::work_queue(&self.config, &self.redis),
+            orgs: self.orgs.clone(),
+            secrets: self.secrets.clone(),
+        }
     }
 }

@@ -1,6 +1,7 @@
 //! Domains: each folder owns its model, queries, service functions and routes.
 
 pub mod auth;
+pub mod common;
 pub mod meta;
 pub mod orgs;
 pub mod runs;

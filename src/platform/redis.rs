@@ -72,6 +72,50 @@ impl Redis {
         format!("{}{name}", self.prefix)
     }
 
+    /// Publishes `message` on `channel` (inside this install's namespace) to every instance.
+    pub async fn publish(&self, channel: &str, message: String) -> Result<(), RedisError> {
+        self.client
+            .publish::<i64, _, _>(self.key(channel), message)
+            .await?;
+        Ok(())
+    }
+
+    /// Delivers every message published on `channel` (by any instance) to `on_message`, and calls
+    /// `on_reconnect` after the subscriber reconnects: messages sent meanwhile may have been missed. The
+    /// listeners live as long as the client.
+    pub fn listen(
+        &self,
+        channel: &str,
+        on_message: impl Fn(&str) + Send + 'static,
+        on_reconnect: impl Fn() + Send + 'static,
+    ) {
+        let channel = self.key(channel);
+        let mut rx = self.subscriber.message_rx();
+        let wanted = channel.clone();
+        tokio::spawn(async move {
+            while let Ok(msg) = rx.recv().await {
+                if &*msg.channel != wanted.as_str() {
+                    continue;
+                }
+                if let Some(text) = msg.value.as_string() {
+                    on_message(&text);
+                }
+            }
+        });
+        let mut reconnects = self.subscriber.reconnect_rx();
+        tokio::spawn(async move {
+            while reconnects.recv().await.is_ok() {
+                on_reconnect();
+            }
+        });
+        let subscriber = self.subscriber.clone();
+        tokio::spawn(async move {
+            if let Err(e) = subscriber.subscribe(channel.clone()).await {
+                tracing::warn!(error = %e, channel = %channel, "cannot subscribe yet; will retry on reconnect");
+            }
+        });
+    }
+
     pub async fn ping(&self) -> Result<(), RedisError> {
         let _: String = self.client.ping(None).await?;
         Ok(())

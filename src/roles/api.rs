@@ -9,7 +9,8 @@ use actix_web::{web, App, HttpResponse, HttpServer};
 use serde_json::json;
 
 use crate::app::state::AppState;
-use crate::domain::{auth, meta, orgs, runs, secrets};
+use crate::domain::common::access::{Authenticator, Memberships};
+use crate::domain::{auth, meta, orgs, runs, secrets, workflows};
 use crate::platform::db;
 use crate::platform::http::{self, CorsOrigin};
 
@@ -22,7 +23,31 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     meta::routes::configure(cfg);
     secrets::routes::configure(cfg);
     runs::routes::configure(cfg);
-    crate::domain::workflows::routes::configure(cfg);
+    workflows::routes::configure(cfg);
+}
+
+/// Every service a handler or extractor may ask for, as app data.
+fn services(state: &AppState) -> impl Fn(&mut web::ServiceConfig) + Clone {
+    let state = state.clone();
+    let access = web::Data::new(state.access_config());
+    let authenticator: web::Data<dyn Authenticator> =
+        web::Data::from(state.auth.clone() as std::sync::Arc<dyn Authenticator>);
+    let memberships: web::Data<dyn Memberships> =
+        web::Data::from(state.orgs.clone() as std::sync::Arc<dyn Memberships>);
+    move |cfg: &mut web::ServiceConfig| {
+        cfg.app_data(web::Data::new(state.clone()))
+            .app_data(access.clone())
+            .app_data(authenticator.clone())
+            .app_data(memberships.clone())
+            .app_data(web::Data::from(state.meta.clone()))
+            .app_data(web::Data::from(state.auth.clone()))
+            .app_data(web::Data::from(state.orgs.clone()))
+            .app_data(web::Data::from(state.secrets.clone()))
+            .app_data(web::Data::from(state.workflows.clone()))
+            .app_data(web::Data::from(state.runs.clone()));
+        #[cfg(feature = "oidc")]
+        cfg.app_data(web::Data::from(state.oauth.clone()));
+    }
 }
 
 async fn healthz() -> HttpResponse {
@@ -48,13 +73,13 @@ async fn readyz(state: web::Data<AppState>) -> HttpResponse {
 pub fn server(state: AppState, listener: TcpListener) -> std::io::Result<Server> {
     let workers = state.config.server.workers;
     let grace = state.config.server.shutdown_grace_secs;
-    let data = web::Data::new(state.clone());
+    let services = services(&state);
     let cors = web::Data::new(CorsOrigin(
         state.config.web.base_url.trim_end_matches('/').to_string(),
     ));
     let mut server = HttpServer::new(move || {
         App::new()
-            .app_data(data.clone())
+            .configure(services.clone())
             .app_data(cors.clone())
             .app_data(http::query_config("Invalid query"))
             .wrap(from_fn(http::edge))

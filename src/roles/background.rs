@@ -8,9 +8,15 @@ use super::Role;
 use crate::app::state::AppState;
 use crate::domain::runs;
 
-pub fn spawn(role: Role, state: AppState, stop: watch::Receiver<bool>) -> JoinHandle<()> {
-    match role {
-        Role::Worker => runs::worker::spawn(state, stop),
+pub fn spawn(
+    role: Role,
+    state: AppState,
+    stop: watch::Receiver<bool>,
+) -> Result<JoinHandle<()>, BackgroundError> {
+    Ok(match role {
+        Role::Worker => {
+            runs::worker::spawn(state.worker_parts(), stop).map_err(BackgroundError::WorkerHttp)?
+        }
         other => {
             tracing::info!(
                 role = other.name(),
@@ -21,5 +27,13 @@ pub fn spawn(role: Role, state: AppState, stop: watch::Receiver<bool>) -> JoinHa
                 let _ = stop.wait_for(|s| *s).await;
             })
         }
-    }
+    })
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackgroundError {
+    /// The worker's HTTP client (no automatic redirects, connect timeout) could not be built: the worker
+    /// does not start with a less safe one.
+    #[error("cannot build the worker's HTTP client: {0}")]
+    WorkerHttp(reqwest::Error),
 }

@@ -8,7 +8,6 @@ use std::str::FromStr;
 
 use crate::app::config::Config;
 use crate::app::state::{AppState, StartError};
-use crate::domain::secrets;
 use crate::platform::db::migrate;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,17 +84,21 @@ pub enum ServeError {
     KekCheck(String),
     #[error("secret rotation: {0}")]
     Rotate(String),
+    #[error(transparent)]
+    Background(#[from] background::BackgroundError),
 }
 
 /// Refuses to run with a keyring that cannot decrypt the secrets already stored.
 async fn check_keyring(state: &AppState) -> Result<(), ServeError> {
-    let unknown = secrets::unknown_keks(&state.db, &state.secrets)
+    let unknown = state
+        .secrets
+        .unknown_keks()
         .await
         .map_err(|e| ServeError::KekCheck(e.to_string()))?;
     if !unknown.is_empty() {
         return Err(ServeError::MissingKek(unknown.join(", ")));
     }
-    if let Some(e) = state.secrets.active_error() {
+    if let Some(e) = state.secrets.not_configured_reason() {
         tracing::warn!(
             reason = e,
             "no usable secrets KEK: secret writes answer 503 SECRETS_NOT_CONFIGURED"
@@ -114,7 +117,9 @@ pub async fn rotate_secrets(config: Config) -> Result<(), ServeError> {
     let state = AppState::build(config, None).await?;
     let owner = crate::platform::db::build_pool(&owner_url, 1, std::time::Duration::from_secs(5))
         .map_err(|e| ServeError::Rotate(e.to_string()))?;
-    let report = secrets::rotate_all(&state.db, &owner, &state.secrets)
+    let report = state
+        .secrets
+        .rotate_all(&owner)
         .await
         .map_err(|e| ServeError::Rotate(e.to_string()))?;
     println!(
@@ -150,7 +155,7 @@ pub async fn serve(config: Config, roles: Roles, run_migrations: bool) -> Result
     let mut background = Vec::new();
     for role in &roles.0 {
         if *role != Role::Api {
-            background.push(background::spawn(*role, state.clone(), stop_rx.clone()));
+            background.push(background::spawn(*role, state.clone(), stop_rx.clone())?);
         }
     }
     if roles.0.contains(&Role::Api) {

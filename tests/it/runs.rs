@@ -101,7 +101,7 @@ fn opts() -> Options {
 /// Starts an in-process worker for this app; stopped when the returned sender is dropped or set.
 fn start_worker(app: &TestApp) -> watch::Sender<bool> {
     let (tx, rx) = watch::channel(false);
-    vespid::domain::runs::worker::spawn(app.state.clone(), rx);
+    vespid::domain::runs::worker::spawn(app.state.worker_parts(), rx).expect("worker");
     tx
 }
 
@@ -637,6 +637,7 @@ async fn a_stranded_queued_run_is_picked_up_by_the_sweeper() {
 fn worker_process(app: &TestApp) -> Child {
     Command::new(BIN)
         .args(["serve", "--role=worker", "--no-migrate"])
+        .env("VESPID_ENV", "test")
         .env("DATABASE_URL", common::app_url(&app.db))
         .env("REDIS_KEY_PREFIX", format!("test:{}:", app.db))
         .env("HTTP_NODE_ALLOW_HOSTS", "127.0.0.1")

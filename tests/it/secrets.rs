@@ -4,7 +4,7 @@
 use base64::Engine;
 use serde_json::{json, Value};
 use uuid::Uuid;
-use vespid::domain::secrets;
+use vespid::domain::secrets::{SecretError, Secrets, SecretsParts};
 use vespid::platform::crypto::envelope::Keyring;
 
 use crate::common::{self, Options, TestApp};
@@ -326,14 +326,19 @@ async fn stored_as_ciphertext_bound_to_its_org() {
     assert_eq!(dek.len(), 32, "wrapped DEK without its tag");
 
     // The runtime can reveal it in its own org...
-    let plain = secrets::reveal(&app.state.db, &app.state.secrets, org_a, id)
+    let (org_a, org_b, id) = (org_a.into(), org_b.into(), id.into());
+    let plain = app
+        .state
+        .secrets
+        .reveal(org_a, id)
         .await
-        .expect("reveal");
+        .expect("reveal")
+        .value;
     assert_eq!(plain.as_str(), value);
     // ...but not through another org's context (RLS: not found).
     assert!(matches!(
-        secrets::reveal(&app.state.db, &app.state.secrets, org_b, id).await,
-        Err(secrets::SecretAccessError::NotFound)
+        app.state.secrets.reveal(org_b, id).await,
+        Err(SecretError::NotFound)
     ));
     // Moving the ciphertext row to org B (someone with DB write access) makes it undecryptable: AAD.
     let db = app.owner_db().await;
@@ -346,8 +351,8 @@ async fn stored_as_ciphertext_bound_to_its_org() {
     .await
     .expect("move row");
     assert!(matches!(
-        secrets::reveal(&app.state.db, &app.state.secrets, org_b, id).await,
-        Err(secrets::SecretAccessError::Crypto(_))
+        app.state.secrets.reveal(org_b, id).await,
+        Err(SecretError::Crypto(_))
     ));
     // B's admin cannot touch A's secret through B's routes, nor A's routes.
     let r = app
@@ -384,11 +389,12 @@ async fn kek_rotation_rewraps_and_old_key_can_be_dropped() {
     let (_, ct_before, _, _) = raw_row(&app, org).await;
 
     // A keyring that lacks the old key: start-up would refuse it.
-    let new_only = Keyring::new("test-kek-v2", &kek(9), "").expect("ring");
+    let new_only = with_keyring(
+        &app,
+        Keyring::new("test-kek-v2", &kek(9), "").expect("ring"),
+    );
     assert_eq!(
-        secrets::unknown_keks(&app.state.db, &new_only)
-            .await
-            .expect("check"),
+        new_only.unknown_keks().await.expect("check"),
         ["test-kek-v1"]
     );
 
@@ -399,16 +405,14 @@ async fn kek_rotation_rewraps_and_old_key_can_be_dropped() {
         std::time::Duration::from_secs(5),
     )
     .expect("owner pool");
-    let ring =
-        Keyring::new("test-kek-v2", &kek(9), &format!("test-kek-v1:{}", kek(7))).expect("ring");
-    let report = secrets::rotate_all(&app.state.db, &owner, &ring)
-        .await
-        .expect("rotate");
+    let ring = with_keyring(
+        &app,
+        Keyring::new("test-kek-v2", &kek(9), &format!("test-kek-v1:{}", kek(7))).expect("ring"),
+    );
+    let report = ring.rotate_all(&owner).await.expect("rotate");
     assert_eq!((report.orgs, report.rewrapped, report.failed), (1, 3, 0));
     // Idempotent: nothing left to do.
-    let again = secrets::rotate_all(&app.state.db, &owner, &ring)
-        .await
-        .expect("rotate again");
+    let again = ring.rotate_all(&owner).await.expect("rotate again");
     assert_eq!((again.orgs, again.rewrapped), (0, 0));
 
     // The app role can ask which key ids are in use, but cannot list orgs across tenants.
@@ -425,14 +429,22 @@ async fn kek_rotation_rewraps_and_old_key_can_be_dropped() {
     let (kek_id, ct_after, _, _) = raw_row(&app, org).await;
     assert_eq!(kek_id, "test-kek-v2");
     assert_eq!(ct_before, ct_after, "only the DEK is re-wrapped");
-    assert!(secrets::unknown_keks(&app.state.db, &new_only)
-        .await
-        .expect("check")
-        .is_empty());
+    assert!(new_only.unknown_keks().await.expect("check").is_empty());
     for (id, name) in ids.iter().zip(["a", "b", "c"]) {
-        let v = secrets::reveal(&app.state.db, &new_only, org, *id)
+        let v = new_only
+            .reveal(org.into(), (*id).into())
             .await
-            .expect("reveal with new key only");
+            .expect("reveal with new key only")
+            .value;
         assert_eq!(v.as_str(), format!("v-{name}"));
     }
+}
+
+/// The secrets service of this app's database under another keyring (what a restart with new keys sees).
+fn with_keyring(app: &TestApp, keyring: Keyring) -> Secrets {
+    Secrets::new(SecretsParts {
+        db: app.state.db.clone(),
+        keyring: std::sync::Arc::new(keyring),
+        allowed_connectors: Vec::new(),
+    })
 }

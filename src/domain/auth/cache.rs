@@ -1,58 +1,47 @@
-//! In-memory cache of live sessions and memberships, so an authenticated request does not need a database
-//! round trip for each of them. Revocations are immediate: this process drops the entry itself and tells
-//! every other instance over Redis pub/sub; the TTL only bounds staleness if that channel is down.
+//! In-memory cache of live sessions, so an authenticated request does not need a database round trip.
+//! Revocations are immediate: this process drops the entry itself and tells every other instance over
+//! Redis pub/sub; the TTL only bounds staleness if that channel is down.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use dashmap::DashMap;
-use fred::prelude::*;
-use uuid::Uuid;
 
+use crate::domain::common::ids::{SessionId, UserId};
+use crate::platform::cache::freshness;
 use crate::platform::redis::Redis;
 
-pub const CHANNEL: &str = "auth:invalidate";
+const CHANNEL: &str = "auth:invalidate";
 
 #[derive(Debug, Clone)]
 pub struct CachedSession {
-    pub user_id: Uuid,
+    pub user_id: UserId,
     pub refresh_token_hash: String,
     pub expires_at: DateTime<Utc>,
     checked: Instant,
     refreshing: bool,
 }
 
-#[derive(Debug, Clone)]
-struct CachedMember {
-    role: String,
-    membership_id: Uuid,
-    checked: Instant,
-    refreshing: bool,
+/// What another instance must forget.
+#[derive(Debug, Clone, Copy)]
+pub enum Forget {
+    Session(SessionId),
+    User(UserId),
 }
 
-/// Fresh within the TTL; within a second TTL the entry is still served while exactly one caller (the one
-/// told `true`) re-reads it, so an expiring entry of a busy session does not send every concurrent request
-/// to the same database row at once. Revocations never wait for this: they remove the entry.
-fn freshness(checked: Instant, refreshing: &mut bool, ttl: Duration) -> Option<bool> {
-    let age = checked.elapsed();
-    if age < ttl {
-        Some(false)
-    } else if age < ttl * 2 {
-        let claim = !*refreshing;
-        *refreshing = true;
-        Some(claim)
-    } else {
-        None
+impl Forget {
+    fn message(self) -> String {
+        match self {
+            Forget::Session(id) => format!("session:{id}"),
+            Forget::User(id) => format!("user:{id}"),
+        }
     }
 }
 
 pub struct AuthCache {
     ttl: Duration,
-    sessions: DashMap<Uuid, CachedSession>,
-    members: DashMap<(Uuid, Uuid), CachedMember>,
-    /// Org settings (read by every org-scoped settings GET and by every run); invalidated like the rest.
-    settings: DashMap<Uuid, (serde_json::Value, Instant)>,
+    sessions: DashMap<SessionId, CachedSession>,
 }
 
 impl AuthCache {
@@ -60,13 +49,11 @@ impl AuthCache {
         Arc::new(Self {
             ttl,
             sessions: DashMap::new(),
-            members: DashMap::new(),
-            settings: DashMap::new(),
         })
     }
 
     /// The cached session and whether this caller should re-read it (see [`freshness`]).
-    pub fn session(&self, id: Uuid) -> Option<(CachedSession, bool)> {
+    pub fn session(&self, id: SessionId) -> Option<(CachedSession, bool)> {
         let mut entry = self.sessions.get_mut(&id)?;
         if entry.expires_at <= Utc::now() {
             return None;
@@ -78,8 +65,8 @@ impl AuthCache {
 
     pub fn put_session(
         &self,
-        id: Uuid,
-        user_id: Uuid,
+        id: SessionId,
+        user_id: UserId,
         refresh_token_hash: String,
         expires_at: DateTime<Utc>,
     ) {
@@ -98,111 +85,40 @@ impl AuthCache {
         );
     }
 
-    /// `(role, membership id)` of a cached membership.
-    /// `(role, membership id)` of a cached membership, and whether this caller should re-read it.
-    pub fn member(&self, org: Uuid, user: Uuid) -> Option<(String, Uuid, bool)> {
-        let mut entry = self.members.get_mut(&(org, user))?;
-        let (checked, ttl) = (entry.checked, self.ttl);
-        let refresh = freshness(checked, &mut entry.refreshing, ttl)?;
-        Some((entry.role.clone(), entry.membership_id, refresh))
-    }
-
-    pub fn put_member(&self, org: Uuid, user: Uuid, role: &str, membership_id: Uuid) {
-        if self.ttl.is_zero() {
-            return;
-        }
-        self.members.insert(
-            (org, user),
-            CachedMember {
-                role: role.to_string(),
-                membership_id,
-                checked: Instant::now(),
-                refreshing: false,
-            },
-        );
-    }
-
-    pub fn org_settings(&self, org: Uuid) -> Option<serde_json::Value> {
-        let entry = self.settings.get(&org)?;
-        (entry.1.elapsed() < self.ttl).then(|| entry.0.clone())
-    }
-
-    pub fn put_org_settings(&self, org: Uuid, value: serde_json::Value) {
-        if !self.ttl.is_zero() {
-            self.settings.insert(org, (value, Instant::now()));
-        }
-    }
-
     fn apply(&self, message: &str) {
-        let mut parts = message.split(':');
-        match (parts.next(), parts.next(), parts.next()) {
-            (Some("session"), Some(id), None) => {
-                if let Ok(id) = Uuid::parse_str(id) {
-                    self.sessions.remove(&id);
+        match message.split_once(':') {
+            Some(("session", id)) => {
+                if let Ok(id) = id.parse() {
+                    self.sessions.remove(&SessionId::from_uuid(id));
                 }
             }
-            (Some("user"), Some(id), None) => {
-                if let Ok(id) = Uuid::parse_str(id) {
-                    self.sessions.retain(|_, s| s.user_id != id);
+            Some(("user", id)) => {
+                if let Ok(id) = id.parse() {
+                    let user = UserId::from_uuid(id);
+                    self.sessions.retain(|_, s| s.user_id != user);
                 }
             }
-            (Some("settings"), Some(org), None) => {
-                if let Ok(org) = Uuid::parse_str(org) {
-                    self.settings.remove(&org);
-                }
-            }
-            (Some("member"), Some(org), Some(user)) => {
-                if let (Ok(org), Ok(user)) = (Uuid::parse_str(org), Uuid::parse_str(user)) {
-                    self.members.remove(&(org, user));
-                }
-            }
-            _ => self.clear(),
+            _ => self.sessions.clear(),
         }
-    }
-
-    pub fn clear(&self) {
-        self.sessions.clear();
-        self.members.clear();
-        self.settings.clear();
     }
 
     /// Drops the entry here and broadcasts to other instances; a Redis failure only leaves them on TTL.
-    pub async fn invalidate(&self, redis: &Redis, message: String) {
+    pub async fn invalidate(&self, redis: &Redis, what: Forget) {
+        let message = what.message();
         self.apply(&message);
-        if let Err(e) = redis
-            .client
-            .publish::<i64, _, _>(redis.key(CHANNEL), message)
-            .await
-        {
-            tracing::warn!(error = %e, "auth cache invalidation not broadcast; other instances rely on the TTL");
+        if let Err(e) = redis.publish(CHANNEL, message).await {
+            tracing::warn!(error = %e, "session invalidation not broadcast; other instances rely on the TTL");
         }
     }
 
-    /// Listens for other instances' invalidations. After a reconnect we may have missed some, so the whole
-    /// cache is dropped.
+    /// Listens for other instances' invalidations. After a reconnect some may have been missed, so the
+    /// whole cache is dropped.
     pub fn spawn_listener(self: &Arc<Self>, redis: &Redis) {
-        let cache = Arc::clone(self);
-        let mut rx = redis.subscriber.message_rx();
-        tokio::spawn(async move {
-            while let Ok(msg) = rx.recv().await {
-                if let Some(text) = msg.value.as_string() {
-                    cache.apply(&text);
-                }
-            }
-        });
-        let cache = Arc::clone(self);
-        let mut reconnects = redis.subscriber.reconnect_rx();
-        tokio::spawn(async move {
-            while reconnects.recv().await.is_ok() {
-                cache.clear();
-            }
-        });
-        let subscriber = redis.subscriber.clone();
-        let channel = redis.key(CHANNEL);
-        tokio::spawn(async move {
-            if let Err(e) = subscriber.subscribe(channel).await {
-                tracing::warn!(error = %e, "cannot subscribe to auth invalidations yet; will retry on reconnect");
-            }
-        });
+        let (on_message, on_reconnect) = (Arc::clone(self), Arc::clone(self));
+        redis.listen(
+            CHANNEL,
+            move |m| on_message.apply(m),
+            move || on_reconnect.sessions.clear(),
+        );
     }
 }

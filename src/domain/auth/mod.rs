@@ -1,8 +1,10 @@
 //! Authentication: sign-up, login, sessions with rotating refresh tokens, access-token verification, and
-//! the per-request resolution of the caller (bearer first, then the refresh cookie).
+//! the per-request resolution of the caller (bearer first, then the refresh cookie). Every way in (sign-up,
+//! login, OAuth) also makes sure the user has a personal workspace, through the orgs service.
 
 pub mod cache;
-pub mod extract;
+pub mod config;
+pub mod error;
 pub mod model;
 #[cfg(feature = "oidc")]
 pub mod oauth;
@@ -17,23 +19,20 @@ use std::time::Duration;
 
 use chrono::{TimeZone, Utc};
 use diesel_async::scoped_futures::ScopedFutureExt;
-use uuid::Uuid;
+use futures_util::future::BoxFuture;
 
-use crate::app::config::Config;
+use crate::domain::common::access::{Authenticated, Authenticator, LookupError, Principal};
+use crate::domain::common::ids::{SessionId, UserId};
+use crate::domain::orgs::model::MyOrg;
+use crate::domain::orgs::Orgs;
 use crate::platform::crypto;
-use crate::platform::db::{self, PgPool, TenantCtx};
-use crate::platform::http::ApiError;
+use crate::platform::db::{self, DbError, PgPool, TenantCtx};
 use crate::platform::redis::Redis;
-use cache::AuthCache;
-use model::{NewSession, NewUser, Principal, User};
+use cache::{AuthCache, Forget};
+use config::AuthConfig;
+pub use error::AuthError;
+use model::{ClientMeta, NewSession, NewUser, User};
 use tokens::{SessionView, TokenKeys};
-
-/// Where a request came from, recorded on its session.
-#[derive(Debug, Clone, Default)]
-pub struct ClientMeta {
-    pub user_agent: Option<String>,
-    pub ip: Option<String>,
-}
 
 /// A freshly created or rotated session: the wire object and the refresh cookie value.
 pub struct IssuedSession {
@@ -41,13 +40,25 @@ pub struct IssuedSession {
     pub refresh_token: String,
 }
 
+/// What the auth service is built from.
+pub struct AuthParts {
+    pub config: AuthConfig,
+    /// Cookies carry `Secure` (production, or forced by config).
+    pub secure_cookies: bool,
+    pub db: PgPool,
+    pub redis: Redis,
+    pub orgs: Arc<Orgs>,
+}
+
 pub struct AuthService {
-    pub keys: TokenKeys,
-    pub cache: Arc<AuthCache>,
-    pub limiter: ratelimit::LoginLimiter,
-    config: Arc<Config>,
+    keys: TokenKeys,
+    cache: Arc<AuthCache>,
+    limiter: ratelimit::LoginLimiter,
+    config: AuthConfig,
+    secure_cookies: bool,
     db: PgPool,
     redis: Redis,
+    orgs: Arc<Orgs>,
 }
 
 fn now() -> i64 {
@@ -55,36 +66,51 @@ fn now() -> i64 {
 }
 
 impl AuthService {
-    pub fn new(config: Arc<Config>, db: PgPool, redis: Redis) -> Self {
-        let cache = AuthCache::new(Duration::from_secs(config.auth.session_cache_ttl_secs));
+    pub fn new(parts: AuthParts) -> Self {
+        let AuthParts {
+            config,
+            secure_cookies,
+            db,
+            redis,
+            orgs,
+        } = parts;
+        let cache = AuthCache::new(Duration::from_secs(config.session_cache_ttl_secs));
         cache.spawn_listener(&redis);
         Self {
-            keys: TokenKeys::new(&config.auth),
+            keys: TokenKeys::new(&config),
             limiter: ratelimit::LoginLimiter::new(
                 redis.clone(),
-                config.auth.login_max_failures,
-                config.auth.login_failure_window_secs,
+                config.login_max_failures,
+                config.login_failure_window_secs,
             ),
             cache,
             config,
+            secure_cookies,
             db,
             redis,
+            orgs,
         }
     }
 
-    /// Creates the account (email lower-cased and trimmed) and a first session.
+    pub fn config(&self) -> &AuthConfig {
+        &self.config
+    }
+
+    pub fn secure_cookies(&self) -> bool {
+        self.secure_cookies
+    }
+
+    /// Creates the account (email lower-cased and trimmed), a first session and the personal workspace.
     pub async fn signup(
         &self,
         email: &str,
         password: String,
         display_name: Option<String>,
         meta: &ClientMeta,
-    ) -> Result<(User, IssuedSession), ApiError> {
+    ) -> Result<(User, IssuedSession), AuthError> {
         let email = email.trim().to_lowercase();
-        let hash = password::hash(password)
-            .await
-            .map_err(|_| ApiError::internal())?;
-        let id = Uuid::new_v4();
+        let hash = password::hash(password).await?;
+        let id = UserId::random();
         let user = db::plain(&self.db, |c| {
             async move {
                 store::insert_user(
@@ -97,14 +123,13 @@ impl AuthService {
                     },
                 )
                 .await
-                .map_err(ApiError::from)
+                .map_err(AuthError::from)
             }
             .scope_boxed()
         })
         .await?
-        .ok_or_else(|| ApiError::conflict("Email already registered"))?;
-        let issued = self.create_session(&user, meta).await?;
-        Ok((user, issued))
+        .ok_or(AuthError::EmailTaken)?;
+        self.signed_in(user, meta).await
     }
 
     /// Same answer for unknown email and wrong password, in about the same time; failures are throttled
@@ -114,7 +139,7 @@ impl AuthService {
         email: &str,
         password: String,
         meta: &ClientMeta,
-    ) -> Result<(User, IssuedSession), ApiError> {
+    ) -> Result<(User, IssuedSession), AuthError> {
         let email = email.trim().to_lowercase();
         self.limiter.check(&email, meta.ip.as_deref()).await?;
         let lookup = email.clone();
@@ -122,7 +147,7 @@ impl AuthService {
             async move {
                 store::find_user_by_email(c, &lookup)
                     .await
-                    .map_err(ApiError::from)
+                    .map_err(AuthError::from)
             }
             .scope_boxed()
         })
@@ -138,37 +163,68 @@ impl AuthService {
                 self.limiter
                     .record_failure(&email, meta.ip.as_deref())
                     .await;
-                return Err(ApiError::unauthorized("Invalid credentials"));
+                return Err(AuthError::InvalidCredentials);
             }
         };
         if needs_rehash {
-            // Legacy scrypt hash: upgrade to argon2id now that we know the password.
-            if let Ok(new_hash) = password::hash(password).await {
-                let id = user.id;
-                let _ = db::plain(&self.db, |c| {
-                    async move {
-                        store::set_password_hash(c, id, &new_hash)
-                            .await
-                            .map_err(ApiError::from)
-                    }
-                    .scope_boxed()
-                })
-                .await;
-            }
+            self.upgrade_hash(user.id, password).await;
         }
+        self.signed_in(user, meta).await
+    }
+
+    /// Legacy scrypt hash: upgrade to argon2id now that we know the password. A failure only means the
+    /// upgrade waits for the next login.
+    async fn upgrade_hash(&self, id: UserId, password: String) {
+        let upgraded = async {
+            let new_hash = password::hash(password).await?;
+            db::plain(&self.db, |c| {
+                async move {
+                    store::set_password_hash(c, id, &new_hash)
+                        .await
+                        .map_err(AuthError::from)
+                }
+                .scope_boxed()
+            })
+            .await
+        }
+        .await;
+        if let Err(e) = upgraded {
+            tracing::warn!(user_id = %id, error = %e, "legacy password hash not upgraded");
+        }
+    }
+
+    /// Finds or creates the user of an OAuth login, then signs them in. Only verified emails reach here,
+    /// so linking to an existing account by email is safe.
+    pub async fn oauth_sign_in(
+        &self,
+        email: &str,
+        display_name: Option<String>,
+        meta: &ClientMeta,
+    ) -> Result<(User, IssuedSession), AuthError> {
+        let user = self.oauth_user(email, display_name).await?;
+        self.signed_in(user, meta).await
+    }
+
+    /// A new session for a user who just proved who they are, and their personal workspace.
+    async fn signed_in(
+        &self,
+        user: User,
+        meta: &ClientMeta,
+    ) -> Result<(User, IssuedSession), AuthError> {
         let issued = self.create_session(&user, meta).await?;
+        self.orgs.ensure_personal_workspace(user.id).await?;
         Ok((user, issued))
     }
 
-    pub async fn create_session(
+    async fn create_session(
         &self,
         user: &User,
         meta: &ClientMeta,
-    ) -> Result<IssuedSession, ApiError> {
-        let session_id = Uuid::new_v4();
+    ) -> Result<IssuedSession, AuthError> {
+        let session_id = SessionId::random();
         let now_ts = now();
-        let expires = now_ts + self.config.auth.session_ttl_secs;
-        let absolute = now_ts + self.config.auth.session_absolute_ttl_secs;
+        let expires = now_ts + self.config.session_ttl_secs;
+        let absolute = now_ts + self.config.session_absolute_ttl_secs;
         let refresh_token = self
             .keys
             .mint_refresh(session_id, user.id, expires.min(absolute));
@@ -191,7 +247,7 @@ impl AuthService {
                     },
                 )
                 .await
-                .map_err(ApiError::from)
+                .map_err(AuthError::from)
             }
             .scope_boxed()
         })
@@ -206,29 +262,28 @@ impl AuthService {
 
     /// Resolves the caller: a valid bearer token of a live session, else a valid refresh cookie (without
     /// rotation; the caller then gets a fresh access token in `x-access-token`).
-    pub async fn authenticate(
+    pub async fn resolve(
         &self,
         bearer: Option<&str>,
         cookie: Option<&str>,
-    ) -> Result<Option<(Principal, Option<String>)>, ApiError> {
+    ) -> Result<Option<Authenticated>, DbError> {
         if let Some(claims) = bearer.and_then(|t| self.keys.verify_access(t)) {
             if self.session_live(claims.sid, claims.sub).await?.is_some() {
-                tracing::Span::current().record("user_id", tracing::field::display(claims.sub));
-                return Ok(Some((
-                    Principal {
+                return Ok(Some(Authenticated {
+                    principal: Principal {
                         user_id: claims.sub,
                         email: claims.email,
                         session_id: claims.sid,
                         via_cookie: false,
                     },
-                    None,
-                )));
+                    minted_access_token: None,
+                }));
             }
         }
         let Some(cookie) = cookie else {
             return Ok(None);
         };
-        let Some((principal, _)) = self.check_refresh_cookie(cookie).await? else {
+        let Some(principal) = self.check_refresh_cookie(cookie).await? else {
             return Ok(None);
         };
         let minted = self
@@ -240,17 +295,19 @@ impl AuthService {
                 now(),
             )
             .token;
-        tracing::Span::current().record("user_id", tracing::field::display(principal.user_id));
-        Ok(Some((principal, Some(minted))))
+        Ok(Some(Authenticated {
+            principal,
+            minted_access_token: Some(minted),
+        }))
     }
 
     /// A live session's refresh-token hash, from the cache or the database (which also marks it used: at
     /// most once per cache TTL, instead of on every request).
     async fn session_live(
         &self,
-        session_id: Uuid,
-        user_id: Uuid,
-    ) -> Result<Option<String>, ApiError> {
+        session_id: SessionId,
+        user_id: UserId,
+    ) -> Result<Option<String>, DbError> {
         if let Some((s, false)) = self.cache.session(session_id) {
             return Ok((s.user_id == user_id).then_some(s.refresh_token_hash));
         }
@@ -258,7 +315,7 @@ impl AuthService {
             async move {
                 store::touch_live_session(c, session_id, user_id)
                     .await
-                    .map_err(ApiError::from)
+                    .map_err(DbError::from)
             }
             .scope_boxed()
         })
@@ -271,12 +328,8 @@ impl AuthService {
         }))
     }
 
-    /// Signature, expiry, live session and the stored hash (constant-time). Returns the principal and the
-    /// hash presented.
-    async fn check_refresh_cookie(
-        &self,
-        cookie: &str,
-    ) -> Result<Option<(Principal, String)>, ApiError> {
+    /// Signature, expiry, live session and the stored hash (constant-time).
+    async fn check_refresh_cookie(&self, cookie: &str) -> Result<Option<Principal>, DbError> {
         let Some(payload) = self.keys.verify_refresh(cookie, now()) else {
             return Ok(None);
         };
@@ -290,47 +343,56 @@ impl AuthService {
         if !crypto::ct_eq(presented.as_bytes(), stored.as_bytes()) {
             return Ok(None);
         }
-        let Some(user) = self.user(payload.user_id).await? else {
+        let Some(user) = self.find_user(payload.user_id).await? else {
             return Ok(None);
         };
-        Ok(Some((
-            Principal {
-                user_id: user.id,
-                email: user.email,
-                session_id: payload.session_id,
-                via_cookie: true,
-            },
-            presented,
-        )))
+        Ok(Some(Principal {
+            user_id: user.id,
+            email: user.email,
+            session_id: payload.session_id,
+            via_cookie: true,
+        }))
     }
 
-    pub async fn user(&self, id: Uuid) -> Result<Option<User>, ApiError> {
+    async fn find_user(&self, id: UserId) -> Result<Option<User>, DbError> {
         db::plain(&self.db, |c| {
-            async move { store::find_user(c, id).await.map_err(ApiError::from) }.scope_boxed()
+            async move { store::find_user(c, id).await.map_err(DbError::from) }.scope_boxed()
         })
         .await
     }
 
+    /// `/v1/me`: the caller's account and orgs (creating the personal workspace if they have none).
+    pub async fn me(&self, caller: &Principal) -> Result<(User, Vec<MyOrg>), AuthError> {
+        let user = self
+            .find_user(caller.user_id)
+            .await?
+            .ok_or(AuthError::SessionInvalid)?;
+        let orgs = self.orgs.my_orgs(user.id).await?;
+        Ok((user, orgs))
+    }
+
     /// Rotates the refresh token (compare-and-swap on its hash). A correctly signed token that is no longer
     /// the current one means it was copied: the session is revoked.
-    pub async fn refresh(&self, cookie: &str) -> Result<(User, IssuedSession), ApiError> {
-        let invalid = || ApiError::unauthorized("Refresh token is invalid or expired");
+    pub async fn refresh(&self, cookie: &str) -> Result<(User, IssuedSession), AuthError> {
         let payload = self
             .keys
             .verify_refresh(cookie, now())
-            .ok_or_else(invalid)?;
+            .ok_or(AuthError::RefreshInvalid)?;
         let (sid, uid) = (payload.session_id, payload.user_id);
         let old_hash = crypto::sha256_hex(cookie.as_bytes());
-        let user = self.user(uid).await?.ok_or_else(invalid)?;
+        let user = self
+            .find_user(uid)
+            .await?
+            .ok_or(AuthError::RefreshInvalid)?;
         let now_ts = now();
-        let new_token_expiry = now_ts + self.config.auth.session_ttl_secs;
+        let new_token_expiry = now_ts + self.config.session_ttl_secs;
         // Rotation reads the absolute cap inside the same transaction as the swap.
         let keys = &self.keys;
         let old = old_hash.clone();
         let outcome = db::tenant_tx(&self.db, TenantCtx::user(uid), |c| {
             async move {
                 let Some(live) = store::touch_live_session(c, sid, uid).await? else {
-                    return Ok::<_, ApiError>(Rotation::Dead);
+                    return Ok::<_, AuthError>(Rotation::Dead);
                 };
                 if !crypto::ct_eq(live.refresh_token_hash.as_bytes(), old.as_bytes()) {
                     store::revoke_session(c, sid).await?;
@@ -360,13 +422,14 @@ impl AuthService {
             } => {
                 // Other instances may still hold the old hash: they must forget it now.
                 self.cache
-                    .invalidate(&self.redis, format!("session:{sid}"))
+                    .invalidate(&self.redis, Forget::Session(sid))
                     .await;
                 self.cache.put_session(sid, uid, hash, ts(expiry));
+                let session = self.keys.mint_access(uid, &user.email, sid, now_ts);
                 Ok((
-                    user.clone(),
+                    user,
                     IssuedSession {
-                        session: self.keys.mint_access(uid, &user.email, sid, now_ts),
+                        session,
                         refresh_token: token,
                     },
                 ))
@@ -374,57 +437,54 @@ impl AuthService {
             Rotation::Reused => {
                 tracing::warn!(session_id = %sid, "superseded refresh token presented; session revoked");
                 self.cache
-                    .invalidate(&self.redis, format!("session:{sid}"))
+                    .invalidate(&self.redis, Forget::Session(sid))
                     .await;
-                Err(invalid())
+                Err(AuthError::RefreshInvalid)
             }
-            Rotation::Dead => Err(invalid()),
+            Rotation::Dead => Err(AuthError::RefreshInvalid),
         }
     }
 
-    pub async fn logout(&self, p: &Principal) -> Result<(), ApiError> {
+    pub async fn logout(&self, p: &Principal) -> Result<(), AuthError> {
         let (sid, uid) = (p.session_id, p.user_id);
         db::tenant_tx(&self.db, TenantCtx::user(uid), |c| {
-            async move { store::revoke_session(c, sid).await.map_err(ApiError::from) }.scope_boxed()
+            async move { store::revoke_session(c, sid).await.map_err(AuthError::from) }
+                .scope_boxed()
         })
         .await?;
         self.cache
-            .invalidate(&self.redis, format!("session:{sid}"))
+            .invalidate(&self.redis, Forget::Session(sid))
             .await;
         Ok(())
     }
 
-    pub async fn logout_all(&self, p: &Principal) -> Result<usize, ApiError> {
+    pub async fn logout_all(&self, p: &Principal) -> Result<usize, AuthError> {
         let uid = p.user_id;
         let n = db::tenant_tx(&self.db, TenantCtx::user(uid), |c| {
             async move {
                 store::revoke_all_sessions(c, uid)
                     .await
-                    .map_err(ApiError::from)
+                    .map_err(AuthError::from)
             }
             .scope_boxed()
         })
         .await?;
-        self.cache
-            .invalidate(&self.redis, format!("user:{uid}"))
-            .await;
+        self.cache.invalidate(&self.redis, Forget::User(uid)).await;
         Ok(n)
     }
 
-    /// Finds or creates the user of an OAuth login. Only verified emails reach here, so linking to an
-    /// existing account by email is safe.
-    pub async fn oauth_user(
+    async fn oauth_user(
         &self,
         email: &str,
         display_name: Option<String>,
-    ) -> Result<User, ApiError> {
+    ) -> Result<User, AuthError> {
         let email = email.trim().to_lowercase();
         let lookup = email.clone();
         let existing = db::plain(&self.db, |c| {
             async move {
                 store::find_user_by_email(c, &lookup)
                     .await
-                    .map_err(ApiError::from)
+                    .map_err(AuthError::from)
             }
             .scope_boxed()
         })
@@ -433,7 +493,7 @@ impl AuthService {
             return Ok(u);
         }
         let hash = password::unusable_hash();
-        let id = Uuid::new_v4();
+        let id = UserId::random();
         let lookup = email.clone();
         db::plain(&self.db, |c| {
             async move {
@@ -453,14 +513,28 @@ impl AuthService {
                 {
                     Some(u) => Ok(u),
                     // Lost a race with a concurrent sign-up of the same email: use that account.
-                    None => store::find_user_by_email(c, &lookup)
-                        .await?
-                        .ok_or_else(ApiError::internal),
+                    None => {
+                        store::find_user_by_email(c, &lookup)
+                            .await?
+                            .ok_or(AuthError::Inconsistent(
+                                "user vanished after a conflicting insert",
+                            ))
+                    }
                 }
             }
             .scope_boxed()
         })
         .await
+    }
+}
+
+impl Authenticator for AuthService {
+    fn authenticate<'a>(
+        &'a self,
+        bearer: Option<&'a str>,
+        cookie: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<Option<Authenticated>, LookupError>> {
+        Box::pin(async move { Ok(self.resolve(bearer, cookie).await?) })
     }
 }
 

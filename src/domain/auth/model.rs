@@ -1,26 +1,26 @@
-//! Auth data as stored and as shown.
+//! Users and sessions as stored and as shown.
 
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use serde::Serialize;
-use uuid::Uuid;
 
+use crate::domain::common::ids::{SessionId, UserId};
+use crate::domain::common::time::iso;
 use crate::platform::db::schema::{auth_sessions, users};
 
-#[derive(Debug, Clone, Queryable, Selectable)]
+#[derive(Debug, Clone, Queryable, Selectable, QueryableByName)]
 #[diesel(table_name = users)]
 pub struct User {
-    pub id: Uuid,
+    pub id: UserId,
     pub email: String,
     pub password_hash: String,
     pub display_name: Option<String>,
     pub created_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Insertable)]
-#[diesel(table_name = users)]
+#[derive(Debug)]
 pub struct NewUser<'a> {
-    pub id: Uuid,
+    pub id: UserId,
     pub email: &'a str,
     pub password_hash: &'a str,
     pub display_name: Option<&'a str>,
@@ -30,7 +30,7 @@ pub struct NewUser<'a> {
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct UserView {
-    pub id: Uuid,
+    pub id: UserId,
     pub email: String,
     pub display_name: Option<String>,
     pub created_at: String,
@@ -47,16 +47,11 @@ impl From<&User> for UserView {
     }
 }
 
-/// ISO-8601 UTC with milliseconds, as JavaScript's `toISOString()`.
-pub fn iso(t: DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(SecondsFormat::Millis, true)
-}
-
 #[derive(Debug, Insertable)]
 #[diesel(table_name = auth_sessions)]
 pub struct NewSession<'a> {
-    pub id: Uuid,
-    pub user_id: Uuid,
+    pub id: SessionId,
+    pub user_id: UserId,
     pub refresh_token_hash: &'a str,
     pub expires_at: DateTime<Utc>,
     pub absolute_expires_at: DateTime<Utc>,
@@ -72,11 +67,9 @@ pub struct LiveSession {
     pub absolute_expires_at: DateTime<Utc>,
 }
 
-/// The authenticated caller.
-#[derive(Debug, Clone)]
-pub struct Principal {
-    pub user_id: Uuid,
-    pub email: String,
-    pub session_id: Uuid,
-    pub via_cookie: bool,
+/// Where a request came from, recorded on its session.
+#[derive(Debug, Clone, Default)]
+pub struct ClientMeta {
+    pub user_agent: Option<String>,
+    pub ip: Option<String>,
 }

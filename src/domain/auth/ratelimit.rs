@@ -5,8 +5,14 @@
 use fred::prelude::*;
 
 use crate::platform::crypto;
-use crate::platform::http::ApiError;
 use crate::platform::redis::Redis;
+
+/// Too many failures: try again in this many seconds.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("too many failed attempts, retry in {retry_after_secs} s")]
+pub struct Throttled {
+    pub retry_after_secs: u64,
+}
 
 pub struct LoginLimiter {
     redis: Redis,
@@ -36,7 +42,7 @@ impl LoginLimiter {
         keys
     }
 
-    pub async fn check(&self, email: &str, ip: Option<&str>) -> Result<(), ApiError> {
+    pub async fn check(&self, email: &str, ip: Option<&str>) -> Result<(), Throttled> {
         if self.max_failures == 0 {
             return Ok(());
         }
@@ -60,7 +66,9 @@ impl LoginLimiter {
                         retry_after_secs = retry,
                         "login throttled"
                     );
-                    return Err(ApiError::rate_limited(retry));
+                    return Err(Throttled {
+                        retry_after_secs: retry.max(1),
+                    });
                 }
                 Ok(_) => {}
                 Err(e) => {

@@ -5,13 +5,11 @@ use actix_web::http::{header, StatusCode};
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::json;
 
-use super::extract::AuthUser;
-use super::model::{User, UserView};
+use super::model::{ClientMeta, User, UserView};
 use super::password::MAX_PASSWORD_BYTES;
-use super::{ClientMeta, IssuedSession};
-use crate::app::config::Config;
-use crate::app::state::AppState;
-use crate::domain::orgs;
+use super::{AuthError, AuthService, IssuedSession};
+use crate::domain::common::access::AccessConfig;
+use crate::domain::common::extract::{same_origin, AuthUser};
 use crate::platform::http::{ApiError, Form, JsonBody};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -23,6 +21,23 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/v1/me", web::get().to(me));
     #[cfg(feature = "oidc")]
     super::oauth::routes::configure(cfg);
+}
+
+impl From<AuthError> for ApiError {
+    fn from(e: AuthError) -> Self {
+        match e {
+            AuthError::EmailTaken => ApiError::conflict("Email already registered"),
+            AuthError::InvalidCredentials => ApiError::unauthorized("Invalid credentials"),
+            AuthError::Throttled(t) => ApiError::rate_limited(t.retry_after_secs),
+            AuthError::RefreshInvalid => {
+                ApiError::unauthorized("Refresh token is invalid or expired")
+            }
+            AuthError::SessionInvalid => ApiError::unauthorized("Session is invalid"),
+            AuthError::Workspace(e) => e.into(),
+            AuthError::Db(e) => e.into(),
+            e @ (AuthError::Hash(_) | AuthError::Inconsistent(_)) => ApiError::internal_from(e),
+        }
+    }
 }
 
 pub fn client_meta(req: &HttpRequest) -> ClientMeta {
@@ -37,22 +52,23 @@ pub fn client_meta(req: &HttpRequest) -> ClientMeta {
 }
 
 /// The refresh cookie: HttpOnly, Path=/, SameSite=Lax, Max-Age = session TTL, Secure per config.
-pub fn session_cookie(config: &Config, value: String) -> Cookie<'static> {
-    Cookie::build(config.auth.session_cookie_name.clone(), value)
+pub fn session_cookie(auth: &AuthService, value: String) -> Cookie<'static> {
+    let config = auth.config();
+    Cookie::build(config.session_cookie_name.clone(), value)
         .http_only(true)
         .path("/")
         .same_site(SameSite::Lax)
-        .secure(config.cookie_secure())
-        .max_age(CookieDuration::seconds(config.auth.session_ttl_secs))
+        .secure(auth.secure_cookies())
+        .max_age(CookieDuration::seconds(config.session_ttl_secs))
         .finish()
 }
 
-pub fn clear_cookie(config: &Config, name: &str) -> Cookie<'static> {
+pub fn clear_cookie(auth: &AuthService, name: &str) -> Cookie<'static> {
     let mut c = Cookie::build(name.to_string(), "")
         .http_only(true)
         .path("/")
         .same_site(SameSite::Lax)
-        .secure(config.cookie_secure())
+        .secure(auth.secure_cookies())
         .finish();
     c.make_removal();
     c
@@ -60,7 +76,7 @@ pub fn clear_cookie(config: &Config, name: &str) -> Cookie<'static> {
 
 /// `{session, user}` with the refresh cookie set.
 pub fn session_response(
-    config: &Config,
+    auth: &AuthService,
     status: StatusCode,
     user: &User,
     issued: IssuedSession,
@@ -71,19 +87,25 @@ pub fn session_response(
         obj.insert(k.to_string(), v);
     }
     HttpResponse::build(status)
-        .cookie(session_cookie(config, issued.refresh_token))
+        .cookie(session_cookie(auth, issued.refresh_token))
         .json(body)
 }
 
-async fn signup(
-    state: web::Data<AppState>,
-    req: HttpRequest,
-    body: JsonBody,
-) -> Result<HttpResponse, ApiError> {
+/// Email and password of a sign-up or login body (`min_password` chars at least).
+fn credentials(
+    body: &JsonBody,
+    min_password: usize,
+    with_name: bool,
+    message: &'static str,
+) -> Result<(String, String, Option<String>), ApiError> {
     let mut f = Form::new(&body.0);
     let email = f.email("email");
-    let password = f.string("password", 8, usize::MAX);
-    let display_name = f.opt_string("displayName", 1, 120);
+    let password = f.string("password", min_password, usize::MAX);
+    let display_name = if with_name {
+        f.opt_string("displayName", 1, 120)
+    } else {
+        None
+    };
     if password
         .as_ref()
         .is_some_and(|p| p.len() > MAX_PASSWORD_BYTES)
@@ -93,17 +115,24 @@ async fn signup(
             format!("Password must be at most {MAX_PASSWORD_BYTES} bytes"),
         );
     }
-    f.finish("Invalid signup payload")?;
-    let (Some(email), Some(password)) = (email, password) else {
-        return Err(ApiError::bad_request("Invalid signup payload"));
-    };
-    let (user, issued) = state
-        .auth
+    f.finish(message)?;
+    match (email, password) {
+        (Some(email), Some(password)) => Ok((email, password, display_name)),
+        _ => Err(ApiError::bad_request(message)),
+    }
+}
+
+async fn signup(
+    auth: web::Data<AuthService>,
+    req: HttpRequest,
+    body: JsonBody,
+) -> Result<HttpResponse, ApiError> {
+    let (email, password, display_name) = credentials(&body, 8, true, "Invalid signup payload")?;
+    let (user, issued) = auth
         .signup(&email, password, display_name, &client_meta(&req))
         .await?;
-    orgs::ensure_personal_workspace(&state, user.id).await?;
     Ok(session_response(
-        &state.config,
+        &auth,
         StatusCode::CREATED,
         &user,
         issued,
@@ -112,87 +141,52 @@ async fn signup(
 }
 
 async fn login(
-    state: web::Data<AppState>,
+    auth: web::Data<AuthService>,
     req: HttpRequest,
     body: JsonBody,
 ) -> Result<HttpResponse, ApiError> {
-    let mut f = Form::new(&body.0);
-    let email = f.email("email");
-    let password = f.string("password", 1, usize::MAX);
-    if password
-        .as_ref()
-        .is_some_and(|p| p.len() > MAX_PASSWORD_BYTES)
-    {
-        f.invalid().field(
-            "password",
-            format!("Password must be at most {MAX_PASSWORD_BYTES} bytes"),
-        );
-    }
-    f.finish("Invalid login payload")?;
-    let (Some(email), Some(password)) = (email, password) else {
-        return Err(ApiError::bad_request("Invalid login payload"));
-    };
-    let (user, issued) = state
-        .auth
-        .login(&email, password, &client_meta(&req))
-        .await?;
-    orgs::ensure_personal_workspace(&state, user.id).await?;
-    Ok(session_response(
-        &state.config,
-        StatusCode::OK,
-        &user,
-        issued,
-        None,
-    ))
+    let (email, password, _) = credentials(&body, 1, false, "Invalid login payload")?;
+    let (user, issued) = auth.login(&email, password, &client_meta(&req)).await?;
+    Ok(session_response(&auth, StatusCode::OK, &user, issued, None))
 }
 
-async fn refresh(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
+async fn refresh(
+    auth: web::Data<AuthService>,
+    access: web::Data<AccessConfig>,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
     // Refresh is authenticated by the cookie alone: the same cross-site rule as other cookie writes.
-    if !super::extract::same_origin(&req, &state.config.web.base_url) {
+    if !same_origin(&req, &access.web_origin) {
         return Err(ApiError::forbidden("Cross-site request rejected"));
     }
     let cookie = req
-        .cookie(&state.config.auth.session_cookie_name)
+        .cookie(&auth.config().session_cookie_name)
         .map(|c| c.value().to_string())
         .filter(|v| !v.is_empty())
         .ok_or_else(|| ApiError::unauthorized("Session cookie is required"))?;
-    let (user, issued) = state.auth.refresh(&cookie).await?;
-    Ok(session_response(
-        &state.config,
-        StatusCode::OK,
-        &user,
-        issued,
-        None,
-    ))
+    let (user, issued) = auth.refresh(&cookie).await?;
+    Ok(session_response(&auth, StatusCode::OK, &user, issued, None))
 }
 
-async fn logout(state: web::Data<AppState>, user: AuthUser) -> Result<HttpResponse, ApiError> {
-    state.auth.logout(&user).await?;
+async fn logout(auth: web::Data<AuthService>, user: AuthUser) -> Result<HttpResponse, ApiError> {
+    auth.logout(&user).await?;
     Ok(HttpResponse::Ok()
-        .cookie(clear_cookie(
-            &state.config,
-            &state.config.auth.session_cookie_name,
-        ))
+        .cookie(clear_cookie(&auth, &auth.config().session_cookie_name))
         .json(json!({ "ok": true })))
 }
 
-async fn logout_all(state: web::Data<AppState>, user: AuthUser) -> Result<HttpResponse, ApiError> {
-    let n = state.auth.logout_all(&user).await?;
+async fn logout_all(
+    auth: web::Data<AuthService>,
+    user: AuthUser,
+) -> Result<HttpResponse, ApiError> {
+    let n = auth.logout_all(&user).await?;
     Ok(HttpResponse::Ok()
-        .cookie(clear_cookie(
-            &state.config,
-            &state.config.auth.session_cookie_name,
-        ))
+        .cookie(clear_cookie(&auth, &auth.config().session_cookie_name))
         .json(json!({ "ok": true, "revokedCount": n })))
 }
 
-async fn me(state: web::Data<AppState>, caller: AuthUser) -> Result<HttpResponse, ApiError> {
-    let user = state
-        .auth
-        .user(caller.user_id)
-        .await?
-        .ok_or_else(|| ApiError::unauthorized("Session is invalid"))?;
-    let orgs = orgs::my_orgs(&state, user.id).await?;
+async fn me(auth: web::Data<AuthService>, caller: AuthUser) -> Result<HttpResponse, ApiError> {
+    let (user, orgs) = auth.me(&caller).await?;
     let default_org = orgs.first().map(|o| o.id);
     Ok(HttpResponse::Ok().json(json!({
         "user": UserView::from(&user),

@@ -4,9 +4,9 @@ use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel::upsert::on_constraint;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
-use uuid::Uuid;
 
 use super::model::{LiveSession, NewSession, NewUser, User};
+use crate::domain::common::ids::{SessionId, UserId};
 use crate::platform::db::schema::{auth_sessions, users};
 
 diesel::define_sql_function!(fn lower(x: diesel::sql_types::Text) -> diesel::sql_types::Text);
@@ -23,7 +23,7 @@ pub async fn find_user_by_email(
         .optional()
 }
 
-pub async fn find_user(conn: &mut AsyncPgConnection, id: Uuid) -> QueryResult<Option<User>> {
+pub async fn find_user(conn: &mut AsyncPgConnection, id: UserId) -> QueryResult<Option<User>> {
     users::table
         .find(id)
         .select(User::as_select())
@@ -46,41 +46,14 @@ pub async fn insert_user(
     .bind::<diesel::sql_types::Text, _>(new.email)
     .bind::<diesel::sql_types::Text, _>(new.password_hash)
     .bind::<diesel::sql_types::Nullable<diesel::sql_types::Text>, _>(new.display_name)
-    .get_result::<UserRow>(conn)
+    .get_result::<User>(conn)
     .await
     .optional()
-    .map(|r| r.map(User::from))
-}
-
-#[derive(QueryableByName)]
-struct UserRow {
-    #[diesel(sql_type = diesel::sql_types::Uuid)]
-    id: Uuid,
-    #[diesel(sql_type = diesel::sql_types::Text)]
-    email: String,
-    #[diesel(sql_type = diesel::sql_types::Text)]
-    password_hash: String,
-    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
-    display_name: Option<String>,
-    #[diesel(sql_type = diesel::sql_types::Timestamptz)]
-    created_at: DateTime<Utc>,
-}
-
-impl From<UserRow> for User {
-    fn from(r: UserRow) -> Self {
-        Self {
-            id: r.id,
-            email: r.email,
-            password_hash: r.password_hash,
-            display_name: r.display_name,
-            created_at: r.created_at,
-        }
-    }
 }
 
 pub async fn set_password_hash(
     conn: &mut AsyncPgConnection,
-    id: Uuid,
+    id: UserId,
     hash: &str,
 ) -> QueryResult<()> {
     diesel::update(users::table.find(id))
@@ -103,8 +76,8 @@ pub async fn insert_session(conn: &mut AsyncPgConnection, new: NewSession<'_>) -
 /// Marks a live session used and returns it; `None` when revoked, expired or unknown.
 pub async fn touch_live_session(
     conn: &mut AsyncPgConnection,
-    session_id: Uuid,
-    user_id: Uuid,
+    session_id: SessionId,
+    user_id: UserId,
 ) -> QueryResult<Option<LiveSession>> {
     let now = Utc::now();
     diesel::update(
@@ -130,8 +103,8 @@ pub async fn touch_live_session(
 /// with the same token cannot both win.
 pub async fn rotate_refresh(
     conn: &mut AsyncPgConnection,
-    session_id: Uuid,
-    user_id: Uuid,
+    session_id: SessionId,
+    user_id: UserId,
     old_hash: &str,
     new_hash: &str,
     new_expires: DateTime<Utc>,
@@ -158,7 +131,7 @@ pub async fn rotate_refresh(
 
 pub async fn session_expiry(
     conn: &mut AsyncPgConnection,
-    session_id: Uuid,
+    session_id: SessionId,
 ) -> QueryResult<Option<DateTime<Utc>>> {
     auth_sessions::table
         .find(session_id)
@@ -168,7 +141,10 @@ pub async fn session_expiry(
         .optional()
 }
 
-pub async fn revoke_session(conn: &mut AsyncPgConnection, session_id: Uuid) -> QueryResult<usize> {
+pub async fn revoke_session(
+    conn: &mut AsyncPgConnection,
+    session_id: SessionId,
+) -> QueryResult<usize> {
     diesel::update(
         auth_sessions::table
             .filter(auth_sessions::id.eq(session_id))
@@ -181,7 +157,7 @@ pub async fn revoke_session(conn: &mut AsyncPgConnection, session_id: Uuid) -> Q
 
 pub async fn revoke_all_sessions(
     conn: &mut AsyncPgConnection,
-    user_id: Uuid,
+    user_id: UserId,
 ) -> QueryResult<usize> {
     diesel::update(
         auth_sessions::table

@@ -1,18 +1,17 @@
 //! Access tokens (JWT HS256 with a key id, so the key can be rotated) and refresh tokens (the original's
 //! signed `<p>.<s>` format; only their SHA-256 is stored).
 
+use super::config::AuthConfig;
+use crate::domain::common::ids::{SessionId, UserId};
+use crate::platform::crypto;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
-use uuid::Uuid;
-
-use crate::app::config::AuthConfig;
-use crate::platform::crypto;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AccessClaims {
-    pub sub: Uuid,
+    pub sub: UserId,
     pub email: String,
-    pub sid: Uuid,
+    pub sid: SessionId,
     pub typ: String,
     pub iat: i64,
     pub exp: i64,
@@ -23,9 +22,9 @@ pub struct AccessClaims {
 #[serde(rename_all = "camelCase")]
 pub struct SessionView {
     pub token: String,
-    pub user_id: Uuid,
+    pub user_id: UserId,
     pub email: String,
-    pub session_id: Uuid,
+    pub session_id: SessionId,
     pub token_type: &'static str,
     pub issued_at: i64,
     pub expires_at: i64,
@@ -34,8 +33,8 @@ pub struct SessionView {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RefreshPayload {
-    pub session_id: Uuid,
-    pub user_id: Uuid,
+    pub session_id: SessionId,
+    pub user_id: UserId,
     pub token_nonce: String,
     pub expires_at: i64,
 }
@@ -49,7 +48,10 @@ struct Key {
 impl Key {
     fn new(secret: &str) -> Self {
         // The key id names the key without revealing it: a short hash.
-        let kid = crypto::sha256_hex(secret.as_bytes())[..12].to_string();
+        let kid = crypto::sha256_hex(secret.as_bytes())
+            .chars()
+            .take(12)
+            .collect();
         Self {
             kid,
             encoding: EncodingKey::from_secret(secret.as_bytes()),
@@ -84,9 +86,9 @@ impl TokenKeys {
 
     pub fn mint_access(
         &self,
-        user_id: Uuid,
+        user_id: UserId,
         email: &str,
-        session_id: Uuid,
+        session_id: SessionId,
         now: i64,
     ) -> SessionView {
         let claims = AccessClaims {
@@ -127,7 +129,7 @@ impl TokenKeys {
         (c.typ == "access" && !c.email.is_empty()).then_some(c)
     }
 
-    pub fn mint_refresh(&self, session_id: Uuid, user_id: Uuid, expires_at: i64) -> String {
+    pub fn mint_refresh(&self, session_id: SessionId, user_id: UserId, expires_at: i64) -> String {
         crypto::sign(
             &self.refresh_key,
             &RefreshPayload {
@@ -148,19 +150,31 @@ impl TokenKeys {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::app::config::Config;
+    use crate::domain::auth::config::CookieSecure;
+    use crate::platform::secret::Secret;
 
     fn keys(secret: &str, previous: &str) -> TokenKeys {
-        let mut cfg = Config::load_with(None, |_| None).expect("defaults").auth;
-        cfg.token_secret = crate::app::config::Secret::new(secret);
-        cfg.token_secret_previous = crate::app::config::Secret::new(previous);
-        TokenKeys::new(&cfg)
+        TokenKeys::new(&AuthConfig {
+            token_secret: Secret::new(secret),
+            token_secret_previous: Secret::new(previous),
+            refresh_secret: Secret::default(),
+            oauth_state_secret: Secret::new("state"),
+            access_ttl_secs: 900,
+            session_ttl_secs: 3600,
+            session_absolute_ttl_secs: 7200,
+            oauth_context_ttl_secs: 600,
+            session_cookie_name: "vespid_session".into(),
+            cookie_secure: CookieSecure::Auto,
+            session_cache_ttl_secs: 5,
+            login_max_failures: 10,
+            login_failure_window_secs: 900,
+        })
     }
 
     #[test]
     fn access_round_trip_and_wrong_secret() {
         let now = chrono::Utc::now().timestamp();
-        let (u, s) = (Uuid::new_v4(), Uuid::new_v4());
+        let (u, s) = (UserId::random(), SessionId::random());
         let k = keys("secret-one", "");
         let v = k.mint_access(u, "a@b.c", s, now);
         let c = k.verify_access(&v.token).expect("verifies");
@@ -179,7 +193,7 @@ mod tests {
     fn refresh_round_trip() {
         let now = chrono::Utc::now().timestamp();
         let k = keys("secret-one", "");
-        let t = k.mint_refresh(Uuid::new_v4(), Uuid::new_v4(), now + 60);
+        let t = k.mint_refresh(SessionId::random(), UserId::random(), now + 60);
         assert!(k.verify_refresh(&t, now).is_some());
         assert!(k.verify_refresh(&t, now + 61).is_none());
         assert!(keys("other", "").verify_refresh(&t, now).is_none());

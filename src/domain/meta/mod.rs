@@ -3,9 +3,38 @@
 pub mod provider;
 pub mod routes;
 
+use std::sync::Arc;
+
 use serde::Serialize;
 
 use provider::{Connector, EnterpriseProvider};
+
+/// The edition's metadata service: what this build (and its enterprise provider, if any) offers.
+pub struct Meta {
+    provider: Arc<dyn EnterpriseProvider>,
+}
+
+impl Meta {
+    pub fn new(provider: Arc<dyn EnterpriseProvider>) -> Self {
+        Self { provider }
+    }
+
+    pub fn provider(&self) -> &dyn EnterpriseProvider {
+        self.provider.as_ref()
+    }
+
+    pub fn capabilities(&self) -> Vec<String> {
+        capabilities(self.provider.as_ref())
+    }
+
+    pub fn connectors(&self) -> Vec<CatalogEntry> {
+        connectors(self.provider.as_ref())
+    }
+
+    pub fn allowed_secret_connectors(&self) -> Vec<String> {
+        allowed_secret_connectors(self.provider.as_ref())
+    }
+}
 
 /// The community baseline: always present, always first, in this order.
 pub const COMMUNITY_CAPABILITIES: &[&str] = &[

@@ -1,43 +1,28 @@
-//! Organizations, memberships, roles and invitations.
+//! Organizations, memberships and invitations, as stored and as shown.
 
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use serde::Serialize;
-use uuid::Uuid;
 
-use crate::domain::auth::model::iso;
+use crate::domain::common::access::Role;
+use crate::domain::common::ids::{InvitationId, MembershipId, OrgId, UserId};
+use crate::domain::common::time::iso;
 use crate::platform::db::schema::{memberships, organization_invitations, organizations};
 
-/// Roles with an explicit rank: a guard asks for a minimum.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Role {
-    Member = 1,
-    Admin = 2,
-    Owner = 3,
-}
-
-impl Role {
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "owner" => Some(Role::Owner),
-            "admin" => Some(Role::Admin),
-            "member" => Some(Role::Member),
-            _ => None,
-        }
-    }
-    pub fn key(self) -> &'static str {
-        match self {
-            Role::Owner => "owner",
-            Role::Admin => "admin",
-            Role::Member => "member",
-        }
+crate::text_enum! {
+    /// Where an invitation stands; a newer invitation to the same email revokes the pending one.
+    pub enum InvitationStatus {
+        Pending = "pending",
+        Accepted = "accepted",
+        Expired = "expired",
+        Revoked = "revoked",
     }
 }
 
 #[derive(Debug, Clone, Queryable, Selectable, Insertable)]
 #[diesel(table_name = organizations)]
 pub struct Org {
-    pub id: Uuid,
+    pub id: OrgId,
     pub slug: String,
     pub name: String,
     pub settings: serde_json::Value,
@@ -47,23 +32,24 @@ pub struct Org {
 #[derive(Debug, Clone, Queryable, Selectable, Insertable)]
 #[diesel(table_name = memberships)]
 pub struct Membership {
-    pub id: Uuid,
-    pub organization_id: Uuid,
-    pub user_id: Uuid,
-    pub role_key: String,
+    pub id: MembershipId,
+    pub organization_id: OrgId,
+    pub user_id: UserId,
+    pub role_key: Role,
     pub created_at: DateTime<Utc>,
 }
 
 #[derive(Debug, Clone, Queryable, Selectable, Insertable)]
 #[diesel(table_name = organization_invitations)]
 pub struct Invitation {
-    pub id: Uuid,
-    pub organization_id: Uuid,
+    pub id: InvitationId,
+    pub organization_id: OrgId,
     pub email: String,
-    pub role_key: String,
-    pub invited_by_user_id: Uuid,
+    pub role_key: Role,
+    pub invited_by_user_id: UserId,
+    /// The SHA-256 of the token; the token itself is shown once, to the inviter.
     pub token: String,
-    pub status: String,
+    pub status: InvitationStatus,
     pub expires_at: DateTime<Utc>,
     pub created_at: DateTime<Utc>,
 }
@@ -71,7 +57,7 @@ pub struct Invitation {
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct OrgView {
-    pub id: Uuid,
+    pub id: OrgId,
     pub slug: String,
     pub name: String,
     pub created_at: String,
@@ -91,10 +77,10 @@ impl From<&Org> for OrgView {
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct MembershipView {
-    pub id: Uuid,
-    pub organization_id: Uuid,
-    pub user_id: Uuid,
-    pub role_key: String,
+    pub id: MembershipId,
+    pub organization_id: OrgId,
+    pub user_id: UserId,
+    pub role_key: Role,
     pub created_at: String,
 }
 
@@ -104,7 +90,7 @@ impl From<&Membership> for MembershipView {
             id: m.id,
             organization_id: m.organization_id,
             user_id: m.user_id,
-            role_key: m.role_key.clone(),
+            role_key: m.role_key,
             created_at: iso(m.created_at),
         }
     }
@@ -114,23 +100,31 @@ impl From<&Membership> for MembershipView {
 #[derive(Debug, Serialize, Queryable)]
 #[serde(rename_all = "camelCase")]
 pub struct MyOrg {
-    pub id: Uuid,
+    pub id: OrgId,
     pub slug: String,
     pub name: String,
-    pub role_key: String,
+    pub role_key: Role,
 }
 
 /// The invitation as shown to the inviter, once, with its plaintext token.
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct InvitationView {
-    pub id: Uuid,
-    pub organization_id: Uuid,
+    pub id: InvitationId,
+    pub organization_id: OrgId,
     pub email: String,
-    pub role_key: String,
-    pub invited_by_user_id: Uuid,
+    pub role_key: Role,
+    pub invited_by_user_id: UserId,
     pub token: String,
-    pub status: String,
+    pub status: InvitationStatus,
     pub expires_at: String,
     pub created_at: String,
+}
+
+/// An accepted invitation.
+#[derive(Debug)]
+pub struct Accepted {
+    pub invitation_id: InvitationId,
+    pub organization_id: OrgId,
+    pub membership_id: MembershipId,
 }

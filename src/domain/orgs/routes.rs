@@ -4,10 +4,11 @@ use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::json;
 
-use super::model::{MembershipView, OrgView, Role};
-use super::{settings, OrgCtx};
-use crate::app::state::AppState;
-use crate::domain::auth::extract::AuthUser;
+use super::model::{MembershipView, OrgView};
+use super::{settings, OrgError, Orgs};
+use crate::domain::common::access::{OrgCtx, Role};
+use crate::domain::common::extract::AuthUser;
+use crate::domain::common::ids::{OrgId, UserId};
 use crate::platform::http::{
     org_header, parse_uuid, path_uuid, request_id, route_of, ApiError, Form, JsonBody,
 };
@@ -25,8 +26,31 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/v1/invitations/{token}/accept", web::post().to(accept));
 }
 
+impl From<OrgError> for ApiError {
+    fn from(e: OrgError) -> Self {
+        match e {
+            OrgError::SlugTaken => ApiError::conflict("Organization slug already exists"),
+            OrgError::NoPersonalSlug => {
+                ApiError::conflict("Could not allocate a personal workspace slug")
+            }
+            OrgError::OrgNotFound => ApiError::not_found("Organization not found"),
+            OrgError::Denied(d) => d.into(),
+            OrgError::MembershipNotFound => ApiError::not_found("Membership not found"),
+            OrgError::LastOwner => ApiError::conflict("Organization must keep at least one owner"),
+            OrgError::InvitationNotFound => ApiError::not_found("Invitation not found"),
+            OrgError::InvitationForSomeoneElse => {
+                ApiError::forbidden("Invitation email does not match authenticated user")
+            }
+            OrgError::InvitationExpired => ApiError::bad_request("Invitation has expired"),
+            OrgError::InvitationNotPending => ApiError::bad_request("Invitation is not pending"),
+            OrgError::InvalidSettings(r) => r.into(),
+            OrgError::Db(e) => e.into(),
+        }
+    }
+}
+
 async fn create_org(
-    state: web::Data<AppState>,
+    orgs: web::Data<Orgs>,
     user: AuthUser,
     body: JsonBody,
 ) -> Result<HttpResponse, ApiError> {
@@ -45,7 +69,7 @@ async fn create_org(
     let (Some(name), Some(slug)) = (name, slug) else {
         return Err(ApiError::bad_request("Invalid organization payload"));
     };
-    let (org, membership) = super::create_org(&state, user.user_id, name, slug).await?;
+    let (org, membership) = orgs.create_org(user.user_id, name, slug).await?;
     Ok(HttpResponse::Created().json(json!({
         "organization": OrgView::from(&org),
         "membership": MembershipView::from(&membership),
@@ -53,11 +77,11 @@ async fn create_org(
 }
 
 async fn invite(
-    state: web::Data<AppState>,
+    orgs: web::Data<Orgs>,
     ctx: OrgCtx,
     body: JsonBody,
 ) -> Result<HttpResponse, ApiError> {
-    ctx.require(Role::Admin, "Role is not allowed to invite members")?;
+    ctx.authorize()?;
     let mut f = Form::new(&body.0);
     let email = f.email("email");
     let role = f.one_of("roleKey", &["admin", "member"]);
@@ -65,20 +89,17 @@ async fn invite(
     let (Some(email), Some(role)) = (email, role.as_deref().and_then(Role::parse)) else {
         return Err(ApiError::bad_request("Invalid invitation payload"));
     };
-    let invitation = super::invite(&ctx, &state, &email, role).await?;
+    let invitation = orgs.invite(&ctx, &email, role).await?;
     Ok(HttpResponse::Created().json(json!({ "invitation": invitation })))
 }
 
 async fn change_role(
-    state: web::Data<AppState>,
+    orgs: web::Data<Orgs>,
     req: HttpRequest,
     ctx: OrgCtx,
     body: JsonBody,
 ) -> Result<HttpResponse, ApiError> {
-    ctx.require(
-        Role::Admin,
-        "Role is not allowed to change membership roles",
-    )?;
+    ctx.authorize()?;
     let mut f = Form::new(&body.0);
     let role = f.one_of("roleKey", &["owner", "admin", "member"]);
     f.finish("Invalid role update payload")?;
@@ -89,34 +110,34 @@ async fn change_role(
     let target = path_uuid(&req, "memberId", || {
         ApiError::not_found("Membership not found")
     })?;
-    let membership = super::change_role(&ctx, &state, target, role).await?;
+    let membership = orgs.change_role(&ctx, UserId::from(target), role).await?;
     Ok(HttpResponse::Ok().json(json!({ "membership": MembershipView::from(&membership) })))
 }
 
-async fn get_settings(state: web::Data<AppState>, ctx: OrgCtx) -> Result<HttpResponse, ApiError> {
-    let stored = super::stored_settings(&state, ctx.org_id).await?;
+async fn get_settings(orgs: web::Data<Orgs>, ctx: OrgCtx) -> Result<HttpResponse, ApiError> {
+    let stored = orgs.stored_settings(ctx.org_id).await?;
     Ok(HttpResponse::Ok().json(json!({ "settings": settings::normalize(&stored) })))
 }
 
 async fn put_settings(
-    state: web::Data<AppState>,
+    orgs: web::Data<Orgs>,
     ctx: OrgCtx,
     body: JsonBody,
 ) -> Result<HttpResponse, ApiError> {
-    ctx.require(Role::Admin, "Role is not allowed to manage org settings")?;
-    let saved = super::update_settings(&ctx, &state, body.0).await?;
+    ctx.authorize()?;
+    let saved = orgs.update_settings(&ctx, body.0).await?;
     Ok(HttpResponse::Ok().json(json!({ "settings": settings::normalize(&saved) })))
 }
 
-async fn credits(state: web::Data<AppState>, ctx: OrgCtx) -> Result<HttpResponse, ApiError> {
-    let (balance, updated_at) = super::credit_balance(&ctx, &state).await?;
+async fn credits(orgs: web::Data<Orgs>, ctx: OrgCtx) -> Result<HttpResponse, ApiError> {
+    let (balance, updated_at) = orgs.credit_balance(&ctx).await?;
     Ok(HttpResponse::Ok().json(json!({
         "credits": { "organizationId": ctx.org_id, "balanceCredits": balance, "updatedAt": updated_at }
     })))
 }
 
 async fn accept(
-    state: web::Data<AppState>,
+    orgs: web::Data<Orgs>,
     req: HttpRequest,
     user: AuthUser,
 ) -> Result<HttpResponse, ApiError> {
@@ -128,9 +149,10 @@ async fn accept(
     let org = token
         .split_once('.')
         .and_then(|(org, _)| parse_uuid(org))
+        .map(OrgId::from)
         .ok_or_else(|| ApiError::bad_request("Invalid invitation token"))?;
     if let Some(h) = org_header(&req) {
-        let h = parse_uuid(h.trim()).ok_or_else(|| {
+        let h = parse_uuid(h.trim()).map(OrgId::from).ok_or_else(|| {
             ApiError::new(
                 StatusCode::BAD_REQUEST,
                 "INVALID_ORG_CONTEXT",
@@ -145,7 +167,7 @@ async fn accept(
             ));
         }
     }
-    match super::accept_invitation(&state, &user, org, &token).await {
+    match orgs.accept_invitation(&user, org, &token).await {
         Ok(a) => Ok(HttpResponse::Ok().json(json!({ "result": {
             "invitationId": a.invitation_id,
             "organizationId": a.organization_id,
@@ -153,12 +175,15 @@ async fn accept(
             "accepted": true,
         }}))),
         Err(e) => {
+            let e = ApiError::from(e);
             let e = if e.status.is_server_error() && e.code != "SERVICE_UNAVAILABLE" {
-                ApiError::new(
+                let mut failed = ApiError::new(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     "INVITATION_ACCEPT_FAILED",
                     "Invitation accept failed",
-                )
+                );
+                failed.cause = e.cause;
+                failed
             } else {
                 e
             };

@@ -2,7 +2,7 @@
 
 use serde_json::{json, Map, Value};
 
-use crate::platform::http::{parse_uuid, ApiError, Invalid};
+use crate::platform::validation::{parse_uuid, Invalid, Rejected};
 
 /// The stored settings with every default filled in (false / null).
 pub fn normalize(stored: &Value) -> Value {
@@ -84,12 +84,17 @@ fn nullable_uuid(v: &Value, path: &str, inv: &mut Invalid) {
 }
 
 /// Validates the strict partial body and merges it into `current` (section by section).
-pub fn merge_update(current: &Value, body: &Value) -> Result<Value, ApiError> {
+pub fn merge_update(current: &Value, body: &Value) -> Result<Value, Rejected> {
     let mut inv = Invalid::default();
     let Some(top) = body.as_object() else {
         inv.form("Expected object");
-        inv.finish("Invalid org settings payload")?;
-        return Err(ApiError::bad_request("Invalid org settings payload"));
+        return Err(inv
+            .finish("Invalid org settings payload")
+            .err()
+            .unwrap_or(Rejected {
+                message: "Invalid org settings payload",
+                details: json!({"formErrors": ["Expected object"], "fieldErrors": {}}),
+            }));
     };
     check_keys(top, &["tools", "toolsets", "llm"], "settings", &mut inv);
     if let Some(t) = top.get("tools").and_then(|v| obj(v, "tools", &mut inv)) {

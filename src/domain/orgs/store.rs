@@ -1,18 +1,18 @@
 //! Queries for orgs, memberships, invitations, settings and credit rows. Callers provide the RLS context.
 
-use chrono::Utc;
-use diesel::prelude::*;
-use diesel_async::{AsyncPgConnection, RunQueryDsl};
-use uuid::Uuid;
-
-use super::model::{Invitation, Membership, MyOrg, Org};
+use super::model::{Invitation, InvitationStatus, Membership, MyOrg, Org};
+use crate::domain::common::access::Role;
+use crate::domain::common::ids::{InvitationId, MembershipId, OrgId, UserId};
 use crate::platform::db::schema::{
     memberships, organization_credit_balances, organization_credit_ledger,
     organization_invitations, organizations,
 };
+use chrono::Utc;
+use diesel::prelude::*;
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
 
 /// The caller's orgs via the user-discovery policies (user context only).
-pub async fn my_orgs(conn: &mut AsyncPgConnection, user: Uuid) -> QueryResult<Vec<MyOrg>> {
+pub async fn my_orgs(conn: &mut AsyncPgConnection, user: UserId) -> QueryResult<Vec<MyOrg>> {
     memberships::table
         .inner_join(organizations::table)
         .filter(memberships::user_id.eq(user))
@@ -27,7 +27,7 @@ pub async fn my_orgs(conn: &mut AsyncPgConnection, user: Uuid) -> QueryResult<Ve
         .await
 }
 
-pub async fn count_my_memberships(conn: &mut AsyncPgConnection, user: Uuid) -> QueryResult<i64> {
+pub async fn count_my_memberships(conn: &mut AsyncPgConnection, user: UserId) -> QueryResult<i64> {
     memberships::table
         .filter(memberships::user_id.eq(user))
         .count()
@@ -60,9 +60,9 @@ pub async fn insert_membership(
 
 pub async fn init_credits(
     conn: &mut AsyncPgConnection,
-    org: Uuid,
+    org: OrgId,
     grant: i64,
-    by_user: Uuid,
+    by_user: UserId,
 ) -> QueryResult<()> {
     diesel::insert_into(organization_credit_balances::table)
         .values((
@@ -90,8 +90,8 @@ pub async fn init_credits(
 
 pub async fn find_membership(
     conn: &mut AsyncPgConnection,
-    org: Uuid,
-    user: Uuid,
+    org: OrgId,
+    user: UserId,
 ) -> QueryResult<Option<Membership>> {
     memberships::table
         .filter(memberships::organization_id.eq(org))
@@ -103,21 +103,21 @@ pub async fn find_membership(
 }
 
 /// Locks the org's owner memberships, so "is this the last owner" stays true until commit.
-pub async fn lock_owner_count(conn: &mut AsyncPgConnection, org: Uuid) -> QueryResult<usize> {
+pub async fn lock_owner_count(conn: &mut AsyncPgConnection, org: OrgId) -> QueryResult<usize> {
     memberships::table
         .filter(memberships::organization_id.eq(org))
-        .filter(memberships::role_key.eq("owner"))
+        .filter(memberships::role_key.eq(Role::Owner))
         .select(memberships::id)
         .for_update()
-        .load::<Uuid>(conn)
+        .load::<MembershipId>(conn)
         .await
         .map(|v| v.len())
 }
 
 pub async fn set_role(
     conn: &mut AsyncPgConnection,
-    membership: Uuid,
-    role: &str,
+    membership: MembershipId,
+    role: Role,
 ) -> QueryResult<Membership> {
     diesel::update(memberships::table.find(membership))
         .set(memberships::role_key.eq(role))
@@ -135,9 +135,9 @@ pub async fn insert_invitation(
         organization_invitations::table
             .filter(organization_invitations::organization_id.eq(inv.organization_id))
             .filter(organization_invitations::email.eq(&inv.email))
-            .filter(organization_invitations::status.eq("pending")),
+            .filter(organization_invitations::status.eq(InvitationStatus::Pending)),
     )
-    .set(organization_invitations::status.eq("revoked"))
+    .set(organization_invitations::status.eq(InvitationStatus::Revoked))
     .execute(conn)
     .await?;
     diesel::insert_into(organization_invitations::table)
@@ -160,9 +160,12 @@ pub async fn find_invitation_for_update(
         .optional()
 }
 
-pub async fn mark_invitation_accepted(conn: &mut AsyncPgConnection, id: Uuid) -> QueryResult<()> {
+pub async fn mark_invitation_accepted(
+    conn: &mut AsyncPgConnection,
+    id: InvitationId,
+) -> QueryResult<()> {
     diesel::update(organization_invitations::table.find(id))
-        .set(organization_invitations::status.eq("accepted"))
+        .set(organization_invitations::status.eq(InvitationStatus::Accepted))
         .execute(conn)
         .await
         .map(|_| ())
@@ -170,7 +173,7 @@ pub async fn mark_invitation_accepted(conn: &mut AsyncPgConnection, id: Uuid) ->
 
 pub async fn settings(
     conn: &mut AsyncPgConnection,
-    org: Uuid,
+    org: OrgId,
 ) -> QueryResult<Option<serde_json::Value>> {
     organizations::table
         .find(org)
@@ -182,7 +185,7 @@ pub async fn settings(
 
 pub async fn settings_for_update(
     conn: &mut AsyncPgConnection,
-    org: Uuid,
+    org: OrgId,
 ) -> QueryResult<Option<serde_json::Value>> {
     organizations::table
         .find(org)
@@ -195,7 +198,7 @@ pub async fn settings_for_update(
 
 pub async fn save_settings(
     conn: &mut AsyncPgConnection,
-    org: Uuid,
+    org: OrgId,
     value: &serde_json::Value,
 ) -> QueryResult<()> {
     diesel::update(organizations::table.find(org))
@@ -207,7 +210,7 @@ pub async fn save_settings(
 
 pub async fn credit_balance(
     conn: &mut AsyncPgConnection,
-    org: Uuid,
+    org: OrgId,
 ) -> QueryResult<Option<(i64, chrono::DateTime<Utc>)>> {
     organization_credit_balances::table
         .find(org)
@@ -221,7 +224,7 @@ pub async fn credit_balance(
 }
 
 /// Serialises personal-workspace creation per user for the rest of the transaction.
-pub async fn lock_user(conn: &mut AsyncPgConnection, user: Uuid) -> QueryResult<()> {
+pub async fn lock_user(conn: &mut AsyncPgConnection, user: UserId) -> QueryResult<()> {
     diesel::sql_query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
         .bind::<diesel::sql_types::Text, _>(user.to_string())
         .execute(conn)

@@ -30,15 +30,18 @@ use rand::Rng;
 use serde_json::{json, Value};
 use tokio::sync::watch;
 use tracing::Instrument;
-use uuid::Uuid;
 
+use super::config::WorkflowsConfig;
 use super::executors::{self, ExecCtx, ExecDeps, Outcome};
-use super::model::{summarize, NewEvent, Run};
+use super::model::{
+    summarize, EventKind, Level, NewEvent, Run, RunOutput, RunStatus, Step, StepStatus, Summary,
+};
 use super::store::{self, RunWrite};
-use crate::app::state::AppState;
-use crate::domain::orgs;
-use crate::domain::workflows::dsl::{self, EdgeKind, Graph, Node, Plan};
-use crate::platform::db::{self, DbError, OpenTx, TenantCtx};
+use crate::domain::common::ids::{OrgId, RunId};
+use crate::domain::orgs::Orgs;
+use crate::domain::workflows::dsl::{self, EdgeKind, Graph, Node, NodeSpec, Plan};
+use crate::domain::workflows::model::WorkflowStatus;
+use crate::platform::db::{self, DbError, OpenTx, PgPool, TenantCtx};
 use crate::platform::queue::WorkQueue;
 
 #[derive(Debug, thiserror::Error)]
@@ -73,7 +76,10 @@ pub enum Delivery {
 }
 
 pub struct Engine {
-    pub state: AppState,
+    pub config: Arc<WorkflowsConfig>,
+    pub db: PgPool,
+    /// Org settings (cached) for every run.
+    pub orgs: Arc<Orgs>,
     pub deps: ExecDeps,
     pub queue: WorkQueue,
     pub worker_id: String,
@@ -93,7 +99,7 @@ fn parse_plan(doc: &Value) -> ParsedPlan {
 /// The mutable picture of one run while it executes.
 struct Progress {
     run: Run,
-    steps: Vec<Value>,
+    steps: Vec<Step>,
     runtime: Option<Value>,
     /// Events of pure nodes not yet committed; they go out with the next commit (see [`is_pure`]).
     pending: Vec<NewEvent>,
@@ -110,17 +116,7 @@ impl Progress {
     fn new(run: Run, open: Option<OpenTx>, batched: bool) -> Self {
         let output = run.output.as_ref();
         Self {
-            steps: output
-                .and_then(|o| o.get("steps"))
-                .and_then(Value::as_array)
-                .map(|steps| {
-                    steps
-                        .iter()
-                        .filter(|s| s["status"] == "succeeded")
-                        .cloned()
-                        .collect()
-                })
-                .unwrap_or_default(),
+            steps: Step::succeeded_in(output),
             runtime: output.and_then(|o| o.get("runtime")).cloned(),
             pending: Vec::new(),
             cursor: run.cursor_node_index,
@@ -131,35 +127,38 @@ impl Progress {
     }
 
     fn succeeded_count(&self) -> usize {
-        self.steps
-            .iter()
-            .filter(|s| s["status"] == "succeeded")
-            .count()
+        self.steps.iter().filter(|s| s.succeeded()).count()
     }
 
-    fn step_of(&self, node_id: &str) -> Option<&Value> {
-        self.steps.iter().find(|s| s["nodeId"] == node_id)
+    fn step_of(&self, node_id: &str) -> Option<&Step> {
+        step_output(&self.steps, node_id)
     }
 
-    fn output(&self, status: &str, failed_node: Option<&str>) -> Value {
-        let mut out = json!({
-            "status": status,
-            "steps": self.steps,
-            "output": { "completedNodeCount": self.succeeded_count(), "failedNodeId": failed_node },
-        });
-        if let (Some(rt), Some(obj)) = (&self.runtime, out.as_object_mut()) {
-            obj.insert("runtime".into(), rt.clone());
-        }
-        out
+    fn output(&self, status: StepStatus, failed_node: Option<&str>) -> Value {
+        let out = RunOutput {
+            status,
+            steps: &self.steps,
+            output: Summary {
+                completed_node_count: self.succeeded_count(),
+                failed_node_id: failed_node,
+            },
+            runtime: self.runtime.as_ref(),
+        };
+        // Plain data (strings, numbers, JSON values): serialization cannot fail.
+        serde_json::to_value(out).unwrap_or(Value::Null)
     }
 
     /// The progress so far as a write (steps, cursor; the run stays `running` under its lease).
     fn checkpoint(&self) -> RunWrite {
-        RunWrite::checkpoint(self.run.id, self.output("succeeded", None), self.cursor)
+        RunWrite::checkpoint(
+            self.run.id,
+            self.output(StepStatus::Succeeded, None),
+            self.cursor,
+        )
     }
 }
 
-fn event(run: &Run, kind: &'static str, level: &'static str, node: Option<&Node>) -> NewEvent {
+fn event(run: &Run, kind: EventKind, level: Level, node: Option<&Node>) -> NewEvent {
     NewEvent {
         organization_id: run.organization_id,
         workflow_id: run.workflow_id,
@@ -167,7 +166,7 @@ fn event(run: &Run, kind: &'static str, level: &'static str, node: Option<&Node>
         attempt_count: run.attempt_count,
         event_type: kind,
         node_id: node.map(|n| n.id.clone()),
-        node_type: node.map(|n| n.node_type.clone()),
+        node_type: node.map(Node::node_type),
         level,
         message: None,
         payload: None,
@@ -193,15 +192,20 @@ struct End {
 
 impl End {
     /// The row write and the events, plus what to log once they are committed.
-    fn split(self, run: Uuid) -> (RunWrite, Vec<NewEvent>, EndKind, Option<String>) {
+    fn split(self, run: RunId) -> (RunWrite, Vec<NewEvent>, EndKind, Option<String>) {
         let now = Utc::now();
         let write = match self.kind {
-            EndKind::Succeeded => {
-                RunWrite::ended(run, "succeeded", self.output, None, None, Some(now))
-            }
+            EndKind::Succeeded => RunWrite::ended(
+                run,
+                RunStatus::Succeeded,
+                self.output,
+                None,
+                None,
+                Some(now),
+            ),
             EndKind::Retry(due) => RunWrite::ended(
                 run,
-                "queued",
+                RunStatus::Queued,
                 self.output,
                 self.error.clone(),
                 Some(due),
@@ -209,7 +213,7 @@ impl End {
             ),
             EndKind::Failed => RunWrite::ended(
                 run,
-                "failed",
+                RunStatus::Failed,
                 self.output,
                 self.error.clone(),
                 None,
@@ -239,12 +243,12 @@ enum Next {
 
 /// A batch after its commit: runs already settled, and the work left (see [`Engine::finish_batch`]).
 pub struct Batch {
-    pub org: Uuid,
-    pub settled: Vec<(Uuid, Delivery)>,
+    pub org: OrgId,
+    pub settled: Vec<(RunId, Delivery)>,
     /// Runs that stopped before a node with effects, with their workflow's plan.
     yielded: Vec<(Progress, ParsedPlan)>,
     /// Ids the batch statement did not start: they take the single path.
-    leftovers: Vec<Uuid>,
+    leftovers: Vec<RunId>,
     settings: Value,
 }
 
@@ -268,10 +272,10 @@ enum Decided {
 
 impl Engine {
     fn lease_secs(&self) -> u64 {
-        self.state.config.workflows.lease_secs
+        self.config.lease_secs
     }
 
-    async fn tx<'a, R, F>(&self, org: Uuid, f: F) -> Result<R, EngineError>
+    async fn tx<'a, R, F>(&self, org: OrgId, f: F) -> Result<R, EngineError>
     where
         F: for<'r> FnOnce(
                 &'r mut AsyncPgConnection,
@@ -283,13 +287,14 @@ impl Engine {
             + 'a,
         R: Send + 'a,
     {
-        db::tenant_tx(&self.state.db, TenantCtx::org(org), f).await
+        db::tenant_tx(&self.db, TenantCtx::org(org), f).await
     }
 
-    async fn settings(&self, org: Uuid) -> Result<Value, EngineError> {
+    async fn settings(&self, org: OrgId) -> Result<Value, EngineError> {
         // Read before any claim: once a claim's transaction is open this task holds a pooled connection,
         // and asking the pool for a second one could deadlock a fully busy worker.
-        orgs::stored_settings(&self.state, org)
+        self.orgs
+            .stored_settings(org)
             .await
             .map_err(|e| EngineError::Settings(e.to_string()))
     }
@@ -299,8 +304,8 @@ impl Engine {
     /// claimed): the leases expire and the runs are delivered again, resuming where they stood.
     pub async fn start_batch(
         &self,
-        org: Uuid,
-        ids: &[Uuid],
+        org: OrgId,
+        ids: &[RunId],
         stop: &watch::Receiver<bool>,
     ) -> Result<Batch, EngineError> {
         let span = tracing::info_span!("run_batch", org_id = %org, runs = ids.len());
@@ -311,8 +316,8 @@ impl Engine {
 
     async fn start_batch_in_span(
         &self,
-        org: Uuid,
-        ids: &[Uuid],
+        org: OrgId,
+        ids: &[RunId],
         stop: &watch::Receiver<bool>,
     ) -> Result<Batch, EngineError> {
         let settings = self.settings(org).await?;
@@ -325,7 +330,7 @@ impl Engine {
                 async move { Ok(store::claim_batch(c, ids, worker, lease).await?) }.scope_boxed()
             })
             .await?;
-        let taken: HashSet<Uuid> = claimed.iter().map(|r| r.run.id).collect();
+        let taken: HashSet<RunId> = claimed.iter().map(|r| r.run.id).collect();
         let mut batch = Batch {
             org,
             settled: Vec::new(),
@@ -338,7 +343,7 @@ impl Engine {
             settings,
         };
         // Runs of a batch mostly share a workflow: parse each DSL once.
-        let mut plans: HashMap<Uuid, ParsedPlan> = HashMap::new();
+        let mut plans: HashMap<crate::domain::common::ids::WorkflowId, ParsedPlan> = HashMap::new();
         let never_lost = AtomicBool::new(false);
         let (mut writes, mut events, mut ended) = (Vec::new(), Vec::new(), Vec::new());
         for row in claimed {
@@ -366,7 +371,7 @@ impl Engine {
                 Halt::Settled(d) => batch.settled.push((p.run.id, d)),
             }
         }
-        let applied: HashSet<Uuid> = if writes.is_empty() {
+        let applied: HashSet<RunId> = if writes.is_empty() {
             HashSet::new()
         } else {
             self.tx(org, |c| {
@@ -401,7 +406,7 @@ impl Engine {
         &'a self,
         batch: Batch,
         stop: &'a watch::Receiver<bool>,
-    ) -> FuturesUnordered<BoxFuture<'a, (Uuid, Result<Delivery, EngineError>)>> {
+    ) -> FuturesUnordered<BoxFuture<'a, (RunId, Result<Delivery, EngineError>)>> {
         let Batch {
             org,
             yielded,
@@ -419,7 +424,7 @@ impl Engine {
                     // The queue's lease dates from the claim; refresh it before the run goes on alone (the
                     // batch's write already renewed the one in PostgreSQL).
                     let lease = Duration::from_secs(self.lease_secs());
-                    if let Err(e) = self.queue.heartbeat(org, id, lease).await {
+                    if let Err(e) = self.queue.heartbeat(org.uuid(), id.uuid(), lease).await {
                         tracing::warn!(error = %e, run_id = %id, "queue lease refresh failed");
                     }
                     let span = tracing::info_span!("run", run_id = %id, org_id = %org);
@@ -451,8 +456,8 @@ impl Engine {
     /// Handles one delivery of `run_id`.
     pub async fn process(
         &self,
-        org: Uuid,
-        run_id: Uuid,
+        org: OrgId,
+        run_id: RunId,
         stop: &watch::Receiver<bool>,
     ) -> Result<Delivery, EngineError> {
         let span = tracing::info_span!("run", run_id = %run_id, org_id = %org);
@@ -463,8 +468,8 @@ impl Engine {
 
     async fn process_in_span(
         &self,
-        org: Uuid,
-        run_id: Uuid,
+        org: OrgId,
+        run_id: RunId,
         stop: &watch::Receiver<bool>,
     ) -> Result<Delivery, EngineError> {
         let settings = self.settings(org).await?;
@@ -556,10 +561,15 @@ impl Engine {
 
     /// Renews the lease until told to stop. It is stopped by message, never aborted: aborting it in the
     /// middle of its transaction would hand a half-used connection back to the pool.
-    fn spawn_heartbeat(&self, org: Uuid, run: Uuid, lost: Arc<AtomicBool>) -> watch::Sender<bool> {
+    fn spawn_heartbeat(
+        &self,
+        org: OrgId,
+        run: RunId,
+        lost: Arc<AtomicBool>,
+    ) -> watch::Sender<bool> {
         let (done_tx, mut done) = watch::channel(false);
         let (db, queue, worker, secs) = (
-            self.state.db.clone(),
+            self.db.clone(),
             self.queue.clone(),
             self.worker_id.clone(),
             self.lease_secs(),
@@ -583,7 +593,12 @@ impl Engine {
                 .await;
                 match renewed {
                     Ok(true) => {
-                        let _ = queue.heartbeat(org, run, Duration::from_secs(secs)).await;
+                        if let Err(e) = queue
+                            .heartbeat(org.uuid(), run.uuid(), Duration::from_secs(secs))
+                            .await
+                        {
+                            tracing::warn!(error = %e, run_id = %run, "queue lease refresh failed");
+                        }
                     }
                     Ok(false) => {
                         lost.store(true, Ordering::SeqCst);
@@ -599,8 +614,8 @@ impl Engine {
 
     /// Locks the run and decides what this delivery does. The transaction stays open when the run is taken
     /// (see [`Progress::open`]); otherwise it is committed (a recorded failure) or rolled back (nothing to do).
-    async fn claim(&self, org: Uuid, run_id: Uuid) -> Result<Claimed, EngineError> {
-        let mut tx = OpenTx::begin(&self.state.db, TenantCtx::org(org)).await?;
+    async fn claim(&self, org: OrgId, run_id: RunId) -> Result<Claimed, EngineError> {
+        let mut tx = OpenTx::begin(&self.db, TenantCtx::org(org)).await?;
         let decided = match self.claim_in(tx.conn(), org, run_id).await {
             Ok(d) => d,
             Err(e) => {
@@ -624,8 +639,8 @@ impl Engine {
     async fn claim_in(
         &self,
         c: &mut AsyncPgConnection,
-        org: Uuid,
-        run_id: Uuid,
+        org: OrgId,
+        run_id: RunId,
     ) -> Result<Decided, EngineError> {
         let (worker, lease) = (self.worker_id.clone(), self.lease_secs());
         let Some(run) = store::status_for_update(c, run_id).await? else {
@@ -633,13 +648,13 @@ impl Engine {
             return Ok(Decided::Done(Delivery::Skipped));
         };
         let now = Utc::now();
-        match run.status.as_str() {
-            "queued" => {
+        match run.status {
+            RunStatus::Queued => {
                 if let Some(at) = run.next_attempt_at.filter(|at| *at > now) {
                     return Ok(Decided::Done(Delivery::NotYetDue(at.timestamp_millis())));
                 }
             }
-            "running"
+            RunStatus::Running
                 if run.blocked_request_id.is_none()
                     && run.lease_expires_at.is_none_or(|t| t <= now) => {}
             _ => return Ok(Decided::Done(Delivery::Skipped)),
@@ -648,18 +663,18 @@ impl Engine {
             tracing::warn!(event = "workflow_run_orphaned", reasonCode = "WORKFLOW_NOT_FOUND", runId = %run_id, workflowId = %run.workflow_id, orgId = %org, "workflow not found");
             return Ok(Decided::Done(Delivery::Skipped));
         };
-        if run.status == "queued" {
-            if wf_status != "published" {
+        if run.status == RunStatus::Queued {
+            if wf_status != WorkflowStatus::Published {
                 store::finish(
                     c,
                     run_id,
                     None,
-                    "failed",
+                    RunStatus::Failed,
                     run.output.as_ref(),
                     Some("WORKFLOW_NOT_PUBLISHED"),
                 )
                 .await?;
-                let mut e = event(&run, "run_failed", "error", None);
+                let mut e = event(&run, EventKind::RunFailed, Level::Error, None);
                 e.message = Some("WORKFLOW_NOT_PUBLISHED".into());
                 e.payload = Some(json!({"reasonCode": "WORKFLOW_NOT_PUBLISHED"}));
                 store::append_events(c, &[e]).await?;
@@ -667,7 +682,7 @@ impl Engine {
                 return Ok(Decided::Done(Delivery::Failed));
             }
             let started = store::start_attempt(c, run_id, &worker, lease).await?;
-            let mut e = event(&started, "run_started", "info", None);
+            let mut e = event(&started, EventKind::RunStarted, Level::Info, None);
             e.payload = Some(
                 json!({"runId": run_id, "workflowId": started.workflow_id, "orgId": org, "attemptCount": started.attempt_count}),
             );
@@ -684,7 +699,7 @@ impl Engine {
     async fn commit_in<'a, R, F>(
         &self,
         open: &mut Option<OpenTx>,
-        org: Uuid,
+        org: OrgId,
         f: F,
     ) -> Result<R, EngineError>
     where
@@ -761,15 +776,23 @@ impl Engine {
     /// stops here instead and goes on alone after the batch's commit.
     async fn node_started(&self, p: &mut Progress, node: &Node) -> Result<Next, EngineError> {
         if is_pure(node) {
-            p.pending
-                .push(event(&p.run, "node_started", "info", Some(node)));
+            p.pending.push(event(
+                &p.run,
+                EventKind::NodeStarted,
+                Level::Info,
+                Some(node),
+            ));
             return Ok(Next::Run);
         }
         if p.batched {
             return Ok(Next::Yield);
         }
-        p.pending
-            .push(event(&p.run, "node_started", "info", Some(node)));
+        p.pending.push(event(
+            &p.run,
+            EventKind::NodeStarted,
+            Level::Info,
+            Some(node),
+        ));
         Ok(if self.flush(p).await? {
             Next::Run
         } else {
@@ -786,11 +809,17 @@ impl Engine {
         output: Value,
         cursor: i32,
     ) -> Result<bool, EngineError> {
-        let max = self.state.config.workflows.event_payload_max_chars;
-        let mut e = event(&p.run, "node_succeeded", "info", Some(node));
+        let max = self.config.event_payload_max_chars;
+        let mut e = event(&p.run, EventKind::NodeSucceeded, Level::Info, Some(node));
         e.payload = summarize(&output, max);
         p.pending.push(e);
-        p.steps.push(json!({"nodeId": node.id, "nodeType": node.node_type, "status": "succeeded", "output": output}));
+        p.steps.push(Step {
+            node_id: node.id.clone(),
+            node_type: node.node_type(),
+            status: StepStatus::Succeeded,
+            output: Some(output),
+            error: None,
+        });
         p.cursor = cursor;
         if is_pure(node) {
             return Ok(true);
@@ -862,14 +891,16 @@ impl Engine {
                 Next::Yield => return Ok(Halt::Yield),
                 Next::LeaseLost => return Ok(Halt::Settled(Delivery::LeaseLost)),
             }
-            let outcome = match node.node_type.as_str() {
-                "condition" => {
-                    match executors::condition::evaluate_condition(node.config.as_ref(), &input) {
+            let outcome = match &node.spec {
+                NodeSpec::Condition(cfg) => {
+                    match executors::condition::evaluate(cfg.as_ref(), &input) {
                         Ok(out) => Outcome::Succeeded(out),
                         Err(code) => Outcome::fail(code, false),
                     }
                 }
-                "parallel.join" => Outcome::Succeeded(join_output(graph, &node.id, &p.steps)),
+                NodeSpec::ParallelJoin(_) => {
+                    Outcome::Succeeded(join_output(graph, &node.id, &p.steps))
+                }
                 _ => self.exec(p, node, settings).await,
             };
             match outcome {
@@ -890,7 +921,7 @@ impl Engine {
             }
         }
         // Nodes without a step were skipped: say why, once each (capped), then succeed.
-        let max = self.state.config.workflows.event_payload_max_chars;
+        let max = self.config.event_payload_max_chars;
         let mut skipped = serde_json::Map::new();
         let mut events = Vec::new();
         for (key, node) in &graph.nodes {
@@ -899,7 +930,7 @@ impl Engine {
             }
             let info = skip_reason(graph, key, &p.steps);
             if events.len() < 500 {
-                let mut e = event(&p.run, "node_skipped", "info", Some(node));
+                let mut e = event(&p.run, EventKind::NodeSkipped, Level::Info, Some(node));
                 e.payload = summarize(&info, max);
                 events.push(e);
             }
@@ -944,14 +975,14 @@ impl Engine {
     }
 
     fn succeed(&self, p: &mut Progress) -> End {
-        let mut e = event(&p.run, "run_succeeded", "info", None);
+        let mut e = event(&p.run, EventKind::RunSucceeded, Level::Info, None);
         e.payload = Some(json!({"completedNodeCount": p.succeeded_count()}));
         let mut events = std::mem::take(&mut p.pending);
         events.push(e);
         End {
             kind: EndKind::Succeeded,
             error: None,
-            output: p.output("succeeded", None),
+            output: p.output(StepStatus::Succeeded, None),
             events,
         }
     }
@@ -964,13 +995,15 @@ impl Engine {
         output: Option<Value>,
         retryable: bool,
     ) -> End {
-        let max = self.state.config.workflows.event_payload_max_chars;
-        let mut step = json!({"nodeId": node.id, "nodeType": node.node_type, "status": "failed", "error": error});
-        if let Some(out) = &output {
-            step["output"] = out.clone();
-        }
-        p.steps.push(step);
-        let mut e = event(&p.run, "node_failed", "error", Some(node));
+        let max = self.config.event_payload_max_chars;
+        p.steps.push(Step {
+            node_id: node.id.clone(),
+            node_type: node.node_type(),
+            status: StepStatus::Failed,
+            output: output.clone(),
+            error: Some(error.clone()),
+        });
+        let mut e = event(&p.run, EventKind::NodeFailed, Level::Error, Some(node));
         e.message = Some(error.clone());
         e.payload = output.as_ref().and_then(|o| summarize(o, max));
         let mut events = std::mem::take(&mut p.pending);
@@ -997,8 +1030,12 @@ impl Engine {
         let retry = retryable && run.attempt_count < run.max_attempts;
         let mut e = event(
             run,
-            if retry { "run_retried" } else { "run_failed" },
-            if retry { "warn" } else { "error" },
+            if retry {
+                EventKind::RunRetried
+            } else {
+                EventKind::RunFailed
+            },
+            if retry { Level::Warn } else { Level::Error },
             None,
         );
         e.message = Some(error.clone());
@@ -1007,14 +1044,14 @@ impl Engine {
         );
         events.push(e);
         let kind = if retry {
-            let base = self.state.config.workflows.retry_backoff_ms;
+            let base = self.config.retry_backoff_ms;
             EndKind::Retry(Utc::now() + backoff(base, run.attempt_count))
         } else {
             EndKind::Failed
         };
         End {
             kind,
-            output: p.output("failed", failed_node.as_deref()),
+            output: p.output(StepStatus::Failed, failed_node.as_deref()),
             error: Some(error),
             events,
         }
@@ -1034,11 +1071,13 @@ fn log_started(run: &Run, resumed: bool) {
 /// Nodes whose execution has no effect outside the run (stubs and inline evaluations): they need no
 /// commit of their own. Everything else (HTTP calls, connector actions, …) is committed around.
 fn is_pure(node: &Node) -> bool {
-    match node.node_type.as_str() {
-        "http.request" => node.config.is_none(),
-        "agent.execute" => !dsl::is_remote(node),
-        "condition" | "parallel.join" => true,
-        _ => false,
+    match &node.spec {
+        NodeSpec::HttpRequest(config) => config.is_none(),
+        NodeSpec::AgentExecute(_) => !node.is_remote(),
+        NodeSpec::Condition(_) | NodeSpec::ParallelJoin(_) => true,
+        NodeSpec::AgentRun(_) | NodeSpec::ConnectorAction(_) | NodeSpec::GithubIssueCreate(_) => {
+            false
+        }
     }
 }
 
@@ -1050,13 +1089,21 @@ pub fn backoff(base_ms: u64, attempt: i32) -> chrono::Duration {
     chrono::Duration::milliseconds((ms * jitter) as i64)
 }
 
-fn step_output<'a>(steps: &'a [Value], id: &str) -> Option<&'a Value> {
-    steps.iter().find(|s| s["nodeId"] == id)
+fn step_output<'a>(steps: &'a [Step], id: &str) -> Option<&'a Step> {
+    steps.iter().find(|s| s.node_id == id)
+}
+
+/// A field of a step's output (`Null` when absent).
+fn output_field<'a>(step: &'a Step, key: &str) -> &'a Value {
+    step.output
+        .as_ref()
+        .and_then(|o| o.get(key))
+        .unwrap_or(&Value::Null)
 }
 
 /// Why an edge is (not) satisfied: `OK`, `UPSTREAM_NOT_SUCCEEDED`, `CONDITION_RESULT_MISSING`, `CONDITION_NOT_MET`.
-fn edge_reason(steps: &[Value], from: &str, kind: EdgeKind) -> &'static str {
-    let Some(step) = step_output(steps, from).filter(|s| s["status"] == "succeeded") else {
+fn edge_reason(steps: &[Step], from: &str, kind: EdgeKind) -> &'static str {
+    let Some(step) = step_output(steps, from).filter(|s| s.succeeded()) else {
         return "UPSTREAM_NOT_SUCCEEDED";
     };
     let want = match kind {
@@ -1064,7 +1111,7 @@ fn edge_reason(steps: &[Value], from: &str, kind: EdgeKind) -> &'static str {
         EdgeKind::CondTrue => true,
         EdgeKind::CondFalse => false,
     };
-    match step["output"]["result"].as_bool() {
+    match output_field(step, "result").as_bool() {
         None => "CONDITION_RESULT_MISSING",
         Some(r) if r == want => "OK",
         Some(_) => "CONDITION_NOT_MET",
@@ -1080,8 +1127,8 @@ fn kind_name(kind: EdgeKind) -> &'static str {
 }
 
 /// Ready = no step yet and every incoming edge satisfied; in key order (deterministic).
-fn ready_nodes(graph: &Graph, steps: &[Value]) -> Vec<String> {
-    let done: HashSet<&str> = steps.iter().filter_map(|s| s["nodeId"].as_str()).collect();
+fn ready_nodes(graph: &Graph, steps: &[Step]) -> Vec<String> {
+    let done: HashSet<&str> = steps.iter().map(|s| s.node_id.as_str()).collect();
     graph
         .nodes
         .keys()
@@ -1097,7 +1144,7 @@ fn ready_nodes(graph: &Graph, steps: &[Value]) -> Vec<String> {
         .collect()
 }
 
-fn join_output(graph: &Graph, id: &str, steps: &[Value]) -> Value {
+fn join_output(graph: &Graph, id: &str, steps: &[Step]) -> Value {
     let incoming: Vec<&str> = graph
         .edges
         .iter()
@@ -1112,7 +1159,7 @@ fn join_output(graph: &Graph, id: &str, steps: &[Value]) -> Value {
     json!({"joined": true, "requiredIncoming": incoming.len(), "satisfiedIncoming": satisfied, "incomingFrom": incoming})
 }
 
-fn skip_reason(graph: &Graph, id: &str, steps: &[Value]) -> Value {
+fn skip_reason(graph: &Graph, id: &str, steps: &[Step]) -> Value {
     let incoming: Vec<_> = graph.edges.iter().filter(|e| e.to == id).collect();
     let reached = incoming
         .iter()
@@ -1135,22 +1182,23 @@ fn skip_reason(graph: &Graph, id: &str, steps: &[Value]) -> Value {
 fn graph_runtime(
     previous: Option<Value>,
     graph: &Graph,
-    steps: &[Value],
+    steps: &[Step],
     ready: &[String],
 ) -> Value {
     let mut conditions = BTreeMap::new();
     let mut joins = BTreeMap::new();
     for (key, node) in &graph.nodes {
-        match node.node_type.as_str() {
-            "condition" => {
+        match node.spec {
+            NodeSpec::Condition(_) => {
                 if let Some(s) = step_output(steps, key) {
-                    let explain = &s["output"]["explain"];
+                    let explain = output_field(s, "explain");
+                    let field = |k: &str| explain.get(k).cloned().unwrap_or(Value::Null);
                     conditions.insert(key.clone(), json!({
-                        "result": s["output"]["result"], "path": explain["path"], "op": explain["op"], "expected": explain["expected"],
+                        "result": output_field(s, "result"), "path": field("path"), "op": field("op"), "expected": field("expected"),
                     }));
                 }
             }
-            "parallel.join" => {
+            NodeSpec::ParallelJoin(_) => {
                 let incoming: Vec<Value> = graph
                     .edges
                     .iter()
@@ -1166,7 +1214,7 @@ fn graph_runtime(
             _ => {}
         }
     }
-    let completed: Vec<&str> = steps.iter().filter_map(|s| s["nodeId"].as_str()).collect();
+    let completed: Vec<&str> = steps.iter().map(|s| s.node_id.as_str()).collect();
     let mut rt = match previous {
         Some(Value::Object(m)) => m,
         _ => serde_json::Map::new(),

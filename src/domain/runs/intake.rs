@@ -15,12 +15,13 @@ use diesel_async::scoped_futures::ScopedFutureExt;
 use futures_util::future::join_all;
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
-use uuid::Uuid;
 
-use super::model::Run;
+use super::error::RunError;
+use super::model::{Run, RunStatus, TriggerType};
 use super::store::{self, NewRun};
+use crate::domain::common::ids::{OrgId, RunId, UserId, WorkflowId};
+use crate::domain::workflows::model::WorkflowStatus;
 use crate::platform::db::{self, PgPool, TenantCtx};
-use crate::platform::http::ApiError;
 use crate::platform::queue::WorkQueue;
 
 /// Requests waiting beyond this make senders wait (back-pressure instead of unbounded memory).
@@ -30,32 +31,17 @@ const BATCH_MAX: usize = 256;
 /// Batches committing at once; while all are busy, new requests gather into the next batch.
 const IN_FLIGHT: usize = 4;
 
-/// Why a run was not created.
-#[derive(Debug, Clone)]
-pub enum CreateError {
-    /// No such workflow in the org.
-    NotFound,
-    NotPublished,
-    /// Redis did not take the run in time; the row (this id) was removed again.
-    QueueUnavailable {
-        run_id: Uuid,
-        reason: String,
-    },
-    /// Anything else (database unavailable, …), already in the envelope.
-    Api(ApiError),
-}
-
 pub struct CreateRun {
-    pub org: Uuid,
-    pub user: Uuid,
-    pub workflow: Uuid,
+    pub org: OrgId,
+    pub user: UserId,
+    pub workflow: WorkflowId,
     pub input: Option<Value>,
     pub max_attempts: i32,
 }
 
 struct Request {
     run: CreateRun,
-    reply: oneshot::Sender<Result<Run, CreateError>>,
+    reply: oneshot::Sender<Result<Run, RunError>>,
 }
 
 /// The handle the API holds; cloning shares the one intake task.
@@ -80,14 +66,13 @@ impl RunIntake {
     }
 
     /// Creates a queued run and enqueues it; answers once both are done (or neither is).
-    pub async fn create(&self, run: CreateRun) -> Result<Run, CreateError> {
+    pub async fn create(&self, run: CreateRun) -> Result<Run, RunError> {
         let (reply, answer) = oneshot::channel();
-        let unavailable = || CreateError::Api(ApiError::internal());
         self.tx
             .send(Request { run, reply })
             .await
-            .map_err(|_| unavailable())?;
-        answer.await.map_err(|_| unavailable())?
+            .map_err(|_| RunError::IntakeStopped)?;
+        answer.await.map_err(|_| RunError::IntakeStopped)?
     }
 }
 
@@ -111,7 +96,7 @@ async fn intake_loop(mut rx: mpsc::Receiver<Request>, shared: Arc<Shared>) {
                 Err(_) => break,
             }
         }
-        let mut groups: HashMap<(Uuid, Uuid), Vec<Request>> = HashMap::new();
+        let mut groups: HashMap<(OrgId, UserId), Vec<Request>> = HashMap::new();
         for r in batch {
             groups.entry((r.run.org, r.run.user)).or_default().push(r);
         }
@@ -124,7 +109,7 @@ async fn intake_loop(mut rx: mpsc::Receiver<Request>, shared: Arc<Shared>) {
 /// batches arriving while Redis times out still commit and answer within their own enqueue timeout.
 async fn commit_groups(
     shared: Arc<Shared>,
-    groups: HashMap<(Uuid, Uuid), Vec<Request>>,
+    groups: HashMap<(OrgId, UserId), Vec<Request>>,
     permit: OwnedSemaphorePermit,
 ) {
     let shared = &shared;
@@ -143,10 +128,10 @@ async fn commit_groups(
 
 /// Runs committed for one org and user, waiting to be enqueued and answered.
 struct Committed {
-    org: Uuid,
-    user: Uuid,
-    replies: Vec<oneshot::Sender<Result<Run, CreateError>>>,
-    outcome: Vec<Result<Uuid, CreateError>>,
+    org: OrgId,
+    user: UserId,
+    replies: Vec<oneshot::Sender<Result<Run, RunError>>>,
+    outcome: Vec<Result<RunId, RunError>>,
     inserted: Vec<Run>,
 }
 
@@ -156,8 +141,8 @@ struct Committed {
 /// itself.
 async fn commit_group(
     shared: &Shared,
-    org: Uuid,
-    user: Uuid,
+    org: OrgId,
+    user: UserId,
     requests: Vec<Request>,
 ) -> Vec<Committed> {
     let (runs, replies): (Vec<CreateRun>, Vec<_>) =
@@ -171,9 +156,9 @@ async fn commit_group(
     };
     match insert_group(shared, org, user, &runs).await {
         Ok(done) => vec![committed(replies, done)],
-        Err(e) if runs.len() == 1 || e.status.as_u16() == 503 => {
+        Err(e) if runs.len() == 1 || e.is_unavailable() => {
             for reply in replies {
-                let _ = reply.send(Err(CreateError::Api(e.clone())));
+                let _ = reply.send(Err(e.clone()));
             }
             Vec::new()
         }
@@ -183,7 +168,7 @@ async fn commit_group(
                 match insert_group(shared, org, user, &[run]).await {
                     Ok(done) => out.push(committed(vec![reply], done)),
                     Err(e) => {
-                        let _ = reply.send(Err(CreateError::Api(e)));
+                        let _ = reply.send(Err(e));
                     }
                 }
             }
@@ -195,45 +180,46 @@ async fn commit_group(
 /// The group's transaction: which requests may run (404/409 per request) and the inserted rows.
 async fn insert_group(
     shared: &Shared,
-    org: Uuid,
-    user: Uuid,
+    org: OrgId,
+    user: UserId,
     runs: &[CreateRun],
-) -> Result<(Vec<Result<Uuid, CreateError>>, Vec<Run>), ApiError> {
+) -> Result<(Vec<Result<RunId, RunError>>, Vec<Run>), RunError> {
     db::tenant_tx(&shared.db, TenantCtx::user_org(user, org), |c| {
         async move {
-            let mut workflows: Vec<Uuid> = runs.iter().map(|r| r.workflow).collect();
+            let mut workflows: Vec<WorkflowId> = runs.iter().map(|r| r.workflow).collect();
             workflows.sort_unstable();
             workflows.dedup();
-            let statuses: HashMap<Uuid, String> = store::workflow_statuses(c, &workflows)
-                .await?
-                .into_iter()
-                .collect();
+            let statuses: HashMap<WorkflowId, WorkflowStatus> =
+                store::workflow_statuses(c, &workflows)
+                    .await?
+                    .into_iter()
+                    .collect();
             let mut rows = Vec::with_capacity(runs.len());
-            let mut outcome: Vec<Result<Uuid, CreateError>> = Vec::with_capacity(runs.len());
+            let mut outcome: Vec<Result<RunId, RunError>> = Vec::with_capacity(runs.len());
             for r in runs {
-                outcome.push(match statuses.get(&r.workflow).map(String::as_str) {
-                    None => Err(CreateError::NotFound),
-                    Some("published") => {
+                outcome.push(match statuses.get(&r.workflow) {
+                    None => Err(RunError::NotFound),
+                    Some(WorkflowStatus::Published) => {
                         // Time-ordered ids: new runs land at the right edge of the primary key (and their
                         // events next to each other in the events index) instead of on random pages.
-                        let id = Uuid::now_v7();
+                        let id = RunId::time_ordered();
                         rows.push(NewRun {
                             id,
                             organization_id: org,
                             workflow_id: r.workflow,
-                            trigger_type: "manual",
-                            status: "queued",
+                            trigger_type: TriggerType::Manual,
+                            status: RunStatus::Queued,
                             requested_by_user_id: user,
                             input: r.input.as_ref(),
                             max_attempts: r.max_attempts,
                         });
                         Ok(id)
                     }
-                    Some(_) => Err(CreateError::NotPublished),
+                    Some(WorkflowStatus::Draft) => Err(RunError::WorkflowNotPublished),
                 });
             }
             let inserted = store::insert_runs(c, &rows).await?;
-            Ok::<_, ApiError>((outcome, inserted))
+            Ok::<_, RunError>((outcome, inserted))
         }
         .scope_boxed()
     })
@@ -251,12 +237,15 @@ async fn enqueue_and_answer(shared: &Shared, committed: Committed) {
         inserted,
     } = committed;
     let ctx = TenantCtx::user_org(user, org);
-    let ids: Vec<Uuid> = inserted.iter().map(|r| r.id).collect();
-    let enqueued =
-        tokio::time::timeout(shared.enqueue_timeout, shared.queue.enqueue_many(org, &ids))
-            .await
-            .map_err(|_| "timed out".to_string())
-            .and_then(|r| r.map(|_| ()).map_err(|e| e.to_string()));
+    let ids: Vec<RunId> = inserted.iter().map(|r| r.id).collect();
+    let queued: Vec<uuid::Uuid> = ids.iter().map(|id| id.uuid()).collect();
+    let enqueued = tokio::time::timeout(
+        shared.enqueue_timeout,
+        shared.queue.enqueue_many(org.uuid(), &queued),
+    )
+    .await
+    .map_err(|_| "timed out".to_string())
+    .and_then(|r| r.map(|_| ()).map_err(|e| e.to_string()));
     if let Err(reason) = enqueued {
         // Take the rows back, so no run is left that nothing will pick up (the sweeper would, but the
         // clients are told 503).
@@ -264,7 +253,7 @@ async fn enqueue_and_answer(shared: &Shared, committed: Committed) {
             async move {
                 store::delete_fresh_runs(c, &ids)
                     .await
-                    .map_err(ApiError::from)
+                    .map_err(RunError::from)
             }
             .scope_boxed()
         })
@@ -274,7 +263,7 @@ async fn enqueue_and_answer(shared: &Shared, committed: Committed) {
         }
         for (reply, o) in replies.into_iter().zip(outcome) {
             let answer = o.and_then(|run_id| {
-                Err(CreateError::QueueUnavailable {
+                Err(RunError::QueueUnavailable {
                     run_id,
                     reason: reason.clone(),
                 })
@@ -283,13 +272,10 @@ async fn enqueue_and_answer(shared: &Shared, committed: Committed) {
         }
         return;
     }
-    let mut by_id: HashMap<Uuid, Run> = inserted.into_iter().map(|r| (r.id, r)).collect();
+    let mut by_id: HashMap<RunId, Run> = inserted.into_iter().map(|r| (r.id, r)).collect();
     for (reply, o) in replies.into_iter().zip(outcome) {
-        let answer = o.and_then(|id| {
-            by_id
-                .remove(&id)
-                .ok_or(CreateError::Api(ApiError::internal()))
-        });
+        // Every id in `outcome` was inserted by the same statement, so the row is there.
+        let answer = o.and_then(|id| by_id.remove(&id).ok_or(RunError::NotFound));
         let _ = reply.send(answer);
     }
 }

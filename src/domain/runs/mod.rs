@@ -1,9 +1,138 @@
-//! Runs: creation and reading, the worker engine on the Redis work queue, and run events.
+//! Runs: creation and reading (the [`Runs`] service), the worker engine on the Redis work queue, node
+//! executors and run events.
 
+pub mod config;
 pub mod engine;
+pub mod error;
 pub mod executors;
 pub mod intake;
 pub mod model;
 pub mod routes;
 pub mod store;
 pub mod worker;
+
+use std::time::Duration;
+
+use diesel_async::scoped_futures::ScopedFutureExt;
+use serde_json::Value;
+
+use crate::domain::common::access::OrgCtx;
+use crate::domain::common::ids::{EventId, RunId, WorkflowId};
+use crate::domain::common::page::{next_cursor, Page};
+use crate::platform::db::{self, PgPool};
+use crate::platform::queue::WorkQueue;
+pub use error::RunError;
+use intake::{CreateRun, RunIntake};
+use model::{Event, Run};
+
+/// What the runs service is built from.
+pub struct RunsParts {
+    pub db: PgPool,
+    pub queue: WorkQueue,
+    /// How long run creation waits for Redis before answering 503.
+    pub enqueue_timeout: Duration,
+    /// Attempts a new run gets.
+    pub retry_attempts: i32,
+}
+
+pub struct Runs {
+    db: PgPool,
+    intake: RunIntake,
+    retry_attempts: i32,
+}
+
+impl Runs {
+    /// Builds the service and starts its intake task (group commit; see [`intake`]).
+    pub fn new(parts: RunsParts) -> Self {
+        Self {
+            intake: RunIntake::spawn(parts.db.clone(), parts.queue, parts.enqueue_timeout),
+            db: parts.db,
+            retry_attempts: parts.retry_attempts,
+        }
+    }
+
+    /// Creates a queued run of a published workflow and enqueues it; answers once both are done (or
+    /// neither is).
+    pub async fn create(
+        &self,
+        ctx: &OrgCtx,
+        workflow: WorkflowId,
+        input: Option<Value>,
+    ) -> Result<Run, RunError> {
+        self.intake
+            .create(CreateRun {
+                org: ctx.org_id,
+                user: ctx.user.user_id,
+                workflow,
+                input,
+                max_attempts: self.retry_attempts,
+            })
+            .await
+    }
+
+    /// The workflow's runs, newest first, and the cursor of the last one.
+    pub async fn list(
+        &self,
+        ctx: &OrgCtx,
+        workflow: WorkflowId,
+        page: Page,
+    ) -> Result<(Vec<Run>, Option<String>), RunError> {
+        let runs = db::tenant_tx(&self.db, ctx.tenant(), |c| {
+            async move {
+                store::workflow_state(c, workflow)
+                    .await?
+                    .ok_or(RunError::NotFound)?;
+                Ok::<_, RunError>(store::list_runs(c, workflow, page.after, page.limit).await?)
+            }
+            .scope_boxed()
+        })
+        .await?;
+        let next = next_cursor(&runs, |r| (r.created_at, r.id.uuid()));
+        Ok((runs, next))
+    }
+
+    pub async fn get(
+        &self,
+        ctx: &OrgCtx,
+        workflow: WorkflowId,
+        run: RunId,
+    ) -> Result<Run, RunError> {
+        db::tenant_tx(&self.db, ctx.tenant(), |c| {
+            async move {
+                store::get_run_of(c, workflow, run)
+                    .await
+                    .map_err(RunError::from)
+            }
+            .scope_boxed()
+        })
+        .await?
+        .ok_or(RunError::NotFound)
+    }
+
+    /// The run's events in order, after the cursor's event, and the cursor of the last one.
+    pub async fn events(
+        &self,
+        ctx: &OrgCtx,
+        workflow: WorkflowId,
+        run: RunId,
+        page: Page,
+    ) -> Result<(Vec<Event>, Option<String>), RunError> {
+        let events = db::tenant_tx(&self.db, ctx.tenant(), |c| {
+            async move {
+                store::get_run_of(c, workflow, run)
+                    .await?
+                    .ok_or(RunError::NotFound)?;
+                // The cursor names the last event seen; events are ordered by insertion (`seq`).
+                let after = match page.after {
+                    Some((_, id)) => store::event_seq(c, run, EventId::from(id)).await?,
+                    None => None,
+                };
+                Ok::<_, RunError>(store::list_events(c, run, after, page.limit).await?)
+            }
+            .scope_boxed()
+        })
+        .await?;
+        let next = next_cursor(&events, |e| (e.created_at, e.id.uuid()));
+        Ok((events, next))
+    }
+}

@@ -1,22 +1,71 @@
-//! Runs and run events as stored and as shown.
+//! Runs, their steps and their events, as stored and as shown.
 
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
-use serde::Serialize;
+use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
-use uuid::Uuid;
 
-use crate::domain::auth::model::iso;
+use crate::domain::common::ids::{EventId, OrgId, RunId, UserId, WorkflowId};
+use crate::domain::common::time::iso;
+use crate::domain::workflows::dsl::NodeType;
 use crate::platform::db::schema::{workflow_run_events, workflow_runs};
+
+crate::text_enum! {
+    /// Where a run stands. `queued` also covers a retry waiting for its `next_attempt_at`.
+    pub enum RunStatus {
+        Queued = "queued",
+        Running = "running",
+        Succeeded = "succeeded",
+        Failed = "failed",
+    }
+}
+
+crate::text_enum! {
+    /// What started a run.
+    pub enum TriggerType {
+        Manual = "manual",
+        Webhook = "webhook",
+        Cron = "cron",
+    }
+}
+
+crate::text_enum! {
+    /// The kinds of run events (workflows spec 4).
+    pub enum EventKind {
+        RunStarted = "run_started",
+        NodeStarted = "node_started",
+        NodeSucceeded = "node_succeeded",
+        NodeFailed = "node_failed",
+        NodeSkipped = "node_skipped",
+        RunSucceeded = "run_succeeded",
+        RunRetried = "run_retried",
+        RunFailed = "run_failed",
+    }
+}
+
+crate::text_enum! {
+    pub enum Level {
+        Info = "info",
+        Warn = "warn",
+        Error = "error",
+    }
+}
+
+crate::text_enum! {
+    pub enum StepStatus {
+        Succeeded = "succeeded",
+        Failed = "failed",
+    }
+}
 
 #[derive(Debug, Clone, Queryable, Selectable, QueryableByName)]
 #[diesel(table_name = workflow_runs)]
 pub struct Run {
-    pub id: Uuid,
-    pub organization_id: Uuid,
-    pub workflow_id: Uuid,
-    pub trigger_type: String,
-    pub status: String,
+    pub id: RunId,
+    pub organization_id: OrgId,
+    pub workflow_id: WorkflowId,
+    pub trigger_type: TriggerType,
+    pub status: RunStatus,
     pub attempt_count: i32,
     pub max_attempts: i32,
     pub next_attempt_at: Option<DateTime<Utc>>,
@@ -24,7 +73,7 @@ pub struct Run {
     pub blocked_request_id: Option<String>,
     pub lease_owner: Option<String>,
     pub lease_expires_at: Option<DateTime<Utc>>,
-    pub requested_by_user_id: Uuid,
+    pub requested_by_user_id: UserId,
     pub input: Option<Value>,
     pub output: Option<Value>,
     pub error: Option<String>,
@@ -37,12 +86,12 @@ pub struct Run {
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RunView {
-    pub id: Uuid,
-    pub organization_id: Uuid,
-    pub workflow_id: Uuid,
-    pub requested_by_user_id: Uuid,
-    pub trigger_type: String,
-    pub status: String,
+    pub id: RunId,
+    pub organization_id: OrgId,
+    pub workflow_id: WorkflowId,
+    pub requested_by_user_id: UserId,
+    pub trigger_type: TriggerType,
+    pub status: RunStatus,
     pub attempt_count: i32,
     pub max_attempts: i32,
     pub next_attempt_at: Option<String>,
@@ -61,8 +110,8 @@ impl From<&Run> for RunView {
             organization_id: r.organization_id,
             workflow_id: r.workflow_id,
             requested_by_user_id: r.requested_by_user_id,
-            trigger_type: r.trigger_type.clone(),
-            status: r.status.clone(),
+            trigger_type: r.trigger_type,
+            status: r.status,
             attempt_count: r.attempt_count,
             max_attempts: r.max_attempts,
             next_attempt_at: r.next_attempt_at.map(iso),
@@ -76,19 +125,81 @@ impl From<&Run> for RunView {
     }
 }
 
+/// A present JSON `null` output stays `Some(Null)` (a node may succeed with `null`).
+fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
+    Value::deserialize(d).map(Some)
+}
+
+/// One executed node in `output.steps`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Step {
+    pub node_id: String,
+    pub node_type: NodeType,
+    pub status: StepStatus,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "present"
+    )]
+    pub output: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl Step {
+    pub fn succeeded(&self) -> bool {
+        self.status == StepStatus::Succeeded
+    }
+
+    /// The succeeded steps recorded in a stored run output (what a resumed attempt must not redo).
+    /// Steps that do not read as steps are skipped: only this engine writes them.
+    pub fn succeeded_in(output: Option<&Value>) -> Vec<Step> {
+        output
+            .and_then(|o| o.get("steps"))
+            .and_then(Value::as_array)
+            .map(|steps| {
+                steps
+                    .iter()
+                    .filter_map(|s| Step::deserialize(s).ok())
+                    .filter(Step::succeeded)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+/// `output.output`: the summary of an attempt.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Summary<'a> {
+    pub completed_node_count: usize,
+    pub failed_node_id: Option<&'a str>,
+}
+
+/// A run's `output` (workflows spec 3.3).
+#[derive(Debug, Serialize)]
+pub struct RunOutput<'a> {
+    pub status: StepStatus,
+    pub steps: &'a [Step],
+    pub output: Summary<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<&'a Value>,
+}
+
 #[derive(Debug, Clone, Queryable, Selectable)]
 #[diesel(table_name = workflow_run_events)]
 pub struct Event {
-    pub id: Uuid,
+    pub id: EventId,
     pub seq: i64,
-    pub organization_id: Uuid,
-    pub workflow_id: Uuid,
-    pub run_id: Uuid,
+    pub organization_id: OrgId,
+    pub workflow_id: WorkflowId,
+    pub run_id: RunId,
     pub attempt_count: i32,
-    pub event_type: String,
+    pub event_type: EventKind,
     pub node_id: Option<String>,
-    pub node_type: Option<String>,
-    pub level: String,
+    pub node_type: Option<NodeType>,
+    pub level: Level,
     pub message: Option<String>,
     pub payload: Option<Value>,
     pub created_at: DateTime<Utc>,
@@ -97,15 +208,15 @@ pub struct Event {
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct EventView {
-    pub id: Uuid,
-    pub organization_id: Uuid,
-    pub workflow_id: Uuid,
-    pub run_id: Uuid,
+    pub id: EventId,
+    pub organization_id: OrgId,
+    pub workflow_id: WorkflowId,
+    pub run_id: RunId,
     pub attempt_count: i32,
-    pub event_type: String,
+    pub event_type: EventKind,
     pub node_id: Option<String>,
-    pub node_type: Option<String>,
-    pub level: String,
+    pub node_type: Option<NodeType>,
+    pub level: Level,
     pub message: Option<String>,
     pub payload: Value,
     pub created_at: String,
@@ -119,10 +230,10 @@ impl From<&Event> for EventView {
             workflow_id: e.workflow_id,
             run_id: e.run_id,
             attempt_count: e.attempt_count,
-            event_type: e.event_type.clone(),
+            event_type: e.event_type,
             node_id: e.node_id.clone(),
-            node_type: e.node_type.clone(),
-            level: e.level.clone(),
+            node_type: e.node_type,
+            level: e.level,
             message: e.message.clone(),
             payload: e.payload.clone().unwrap_or(Value::Null),
             created_at: iso(e.created_at),
@@ -134,14 +245,14 @@ impl From<&Event> for EventView {
 #[derive(Debug, Clone, Insertable)]
 #[diesel(table_name = workflow_run_events)]
 pub struct NewEvent {
-    pub organization_id: Uuid,
-    pub workflow_id: Uuid,
-    pub run_id: Uuid,
+    pub organization_id: OrgId,
+    pub workflow_id: WorkflowId,
+    pub run_id: RunId,
     pub attempt_count: i32,
-    pub event_type: &'static str,
+    pub event_type: EventKind,
     pub node_id: Option<String>,
-    pub node_type: Option<String>,
-    pub level: &'static str,
+    pub node_type: Option<NodeType>,
+    pub level: Level,
     pub message: Option<String>,
     pub payload: Option<Value>,
 }

@@ -2,18 +2,15 @@
 //! behind), list, get, and the run's events.
 
 use actix_web::http::StatusCode;
-use actix_web::{web, FromRequest, HttpRequest, HttpResponse};
-use diesel_async::scoped_futures::ScopedFutureExt;
+use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::{json, Value};
 
-use super::intake::{CreateError, CreateRun};
 use super::model::{EventView, RunView};
-use super::store;
-use crate::app::state::AppState;
-use crate::domain::auth::extract::AuthUser;
-use crate::domain::orgs::{self, OrgCtx};
-use crate::domain::workflows::cursor::{self, Page};
-use crate::platform::db;
+use super::{RunError, Runs};
+use crate::domain::common::access::OrgCtx;
+use crate::domain::common::extract::{authenticate, resolve_org};
+use crate::domain::common::ids::{RunId, WorkflowId};
+use crate::domain::common::page::Page;
 use crate::platform::http::{path_uuid, request_id, route_of, ApiError, JsonBody};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -39,13 +36,38 @@ fn not_found() -> ApiError {
     ApiError::not_found("Not Found")
 }
 
+impl From<RunError> for ApiError {
+    fn from(e: RunError) -> Self {
+        match e {
+            RunError::NotFound => not_found(),
+            RunError::WorkflowNotPublished => ApiError::conflict("Workflow is not published"),
+            e @ RunError::QueueUnavailable { .. } => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "QUEUE_UNAVAILABLE",
+                "Workflow queue is unavailable",
+            )
+            .with_cause(e),
+            e @ RunError::IntakeStopped => ApiError::unavailable().with_cause(e),
+            RunError::Db(e) => e.into(),
+        }
+    }
+}
+
+fn workflow_id(req: &HttpRequest) -> Result<WorkflowId, ApiError> {
+    path_uuid(req, "workflowId", not_found).map(WorkflowId::from)
+}
+
+fn run_id(req: &HttpRequest) -> Result<RunId, ApiError> {
+    path_uuid(req, "runId", not_found).map(RunId::from)
+}
+
 async fn create(
-    state: web::Data<AppState>,
+    runs: web::Data<Runs>,
     req: HttpRequest,
     body: JsonBody,
 ) -> Result<HttpResponse, ApiError> {
     // Auth first, then the body (before org context, as the original), then the org.
-    AuthUser::extract(&req).await?;
+    authenticate(&req).await?;
     let input = match body.0 {
         Value::Null => None,
         Value::Object(mut m) => m.remove("input").filter(|v| !v.is_null()),
@@ -57,104 +79,53 @@ async fn create(
             )
         }
     };
-    let ctx = orgs::context::resolve(&req).await?;
-    let workflow_id = path_uuid(&req, "workflowId", not_found)?;
+    let ctx = resolve_org(&req).await?;
+    let workflow = workflow_id(&req)?;
     let (org, user) = (ctx.org_id, ctx.user.user_id);
-    let created = state
-        .runs
-        .create(CreateRun {
-            org,
-            user,
-            workflow: workflow_id,
-            input,
-            max_attempts: state.config.workflows.retry_attempts,
-        })
-        .await;
     let route = route_of(&req);
-    let run = match created {
+    let run = match runs.create(&ctx, workflow, input).await {
         Ok(run) => run,
-        Err(CreateError::NotFound) => return Err(not_found()),
-        Err(CreateError::NotPublished) => {
-            return Err(ApiError::conflict("Workflow is not published"))
-        }
-        Err(CreateError::Api(e)) => return Err(e),
-        Err(CreateError::QueueUnavailable { run_id, reason }) => {
-            tracing::error!(event = "queue_unavailable", userId = %user, orgId = %org, workflowId = %workflow_id, runId = %run_id,
-                requestId = %request_id(&req), path = %route, method = %req.method(), error = %reason, "run queue unavailable");
-            return Err(ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "QUEUE_UNAVAILABLE",
-                "Workflow queue is unavailable",
-            ));
+        Err(e) => {
+            if let RunError::QueueUnavailable { run_id, reason } = &e {
+                tracing::error!(event = "queue_unavailable", userId = %user, orgId = %org, workflowId = %workflow, runId = %run_id,
+                    requestId = %request_id(&req), path = %route, method = %req.method(), error = %reason, "run queue unavailable");
+            }
+            return Err(e.into());
         }
     };
-    tracing::info!(event = "workflow_run_enqueued", userId = %user, orgId = %org, workflowId = %workflow_id, runId = %run.id,
+    tracing::info!(event = "workflow_run_enqueued", userId = %user, orgId = %org, workflowId = %workflow, runId = %run.id,
         requestId = %request_id(&req), path = %route, method = %req.method(), "run enqueued");
     Ok(HttpResponse::Created().json(json!({ "run": RunView::from(&run) })))
 }
 
-async fn list(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
-    AuthUser::extract(&req).await?;
+async fn list(runs: web::Data<Runs>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    authenticate(&req).await?;
     let page = Page::parse(req.query_string(), 50, 200)?;
-    let ctx = orgs::context::resolve(&req).await?;
-    let workflow_id = path_uuid(&req, "workflowId", not_found)?;
-    let runs = db::tenant_tx(&state.db, ctx.tenant(), |c| {
-        async move {
-            store::workflow_state(c, workflow_id)
-                .await?
-                .ok_or_else(not_found)?;
-            Ok::<_, ApiError>(store::list_runs(c, workflow_id, page.after, page.limit).await?)
-        }
-        .scope_boxed()
-    })
-    .await?;
-    let next = cursor::next_cursor(&runs, |r| (r.created_at, r.id));
-    let views: Vec<RunView> = runs.iter().map(RunView::from).collect();
+    let ctx = resolve_org(&req).await?;
+    let workflow = workflow_id(&req)?;
+    let (list, next) = runs.list(&ctx, workflow, page).await?;
+    let views: Vec<RunView> = list.iter().map(RunView::from).collect();
     Ok(HttpResponse::Ok().json(json!({ "runs": views, "nextCursor": next })))
 }
 
 async fn get(
-    state: web::Data<AppState>,
+    runs: web::Data<Runs>,
     req: HttpRequest,
     ctx: OrgCtx,
 ) -> Result<HttpResponse, ApiError> {
-    let workflow_id = path_uuid(&req, "workflowId", not_found)?;
-    let run_id = path_uuid(&req, "runId", not_found)?;
-    let run = db::tenant_tx(&state.db, ctx.tenant(), |c| {
-        async move {
-            store::get_run_of(c, workflow_id, run_id)
-                .await
-                .map_err(ApiError::from)
-        }
-        .scope_boxed()
-    })
-    .await?
-    .ok_or_else(not_found)?;
+    let workflow = workflow_id(&req)?;
+    let run = run_id(&req)?;
+    let run = runs.get(&ctx, workflow, run).await?;
     Ok(HttpResponse::Ok().json(json!({ "run": RunView::from(&run) })))
 }
 
-async fn events(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
-    AuthUser::extract(&req).await?;
+async fn events(runs: web::Data<Runs>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    authenticate(&req).await?;
     let page = Page::parse(req.query_string(), 200, 500)?;
-    let ctx = orgs::context::resolve(&req).await?;
-    let workflow_id = path_uuid(&req, "workflowId", not_found)?;
-    let run_id = path_uuid(&req, "runId", not_found)?;
-    let events = db::tenant_tx(&state.db, ctx.tenant(), |c| {
-        async move {
-            store::get_run_of(c, workflow_id, run_id)
-                .await?
-                .ok_or_else(not_found)?;
-            // The cursor names the last event seen; events are ordered by insertion (`seq`).
-            let after = match page.after {
-                Some((_, id)) => store::event_seq(c, run_id, id).await?,
-                None => None,
-            };
-            Ok::<_, ApiError>(store::list_events(c, run_id, after, page.limit).await?)
-        }
-        .scope_boxed()
-    })
-    .await?;
-    let next = cursor::next_cursor(&events, |e| (e.created_at, e.id));
-    let views: Vec<EventView> = events.iter().map(EventView::from).collect();
+    let ctx = resolve_org(&req).await?;
+    let workflow = workflow_id(&req)?;
+    let run = run_id(&req)?;
+    let (list, next) = runs.events(&ctx, workflow, run, page).await?;
+    let views: Vec<EventView> = list.iter().map(EventView::from).collect();
     Ok(HttpResponse::Ok().json(json!({ "events": views, "nextCursor": next })))
 }

@@ -6,9 +6,10 @@ use diesel::sql_types::{Array, Jsonb, Text, Timestamptz};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use serde::Serialize;
 use serde_json::Value;
-use uuid::Uuid;
 
-use super::model::{Event, NewEvent, Run};
+use super::model::{Event, NewEvent, Run, RunStatus, TriggerType};
+use crate::domain::common::ids::{EventId, OrgId, RunId, UserId, WorkflowId};
+use crate::domain::workflows::model::WorkflowStatus;
 use crate::platform::db::schema::{
     workflow_run_events as ev, workflow_runs as wr, workflows as wf,
 };
@@ -16,8 +17,8 @@ use crate::platform::db::schema::{
 /// `(status, dsl)` of a workflow in the org.
 pub async fn workflow_state(
     c: &mut AsyncPgConnection,
-    id: Uuid,
-) -> QueryResult<Option<(String, Value)>> {
+    id: WorkflowId,
+) -> QueryResult<Option<(WorkflowStatus, Value)>> {
     wf::table
         .find(id)
         .select((wf::status, wf::dsl_doc))
@@ -29,8 +30,8 @@ pub async fn workflow_state(
 /// `status` of each of these workflows found in the org.
 pub async fn workflow_statuses(
     c: &mut AsyncPgConnection,
-    ids: &[Uuid],
-) -> QueryResult<Vec<(Uuid, String)>> {
+    ids: &[WorkflowId],
+) -> QueryResult<Vec<(WorkflowId, WorkflowStatus)>> {
     wf::table
         .filter(wf::id.eq_any(ids))
         .select((wf::id, wf::status))
@@ -42,12 +43,12 @@ pub async fn workflow_statuses(
 #[derive(Debug, Clone, Insertable)]
 #[diesel(table_name = wr)]
 pub struct NewRun<'a> {
-    pub id: Uuid,
-    pub organization_id: Uuid,
-    pub workflow_id: Uuid,
-    pub trigger_type: &'static str,
-    pub status: &'static str,
-    pub requested_by_user_id: Uuid,
+    pub id: RunId,
+    pub organization_id: OrgId,
+    pub workflow_id: WorkflowId,
+    pub trigger_type: TriggerType,
+    pub status: RunStatus,
+    pub requested_by_user_id: UserId,
     pub input: Option<&'a Value>,
     pub max_attempts: i32,
 }
@@ -65,18 +66,18 @@ pub async fn insert_runs(c: &mut AsyncPgConnection, runs: &[NewRun<'_>]) -> Quer
 }
 
 /// Removes runs that never started (their enqueue failed right after the insert).
-pub async fn delete_fresh_runs(c: &mut AsyncPgConnection, ids: &[Uuid]) -> QueryResult<usize> {
+pub async fn delete_fresh_runs(c: &mut AsyncPgConnection, ids: &[RunId]) -> QueryResult<usize> {
     diesel::delete(
         wr::table
             .filter(wr::id.eq_any(ids))
-            .filter(wr::status.eq("queued"))
+            .filter(wr::status.eq(RunStatus::Queued))
             .filter(wr::attempt_count.eq(0)),
     )
     .execute(c)
     .await
 }
 
-pub async fn get_run(c: &mut AsyncPgConnection, id: Uuid) -> QueryResult<Option<Run>> {
+pub async fn get_run(c: &mut AsyncPgConnection, id: RunId) -> QueryResult<Option<Run>> {
     wr::table
         .find(id)
         .select(Run::as_select())
@@ -87,8 +88,8 @@ pub async fn get_run(c: &mut AsyncPgConnection, id: Uuid) -> QueryResult<Option<
 
 pub async fn get_run_of(
     c: &mut AsyncPgConnection,
-    workflow: Uuid,
-    id: Uuid,
+    workflow: WorkflowId,
+    id: RunId,
 ) -> QueryResult<Option<Run>> {
     wr::table
         .filter(wr::id.eq(id))
@@ -102,8 +103,8 @@ pub async fn get_run_of(
 /// Newest first; `after` = the last row of the previous page.
 pub async fn list_runs(
     c: &mut AsyncPgConnection,
-    workflow: Uuid,
-    after: Option<(DateTime<Utc>, Uuid)>,
+    workflow: WorkflowId,
+    after: Option<(DateTime<Utc>, uuid::Uuid)>,
     limit: i64,
 ) -> QueryResult<Vec<Run>> {
     let mut q = wr::table
@@ -113,6 +114,7 @@ pub async fn list_runs(
         .limit(limit)
         .into_boxed();
     if let Some((ts, id)) = after {
+        let id = RunId::from(id);
         q = q.filter(
             wr::created_at
                 .lt(ts)
@@ -125,7 +127,7 @@ pub async fn list_runs(
 /// In insertion order; `after_seq` = the last event of the previous page.
 pub async fn list_events(
     c: &mut AsyncPgConnection,
-    run: Uuid,
+    run: RunId,
     after_seq: Option<i64>,
     limit: i64,
 ) -> QueryResult<Vec<Event>> {
@@ -142,7 +144,11 @@ pub async fn list_events(
 }
 
 /// The position of an event of this run (for cursors); `None` if unknown.
-pub async fn event_seq(c: &mut AsyncPgConnection, run: Uuid, id: Uuid) -> QueryResult<Option<i64>> {
+pub async fn event_seq(
+    c: &mut AsyncPgConnection,
+    run: RunId,
+    id: EventId,
+) -> QueryResult<Option<i64>> {
     ev::table
         .filter(ev::run_id.eq(run))
         .filter(ev::id.eq(id))
@@ -163,7 +169,7 @@ pub async fn append_events(c: &mut AsyncPgConnection, events: &[NewEvent]) -> Qu
     Ok(())
 }
 
-pub async fn status_for_update(c: &mut AsyncPgConnection, id: Uuid) -> QueryResult<Option<Run>> {
+pub async fn status_for_update(c: &mut AsyncPgConnection, id: RunId) -> QueryResult<Option<Run>> {
     wr::table
         .find(id)
         .select(Run::as_select())
@@ -180,14 +186,14 @@ fn lease_until(secs: u64) -> DateTime<Utc> {
 /// Starts a new attempt of a queued run under this worker's lease.
 pub async fn start_attempt(
     c: &mut AsyncPgConnection,
-    id: Uuid,
+    id: RunId,
     worker: &str,
     lease_secs: u64,
 ) -> QueryResult<Run> {
     let now = Utc::now();
     diesel::update(wr::table.find(id))
         .set((
-            wr::status.eq("running"),
+            wr::status.eq(RunStatus::Running),
             wr::attempt_count.eq(wr::attempt_count + 1),
             wr::started_at.eq(Some(now)),
             wr::error.eq(None::<String>),
@@ -204,7 +210,7 @@ pub async fn start_attempt(
 /// Takes over a running run whose previous worker's lease expired (same attempt).
 pub async fn take_over(
     c: &mut AsyncPgConnection,
-    id: Uuid,
+    id: RunId,
     worker: &str,
     lease_secs: u64,
 ) -> QueryResult<Run> {
@@ -221,14 +227,14 @@ pub async fn take_over(
 /// Renews the lease; `false` when this worker no longer holds the run.
 pub async fn renew_lease(
     c: &mut AsyncPgConnection,
-    id: Uuid,
+    id: RunId,
     worker: &str,
     lease_secs: u64,
 ) -> QueryResult<bool> {
     let n = diesel::update(
         wr::table
             .filter(wr::id.eq(id))
-            .filter(wr::status.eq("running"))
+            .filter(wr::status.eq(RunStatus::Running))
             .filter(wr::lease_owner.eq(worker)),
     )
     .set(wr::lease_expires_at.eq(Some(lease_until(lease_secs))))
@@ -239,9 +245,9 @@ pub async fn renew_lease(
 
 pub async fn finish(
     c: &mut AsyncPgConnection,
-    id: Uuid,
+    id: RunId,
     worker: Option<&str>,
-    status: &str,
+    status: RunStatus,
     output: Option<&Value>,
     error: Option<&str>,
 ) -> QueryResult<bool> {
@@ -265,7 +271,7 @@ pub async fn finish(
 }
 
 /// Gives the run back (graceful shutdown): still `running`, lease expired now, so any worker resumes it.
-pub async fn release(c: &mut AsyncPgConnection, id: Uuid, worker: &str) -> QueryResult<()> {
+pub async fn release(c: &mut AsyncPgConnection, id: RunId, worker: &str) -> QueryResult<()> {
     diesel::update(
         wr::table
             .filter(wr::id.eq(id))
@@ -283,9 +289,9 @@ pub async fn release(c: &mut AsyncPgConnection, id: Uuid, worker: &str) -> Query
 #[derive(QueryableByName)]
 pub struct Stranded {
     #[diesel(sql_type = diesel::sql_types::Uuid)]
-    pub run_id: Uuid,
+    pub run_id: RunId,
     #[diesel(sql_type = diesel::sql_types::Uuid)]
-    pub organization_id: Uuid,
+    pub organization_id: OrgId,
 }
 
 /// Runs needing re-delivery across orgs (ids only), through the definer function.
@@ -315,7 +321,7 @@ pub struct ClaimedRun {
 /// (resumption, not yet due, unpublished, gone, or held by a concurrent delivery).
 pub async fn claim_batch(
     c: &mut AsyncPgConnection,
-    ids: &[Uuid],
+    ids: &[RunId],
     worker: &str,
     lease_secs: u64,
 ) -> QueryResult<Vec<ClaimedRun>> {
@@ -353,8 +359,8 @@ pub async fn claim_batch(
 /// (`succeeded`, `failed`, or `queued` again for a retry; the lease is released).
 #[derive(Debug, Serialize)]
 pub struct RunWrite {
-    id: Uuid,
-    status: &'static str,
+    id: RunId,
+    status: RunStatus,
     output: Value,
     error: Option<String>,
     cursor: Option<i32>,
@@ -363,10 +369,10 @@ pub struct RunWrite {
 }
 
 impl RunWrite {
-    pub fn checkpoint(id: Uuid, output: Value, cursor: i32) -> Self {
+    pub fn checkpoint(id: RunId, output: Value, cursor: i32) -> Self {
         Self {
             id,
-            status: "running",
+            status: RunStatus::Running,
             output,
             error: None,
             cursor: Some(cursor),
@@ -376,8 +382,8 @@ impl RunWrite {
     }
 
     pub fn ended(
-        id: Uuid,
-        status: &'static str,
+        id: RunId,
+        status: RunStatus,
         output: Value,
         error: Option<String>,
         next_attempt_at: Option<DateTime<Utc>>,
@@ -403,8 +409,8 @@ pub async fn write_runs(
     lease_secs: u64,
     writes: &[RunWrite],
     mut events: Vec<NewEvent>,
-) -> QueryResult<std::collections::HashSet<Uuid>> {
-    let applied: std::collections::HashSet<Uuid> = apply_writes(c, worker, lease_secs, writes)
+) -> QueryResult<std::collections::HashSet<RunId>> {
+    let applied: std::collections::HashSet<RunId> = apply_writes(c, worker, lease_secs, writes)
         .await?
         .into_iter()
         .collect();
@@ -416,7 +422,7 @@ pub async fn write_runs(
 #[derive(QueryableByName)]
 struct AppliedId {
     #[diesel(sql_type = diesel::sql_types::Uuid)]
-    id: Uuid,
+    id: RunId,
 }
 
 /// Applies the writes in one statement, each only if `worker` still holds that run's lease; returns the
@@ -428,7 +434,7 @@ async fn apply_writes(
     worker: &str,
     lease_secs: u64,
     writes: &[RunWrite],
-) -> QueryResult<Vec<Uuid>> {
+) -> QueryResult<Vec<RunId>> {
     if writes.is_empty() {
         return Ok(Vec::new());
     }

@@ -11,39 +11,49 @@ use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
+use super::config::WorkflowsConfig;
 use super::engine::{Delivery, Engine, EngineError};
 use super::executors::ExecDeps;
 use super::store;
-use crate::app::state::AppState;
-use crate::platform::db::{self, DbError};
+use crate::domain::common::ids::{OrgId, RunId};
+use crate::domain::orgs::Orgs;
+use crate::domain::secrets::Secrets;
+use crate::platform::db::{self, DbError, PgPool};
 use crate::platform::queue::WorkQueue;
 
-pub fn queue(state: &AppState) -> WorkQueue {
-    WorkQueue::new(&state.redis, &state.config.workflows.queue_name)
+/// What a worker is built from.
+pub struct WorkerParts {
+    pub config: Arc<WorkflowsConfig>,
+    /// How long in-flight runs get to reach a node boundary on shutdown.
+    pub shutdown_grace: Duration,
+    pub db: PgPool,
+    pub queue: WorkQueue,
+    pub orgs: Arc<Orgs>,
+    pub secrets: Arc<Secrets>,
 }
 
-/// Shared HTTP client for node executors: no automatic redirects (each hop is checked by the executor).
-pub fn exec_deps(state: &AppState) -> ExecDeps {
-    let http = reqwest::Client::builder()
+/// The HTTP client of node executors: no automatic redirects (each hop is checked by the executor)
+/// and a connect timeout. Without these safety settings the worker must not start.
+pub fn executor_http() -> reqwest::Result<reqwest::Client> {
+    reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .connect_timeout(Duration::from_secs(5))
         .user_agent("vespid-worker")
         .build()
-        .unwrap_or_else(|_| reqwest::Client::new());
-    ExecDeps {
-        config: state.config.clone(),
-        db: state.db.clone(),
-        secrets: state.secrets.clone(),
-        http,
-    }
 }
 
-pub fn engine(state: &AppState) -> Engine {
+pub fn engine(parts: &WorkerParts, http: reqwest::Client) -> Engine {
     Engine {
-        deps: exec_deps(state),
-        queue: queue(state),
+        config: parts.config.clone(),
+        db: parts.db.clone(),
+        orgs: parts.orgs.clone(),
+        deps: ExecDeps {
+            config: parts.config.clone(),
+            secrets: parts.secrets.clone(),
+            http,
+        },
+        queue: parts.queue.clone(),
         worker_id: format!("{}-{}", hostname(), Uuid::new_v4().simple()),
-        state: state.clone(),
     }
 }
 
@@ -64,14 +74,15 @@ const CLAIMERS: usize = 4;
 /// Each claim takes up to `claim_batch` runs of the next org in turn (bounded by free concurrency slots),
 /// and the engine starts them together (see [`Engine::start_batch`]): under load one commit serves the whole
 /// batch; when idle a batch is a single run and nothing waits to fill it.
-pub fn spawn(state: AppState, stop: watch::Receiver<bool>) -> JoinHandle<()> {
-    tokio::spawn(async move {
-        let engine = Arc::new(engine(&state));
-        let concurrency = state.config.workflows.concurrency;
-        let batch_max = state.config.workflows.claim_batch.max(1);
-        let lease = Duration::from_secs(state.config.workflows.lease_secs);
-        tracing::info!(event = "workflow_worker_ready", queueName = %state.config.workflows.queue_name, concurrency, claimBatch = batch_max, "worker ready");
-        let sweeper = spawn_sweeper(state.clone(), engine.queue.clone(), stop.clone());
+pub fn spawn(parts: WorkerParts, stop: watch::Receiver<bool>) -> reqwest::Result<JoinHandle<()>> {
+    let engine = Arc::new(engine(&parts, executor_http()?));
+    Ok(tokio::spawn(async move {
+        let config = parts.config.clone();
+        let concurrency = config.concurrency;
+        let batch_max = config.claim_batch.max(1);
+        let lease = Duration::from_secs(config.lease_secs);
+        tracing::info!(event = "workflow_worker_ready", queueName = %config.queue_name, concurrency, claimBatch = batch_max, "worker ready");
+        let sweeper = spawn_sweeper(&parts, engine.queue.clone(), stop.clone());
         let slots = Arc::new(Semaphore::new(concurrency));
         let claimers = Arc::new(Semaphore::new(CLAIMERS));
         let mut blocking = None;
@@ -98,6 +109,8 @@ pub fn spawn(state: AppState, stop: watch::Receiver<bool>) -> JoinHandle<()> {
             }
             match engine.queue.claim_many(lease, held.len()).await {
                 Ok(Some((org, runs))) => {
+                    let org = OrgId::from(org);
+                    let runs: Vec<RunId> = runs.into_iter().map(RunId::from).collect();
                     held.truncate(runs.len());
                     let (engine, stop) = (engine.clone(), stop.clone());
                     tokio::spawn(async move {
@@ -114,7 +127,10 @@ pub fn spawn(state: AppState, stop: watch::Receiver<bool>) -> JoinHandle<()> {
                             let mut stop = stop.clone();
                             tokio::select! {
                                 r = engine.queue.wait(client, Duration::from_millis(500)) => {
-                                    if r.is_err() { tokio::time::sleep(Duration::from_millis(200)).await; }
+                                    if let Err(e) = r {
+                                        tracing::warn!(error = %e, "waiting for work failed; polling");
+                                        tokio::time::sleep(Duration::from_millis(200)).await;
+                                    }
                                 }
                                 // A dropped sender means the owner is gone: stop as well.
                                 changed = stop.changed() => { if changed.is_err() { break; } }
@@ -131,22 +147,22 @@ pub fn spawn(state: AppState, stop: watch::Receiver<bool>) -> JoinHandle<()> {
             }
         }
         // Drain: in-flight runs stop at their next node boundary and hand themselves back.
-        let grace = Duration::from_secs(state.config.server.shutdown_grace_secs);
-        let _ = tokio::time::timeout(grace, slots.acquire_many(concurrency as u32)).await;
+        let _ = tokio::time::timeout(parts.shutdown_grace, slots.acquire_many(concurrency as u32))
+            .await;
         sweeper.abort();
         if let Some(c) = blocking {
             let _ = fred::interfaces::ClientLike::quit(&c).await;
         }
         tracing::info!("worker stopped");
-    })
+    }))
 }
 
 /// One claim's runs: start them as a batch, settle what ended, then let the rest go on (each keeping one
 /// concurrency slot; the others are freed as soon as the batch commits).
 async fn deliver(
     engine: &Engine,
-    org: Uuid,
-    runs: Vec<Uuid>,
+    org: OrgId,
+    runs: Vec<RunId>,
     mut slots: Vec<OwnedSemaphorePermit>,
     claimer: OwnedSemaphorePermit,
     stop: &watch::Receiver<bool>,
@@ -161,7 +177,7 @@ async fn deliver(
             return;
         }
     };
-    let settled: Vec<(Uuid, Result<Delivery, EngineError>)> = batch
+    let settled: Vec<(RunId, Result<Delivery, EngineError>)> = batch
         .settled
         .iter()
         .map(|(id, d)| (*id, Ok(d.clone())))
@@ -189,13 +205,14 @@ async fn acquire(
 /// Updates the queue after deliveries, according to what happened: finished or not ours → acknowledged;
 /// a retry or a not-yet-due run → delivered again at its time; handed back → ready again at once; an
 /// infrastructure error → left in flight, so its lease expires and it is delivered again.
-async fn settle(q: &WorkQueue, org: Uuid, outcomes: Vec<(Uuid, Result<Delivery, EngineError>)>) {
+async fn settle(q: &WorkQueue, org: OrgId, outcomes: Vec<(RunId, Result<Delivery, EngineError>)>) {
+    let org_key = org.uuid();
     let mut done = Vec::with_capacity(outcomes.len());
     let mut later = Vec::new();
     for (run, outcome) in outcomes {
         match outcome {
             Ok(d) => {
-                done.push(run);
+                done.push(run.uuid());
                 match d {
                     Delivery::NotYetDue(at) | Delivery::RetryScheduled(at) => {
                         later.push((run, Some(at)))
@@ -209,11 +226,11 @@ async fn settle(q: &WorkQueue, org: Uuid, outcomes: Vec<(Uuid, Result<Delivery, 
             }
         }
     }
-    let mut result = q.ack_many(org, &done).await;
+    let mut result = q.ack_many(org_key, &done).await;
     for (run, at) in later {
         let r = match at {
-            Some(at) => q.enqueue_at(org, run, at).await,
-            None => q.enqueue(org, run).await.map(|_| ()),
+            Some(at) => q.enqueue_at(org_key, run.uuid(), at).await,
+            None => q.enqueue(org_key, run.uuid()).await.map(|_| ()),
         };
         result = result.and(r);
     }
@@ -225,13 +242,14 @@ async fn settle(q: &WorkQueue, org: Uuid, outcomes: Vec<(Uuid, Result<Delivery, 
 /// Periodically: promote due retries and expired leases in Redis, and re-enqueue runs that PostgreSQL says
 /// need work but that have no queue entry (lost between insert and enqueue, or a Redis that lost data).
 fn spawn_sweeper(
-    state: AppState,
+    parts: &WorkerParts,
     queue: WorkQueue,
     mut stop: watch::Receiver<bool>,
 ) -> JoinHandle<()> {
+    let db = parts.db.clone();
+    let every = Duration::from_millis(parts.config.reaper_interval_ms.max(50));
+    let stale = chrono::Duration::seconds(parts.config.stale_queued_secs as i64);
     tokio::spawn(async move {
-        let every = Duration::from_millis(state.config.workflows.reaper_interval_ms.max(50));
-        let stale = chrono::Duration::seconds(state.config.workflows.stale_queued_secs as i64);
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(every) => {}
@@ -243,7 +261,7 @@ fn spawn_sweeper(
             }
             let before = Utc::now() - stale;
             let found = async {
-                let mut c = db::conn(&state.db).await?;
+                let mut c = db::conn(&db).await?;
                 store::stranded(&mut c, before, 500)
                     .await
                     .map_err(DbError::from)
@@ -252,9 +270,18 @@ fn spawn_sweeper(
             match found {
                 Ok(runs) => {
                     for r in runs {
-                        if matches!(queue.contains(r.organization_id, r.run_id).await, Ok(false)) {
-                            tracing::info!(run_id = %r.run_id, org_id = %r.organization_id, "re-enqueueing stranded run");
-                            let _ = queue.enqueue(r.organization_id, r.run_id).await;
+                        let (org, run) = (r.organization_id.uuid(), r.run_id.uuid());
+                        match queue.contains(org, run).await {
+                            Ok(false) => {
+                                tracing::info!(run_id = %r.run_id, org_id = %r.organization_id, "re-enqueueing stranded run");
+                                if let Err(e) = queue.enqueue(org, run).await {
+                                    tracing::warn!(error = %e, run_id = %r.run_id, org_id = %r.organization_id, "stranded run not re-enqueued");
+                                }
+                            }
+                            Ok(true) => {}
+                            Err(e) => {
+                                tracing::warn!(error = %e, run_id = %r.run_id, "stranded-run check failed")
+                            }
                         }
                     }
                 }

@@ -1,23 +1,22 @@
 //! Connector secrets as stored and as shown (metadata only, never the value).
 
+use crate::domain::common::ids::{OrgId, SecretId, UserId};
+use crate::domain::common::time::iso;
+use crate::platform::crypto::envelope::Sealed;
+use crate::platform::db::schema::connector_secrets;
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use serde::Serialize;
-use uuid::Uuid;
-
-use crate::domain::auth::model::iso;
-use crate::platform::crypto::envelope::Sealed;
-use crate::platform::db::schema::connector_secrets;
 
 #[derive(Debug, Clone, Queryable, Selectable)]
 #[diesel(table_name = connector_secrets)]
 pub struct SecretMeta {
-    pub id: Uuid,
-    pub organization_id: Uuid,
+    pub id: SecretId,
+    pub organization_id: OrgId,
     pub connector_id: String,
     pub name: String,
-    pub created_by_user_id: Uuid,
-    pub updated_by_user_id: Uuid,
+    pub created_by_user_id: UserId,
+    pub updated_by_user_id: UserId,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -25,12 +24,12 @@ pub struct SecretMeta {
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SecretView {
-    pub id: Uuid,
-    pub organization_id: Uuid,
+    pub id: SecretId,
+    pub organization_id: OrgId,
     pub connector_id: String,
     pub name: String,
-    pub created_by_user_id: Uuid,
-    pub updated_by_user_id: Uuid,
+    pub created_by_user_id: UserId,
+    pub updated_by_user_id: UserId,
     pub created_at: String,
     pub updated_at: String,
 }
@@ -53,8 +52,9 @@ impl From<&SecretMeta> for SecretView {
 #[derive(Debug, Clone, Queryable, Selectable)]
 #[diesel(table_name = connector_secrets)]
 pub struct SealedRow {
-    pub id: Uuid,
-    pub organization_id: Uuid,
+    pub id: SecretId,
+    pub organization_id: OrgId,
+    pub connector_id: String,
     pub kek_id: String,
     pub enc_alg: String,
     pub dek_ciphertext: Vec<u8>,
@@ -78,4 +78,10 @@ impl SealedRow {
             secret_tag: self.secret_tag.clone(),
         }
     }
+}
+
+/// A secret decrypted for the runtime: its connector (for the mismatch check) and the value, wiped on drop.
+pub struct Revealed {
+    pub connector_id: String,
+    pub value: zeroize::Zeroizing<String>,
 }

@@ -6,13 +6,12 @@ use serde_json::json;
 use zeroize::Zeroizing;
 
 use super::model::SecretView;
-use crate::app::state::AppState;
-use crate::domain::meta;
-use crate::domain::orgs::model::Role;
-use crate::domain::orgs::{self, OrgCtx};
+use super::{SecretError, Secrets};
+use crate::domain::common::access::OrgCtx;
+use crate::domain::common::extract::resolve_org;
+use crate::domain::common::ids::SecretId;
 use crate::platform::http::{path_uuid, ApiError, Form, JsonBody};
 
-const ROLE_MESSAGE: &str = "Role is not allowed to manage secrets";
 /// Cap on a secret's size (Improve: the original had none).
 const MAX_VALUE_BYTES: usize = 64 * 1024;
 
@@ -26,14 +25,42 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         );
 }
 
-fn secret_id(req: &HttpRequest) -> Result<uuid::Uuid, ApiError> {
-    path_uuid(req, "secretId", || {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            "SECRET_NOT_FOUND",
-            "Secret not found",
-        )
-    })
+fn not_found() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "SECRET_NOT_FOUND",
+        "Secret not found",
+    )
+}
+
+impl From<SecretError> for ApiError {
+    fn from(e: SecretError) -> Self {
+        match e {
+            SecretError::NotConfigured => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "SECRETS_NOT_CONFIGURED",
+                "Secrets KEK is not configured",
+            ),
+            SecretError::NotFound => not_found(),
+            SecretError::AlreadyExists => ApiError::new(
+                StatusCode::CONFLICT,
+                "SECRET_ALREADY_EXISTS",
+                "Secret already exists",
+            ),
+            SecretError::ConnectorNotAllowed { connector, allowed } => {
+                ApiError::bad_request("Invalid connectorId for secret")
+                    .with_details(json!({ "connectorId": connector, "allowed": allowed }))
+            }
+            SecretError::Db(e) => e.into(),
+            e @ (SecretError::Ambiguous | SecretError::Crypto(_) | SecretError::Encoding) => {
+                ApiError::internal_from(e)
+            }
+        }
+    }
+}
+
+fn secret_id(req: &HttpRequest) -> Result<SecretId, ApiError> {
+    path_uuid(req, "secretId", not_found).map(SecretId::from)
 }
 
 /// The value: a non-empty string within the cap; whitespace-only is its own error (checked after shape).
@@ -60,7 +87,7 @@ fn require_non_blank(value: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-async fn list(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
+async fn list(secrets: web::Data<Secrets>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
     // The query is validated before the org context (spec order).
     let query =
         web::Query::<std::collections::HashMap<String, String>>::from_query(req.query_string())
@@ -70,19 +97,19 @@ async fn list(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpRespon
         return Err(ApiError::bad_request("Invalid list secrets query")
             .with_details(json!({"formErrors": [], "fieldErrors": {"connectorId": ["String must contain at least 1 character(s)"]}})));
     }
-    let ctx = orgs::context::resolve(&req).await?;
-    ctx.require(Role::Admin, ROLE_MESSAGE)?;
-    let secrets = super::list(&ctx, &state, connector).await?;
-    let views: Vec<SecretView> = secrets.iter().map(SecretView::from).collect();
+    let ctx = resolve_org(&req).await?;
+    ctx.authorize()?;
+    let list = secrets.list(&ctx, connector).await?;
+    let views: Vec<SecretView> = list.iter().map(SecretView::from).collect();
     Ok(HttpResponse::Ok().json(json!({ "secrets": views })))
 }
 
 async fn create(
-    state: web::Data<AppState>,
+    secrets: web::Data<Secrets>,
     ctx: OrgCtx,
     body: JsonBody,
 ) -> Result<HttpResponse, ApiError> {
-    ctx.require(Role::Admin, ROLE_MESSAGE)?;
+    ctx.authorize()?;
     let mut f = Form::new(&body.0);
     let connector_id = f.string("connectorId", 1, 80);
     let name = f.string("name", 1, 80);
@@ -92,39 +119,34 @@ async fn create(
         return Err(ApiError::bad_request("Invalid secret payload"));
     };
     require_non_blank(&value)?;
-    let allowed = meta::allowed_secret_connectors(state.provider.as_ref());
-    if !allowed.contains(&connector_id) {
-        return Err(ApiError::bad_request("Invalid connectorId for secret")
-            .with_details(json!({ "connectorId": connector_id, "allowed": allowed })));
-    }
-    let secret = super::create(&ctx, &state, connector_id, name, value).await?;
+    let secret = secrets.create(&ctx, connector_id, name, value).await?;
     Ok(HttpResponse::Created().json(json!({ "secret": SecretView::from(&secret) })))
 }
 
 async fn update(
-    state: web::Data<AppState>,
+    secrets: web::Data<Secrets>,
     req: HttpRequest,
     ctx: OrgCtx,
     body: JsonBody,
 ) -> Result<HttpResponse, ApiError> {
-    ctx.require(Role::Admin, ROLE_MESSAGE)?;
+    ctx.authorize()?;
     let mut f = Form::new(&body.0);
     let value = value_field(&mut f);
     f.finish("Invalid secret payload")?;
     let value = value.ok_or_else(|| ApiError::bad_request("Invalid secret payload"))?;
     require_non_blank(&value)?;
     let id = secret_id(&req)?;
-    let secret = super::update_value(&ctx, &state, id, value).await?;
+    let secret = secrets.update_value(&ctx, id, value).await?;
     Ok(HttpResponse::Ok().json(json!({ "secret": SecretView::from(&secret) })))
 }
 
 async fn remove(
-    state: web::Data<AppState>,
+    secrets: web::Data<Secrets>,
     req: HttpRequest,
     ctx: OrgCtx,
 ) -> Result<HttpResponse, ApiError> {
-    ctx.require(Role::Admin, ROLE_MESSAGE)?;
+    ctx.authorize()?;
     let id = secret_id(&req)?;
-    super::delete(&ctx, &state, id).await?;
+    secrets.delete(&ctx, id).await?;
     Ok(HttpResponse::Ok().json(json!({ "ok": true })))
 }

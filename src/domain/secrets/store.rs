@@ -1,17 +1,16 @@
 //! Queries for `connector_secrets` (org context) and `secret_kek_refs`.
 
+use super::model::{SealedRow, SecretMeta};
+use crate::domain::common::ids::{OrgId, SecretId, UserId};
+use crate::platform::crypto::envelope::Sealed;
+use crate::platform::db::schema::{connector_secrets as cs, secret_kek_refs};
 use chrono::Utc;
 use diesel::prelude::*;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
-use uuid::Uuid;
-
-use super::model::{SealedRow, SecretMeta};
-use crate::platform::crypto::envelope::Sealed;
-use crate::platform::db::schema::{connector_secrets as cs, secret_kek_refs};
 
 pub async fn list(
     conn: &mut AsyncPgConnection,
-    org: Uuid,
+    org: OrgId,
     connector: Option<&str>,
 ) -> QueryResult<Vec<SecretMeta>> {
     let mut q = cs::table
@@ -26,11 +25,11 @@ pub async fn list(
 }
 
 pub struct NewSecret<'a> {
-    pub id: Uuid,
-    pub org: Uuid,
+    pub id: SecretId,
+    pub org: OrgId,
     pub connector_id: &'a str,
     pub name: &'a str,
-    pub by_user: Uuid,
+    pub by_user: UserId,
     pub sealed: &'a Sealed,
 }
 
@@ -66,8 +65,8 @@ pub async fn insert(
 
 pub async fn replace_value(
     conn: &mut AsyncPgConnection,
-    id: Uuid,
-    by_user: Option<Uuid>,
+    id: SecretId,
+    by_user: Option<UserId>,
     sealed: &Sealed,
 ) -> QueryResult<Option<SecretMeta>> {
     let target = cs::table.filter(cs::id.eq(id));
@@ -102,15 +101,20 @@ pub async fn replace_value(
     }
 }
 
-pub async fn delete(conn: &mut AsyncPgConnection, id: Uuid) -> QueryResult<usize> {
+pub async fn delete(conn: &mut AsyncPgConnection, id: SecretId) -> QueryResult<usize> {
     diesel::delete(cs::table.filter(cs::id.eq(id)))
         .execute(conn)
         .await
 }
 
-pub async fn sealed(conn: &mut AsyncPgConnection, id: Uuid) -> QueryResult<Option<SealedRow>> {
+pub async fn sealed(
+    conn: &mut AsyncPgConnection,
+    org: OrgId,
+    id: SecretId,
+) -> QueryResult<Option<SealedRow>> {
     cs::table
         .filter(cs::id.eq(id))
+        .filter(cs::organization_id.eq(org))
         .select(SealedRow::as_select())
         .first(conn)
         .await
@@ -119,7 +123,7 @@ pub async fn sealed(conn: &mut AsyncPgConnection, id: Uuid) -> QueryResult<Optio
 
 pub async fn sealed_not_under(
     conn: &mut AsyncPgConnection,
-    org: Uuid,
+    org: OrgId,
     kek: &str,
 ) -> QueryResult<Vec<SealedRow>> {
     cs::table
@@ -154,12 +158,27 @@ pub async fn kek_ids_in_use(conn: &mut AsyncPgConnection) -> QueryResult<Vec<Str
 pub async fn orgs_needing_rewrap(
     conn: &mut AsyncPgConnection,
     active: &str,
-) -> QueryResult<Vec<Uuid>> {
+) -> QueryResult<Vec<OrgId>> {
     secret_kek_refs::table
         .filter(secret_kek_refs::rows.gt(0))
         .filter(secret_kek_refs::kek_id.ne(active))
         .select(secret_kek_refs::organization_id)
         .distinct()
+        .load(conn)
+        .await
+}
+
+/// The org's secrets called `name`, whatever their connector (at most two: enough to see ambiguity).
+pub async fn sealed_by_name(
+    conn: &mut AsyncPgConnection,
+    org: OrgId,
+    name: &str,
+) -> QueryResult<Vec<SealedRow>> {
+    cs::table
+        .filter(cs::organization_id.eq(org))
+        .filter(cs::name.eq(name))
+        .select(SealedRow::as_select())
+        .limit(2)
         .load(conn)
         .await
 }

@@ -4,29 +4,34 @@ use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use serde::Serialize;
 use serde_json::Value;
-use uuid::Uuid;
 
-use crate::domain::auth::model::iso;
+use crate::domain::common::ids::{OrgId, UserId, WorkflowId};
+use crate::domain::common::time::iso;
 use crate::platform::db::schema::workflows;
 
-pub const STATUS_DRAFT: &str = "draft";
-pub const STATUS_PUBLISHED: &str = "published";
+crate::text_enum! {
+    /// A revision is edited as a draft; once published it is immutable and runnable.
+    pub enum WorkflowStatus {
+        Draft = "draft",
+        Published = "published",
+    }
+}
 
 #[derive(Debug, Clone, Queryable, Selectable)]
 #[diesel(table_name = workflows)]
 pub struct WorkflowRow {
-    pub id: Uuid,
-    pub organization_id: Uuid,
-    pub family_id: Uuid,
+    pub id: WorkflowId,
+    pub organization_id: OrgId,
+    pub family_id: WorkflowId,
     pub revision: i32,
-    pub source_workflow_id: Option<Uuid>,
+    pub source_workflow_id: Option<WorkflowId>,
     pub name: String,
-    pub status: String,
+    pub status: WorkflowStatus,
     pub version: i32,
     /// The normalised DSL (`workflows.dsl`; renamed because `dsl` clashes with diesel's module).
     pub dsl_doc: Value,
     pub editor_state: Option<Value>,
-    pub created_by_user_id: Uuid,
+    pub created_by_user_id: UserId,
     pub published_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -34,11 +39,11 @@ pub struct WorkflowRow {
 
 impl WorkflowRow {
     pub fn is_draft(&self) -> bool {
-        self.status == STATUS_DRAFT
+        self.status == WorkflowStatus::Draft
     }
 
     pub fn is_published(&self) -> bool {
-        self.status == STATUS_PUBLISHED
+        self.status == WorkflowStatus::Published
     }
 
     /// The `workflow` object (spec 2.2); `editorState` is always present (Improve).
@@ -50,7 +55,7 @@ impl WorkflowRow {
             revision: self.revision,
             source_workflow_id: self.source_workflow_id,
             name: self.name.clone(),
-            status: self.status.clone(),
+            status: self.status,
             version: self.version,
             dsl: self.dsl_doc.clone(),
             editor_state: self.editor_state.clone().unwrap_or(Value::Null),
@@ -65,17 +70,17 @@ impl WorkflowRow {
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct WorkflowView {
-    pub id: Uuid,
-    pub organization_id: Uuid,
-    pub family_id: Uuid,
+    pub id: WorkflowId,
+    pub organization_id: OrgId,
+    pub family_id: WorkflowId,
     pub revision: i32,
-    pub source_workflow_id: Option<Uuid>,
+    pub source_workflow_id: Option<WorkflowId>,
     pub name: String,
-    pub status: String,
+    pub status: WorkflowStatus,
     pub version: i32,
     pub dsl: Value,
     pub editor_state: Value,
-    pub created_by_user_id: Uuid,
+    pub created_by_user_id: UserId,
     pub published_at: Option<String>,
     pub created_at: String,
     pub updated_at: String,
@@ -85,17 +90,17 @@ pub struct WorkflowView {
 #[derive(Debug, Insertable)]
 #[diesel(table_name = workflows)]
 pub struct NewWorkflow<'a> {
-    pub id: Uuid,
-    pub organization_id: Uuid,
-    pub family_id: Uuid,
+    pub id: WorkflowId,
+    pub organization_id: OrgId,
+    pub family_id: WorkflowId,
     pub revision: i32,
-    pub source_workflow_id: Option<Uuid>,
+    pub source_workflow_id: Option<WorkflowId>,
     pub name: &'a str,
-    pub status: &'a str,
+    pub status: WorkflowStatus,
     pub version: i32,
     pub dsl_doc: &'a Value,
     pub editor_state: Option<&'a Value>,
-    pub created_by_user_id: Uuid,
+    pub created_by_user_id: UserId,
 }
 
 /// The fields a draft update may change; `None` leaves a field as it is. `editor_state: Some(None)` clears it.

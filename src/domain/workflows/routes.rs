@@ -1,21 +1,19 @@
 //! `/v1/orgs/{orgId}/workflows…` (spec 2.4, 2.5; runs and events live with the runs domain). Each
 //! handler checks in the spec's order: the first failing check answers.
 
+use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::{json, Value};
-use uuid::Uuid;
 
-use super::cursor::{self, Page};
 use super::dsl::{self, DslError, WorkflowDsl};
 use super::model::{WorkflowRow, WorkflowView};
-use super::service::{self, DraftUpdate};
-use crate::app::state::AppState;
-use crate::domain::auth::extract::AuthUser;
-use crate::domain::orgs::model::Role;
-use crate::domain::orgs::{self, OrgCtx};
-use crate::platform::http::{path_uuid, ApiError, Form, JsonBody};
+use super::{DraftUpdate, WorkflowError, Workflows};
+use crate::domain::common::access::OrgCtx;
+use crate::domain::common::extract::{resolve_org, AuthUser};
+use crate::domain::common::ids::WorkflowId;
+use crate::domain::common::page::{self, Page};
+use crate::platform::http::{parse_uuid, path_uuid, ApiError, Form, JsonBody};
 
-const ROLE_MESSAGE: &str = "Role is not allowed to manage workflows";
 const LIST_DEFAULT: i64 = 50;
 const LIST_MAX: i64 = 200;
 
@@ -44,9 +42,57 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         );
 }
 
+fn not_found() -> ApiError {
+    ApiError::not_found("Workflow not found")
+}
+
+/// A DSL failure as the spec's 400: schema messages under `fieldErrors.dsl`; a v3 graph constraint with
+/// its own `code` and `details.issues` (spec 1.7).
+pub fn dsl_error(e: DslError) -> ApiError {
+    match e {
+        DslError::Invalid(messages) => ApiError::bad_request("Invalid workflow payload")
+            .with_details(json!({ "formErrors": [], "fieldErrors": { "dsl": messages } })),
+        DslError::Graph {
+            code,
+            message,
+            node_id,
+            edge_id,
+        } => {
+            let mut issue = json!({ "code": code, "message": message });
+            if let Some(obj) = issue.as_object_mut() {
+                if let Some(n) = node_id {
+                    obj.insert("nodeId".into(), Value::String(n));
+                }
+                if let Some(e) = edge_id {
+                    obj.insert("edgeId".into(), Value::String(e));
+                }
+            }
+            ApiError::new(StatusCode::BAD_REQUEST, code, message)
+                .with_details(json!({ "issues": [issue] }))
+        }
+    }
+}
+
+impl From<WorkflowError> for ApiError {
+    fn from(e: WorkflowError) -> Self {
+        match e {
+            WorkflowError::NotFound => not_found(),
+            WorkflowError::NotDraft => ApiError::conflict("Only draft workflows can be updated"),
+            WorkflowError::NotPublished => {
+                ApiError::conflict("Only published workflows can be cloned into a draft")
+            }
+            WorkflowError::RevisionConflict => {
+                ApiError::conflict("Could not create a new draft revision")
+            }
+            WorkflowError::Dsl(e) => dsl_error(e),
+            WorkflowError::Db(e) => e.into(),
+        }
+    }
+}
+
 /// A non-UUID id names no row: 404 like an unknown one (Improve; the original answered 500).
-fn workflow_id(req: &HttpRequest) -> Result<Uuid, ApiError> {
-    path_uuid(req, "workflowId", service::not_found)
+fn workflow_id(req: &HttpRequest) -> Result<WorkflowId, ApiError> {
+    path_uuid(req, "workflowId", not_found).map(WorkflowId::from)
 }
 
 fn one(row: &WorkflowRow) -> Value {
@@ -85,11 +131,11 @@ fn dsl_field(
 }
 
 async fn create(
-    state: web::Data<AppState>,
+    workflows: web::Data<Workflows>,
     ctx: OrgCtx,
     body: JsonBody,
 ) -> Result<HttpResponse, ApiError> {
-    ctx.require(Role::Admin, ROLE_MESSAGE)?;
+    ctx.authorize()?;
     let mut f = Form::new(&body.0);
     let name = f.string("name", 2, 120);
     let doc = dsl_field(&mut f, &body.0, true);
@@ -97,42 +143,40 @@ async fn create(
     let (Some(name), Some(doc)) = (name, doc) else {
         return Err(ApiError::bad_request("Invalid workflow payload"));
     };
-    let doc = doc.map_err(service::dsl_error)?;
-    let row = service::create(&state, &ctx, name, doc).await?;
+    let doc = doc.map_err(dsl_error)?;
+    let row = workflows.create(&ctx, name, doc).await?;
     Ok(HttpResponse::Created().json(one(&row)))
 }
 
 async fn list(
-    state: web::Data<AppState>,
+    workflows: web::Data<Workflows>,
     req: HttpRequest,
     _user: AuthUser,
 ) -> Result<HttpResponse, ApiError> {
     // The query is validated before the org context (spec 2.5).
     let page = Page::parse(req.query_string(), LIST_DEFAULT, LIST_MAX)?;
-    let ctx = orgs::context::resolve(&req).await?;
-    let (rows, next) = service::list(&state, &ctx, page).await?;
+    let ctx = resolve_org(&req).await?;
+    let (rows, next) = workflows.list(&ctx, page).await?;
     Ok(HttpResponse::Ok().json(json!({ "workflows": many(&rows), "nextCursor": next })))
 }
 
 async fn get(
-    state: web::Data<AppState>,
+    workflows: web::Data<Workflows>,
     req: HttpRequest,
     ctx: OrgCtx,
 ) -> Result<HttpResponse, ApiError> {
     let id = workflow_id(&req)?;
-    let row = service::find_in_org(&state, &ctx, id)
-        .await?
-        .ok_or_else(service::not_found)?;
+    let row = workflows.get(&ctx, id).await?;
     Ok(HttpResponse::Ok().json(one(&row)))
 }
 
 async fn update(
-    state: web::Data<AppState>,
+    workflows: web::Data<Workflows>,
     req: HttpRequest,
     ctx: OrgCtx,
     body: JsonBody,
 ) -> Result<HttpResponse, ApiError> {
-    ctx.require(Role::Admin, ROLE_MESSAGE)?;
+    ctx.authorize()?;
     let mut f = Form::new(&body.0);
     f.reject_unknown(&["name", "dsl", "editorState"]);
     let name = f.opt_string("name", 2, 120);
@@ -145,47 +189,48 @@ async fn update(
         dsl: doc,
         editor_state,
     };
-    let row = service::update_draft(&state, &ctx, id, update).await?;
+    let row = workflows.update_draft(&ctx, id, update).await?;
     Ok(HttpResponse::Ok().json(one(&row)))
 }
 
 /// The body is ignored, but still parsed as the framework would (malformed JSON is a 400).
 async fn publish(
-    state: web::Data<AppState>,
+    workflows: web::Data<Workflows>,
     req: HttpRequest,
     ctx: OrgCtx,
     _body: JsonBody,
 ) -> Result<HttpResponse, ApiError> {
-    ctx.require(Role::Admin, ROLE_MESSAGE)?;
+    ctx.authorize()?;
     let id = workflow_id(&req)?;
-    let row = service::publish(&state, &ctx, id).await?;
+    let row = workflows.publish(&ctx, id).await?;
     Ok(HttpResponse::Ok().json(one(&row)))
 }
 
 async fn clone_draft(
-    state: web::Data<AppState>,
+    workflows: web::Data<Workflows>,
     req: HttpRequest,
     ctx: OrgCtx,
     _body: JsonBody,
 ) -> Result<HttpResponse, ApiError> {
-    ctx.require(Role::Admin, ROLE_MESSAGE)?;
+    ctx.authorize()?;
     let id = workflow_id(&req)?;
-    let row = service::clone_draft(&state, &ctx, id).await?;
+    let row = workflows.clone_draft(&ctx, id).await?;
     Ok(HttpResponse::Created().json(one(&row)))
 }
 
 async fn revisions(
-    state: web::Data<AppState>,
+    workflows: web::Data<Workflows>,
     req: HttpRequest,
     _user: AuthUser,
 ) -> Result<HttpResponse, ApiError> {
-    let query = cursor::query_map(req.query_string(), &["limit"])?;
-    let limit = cursor::parse_limit(&query, LIST_DEFAULT, LIST_MAX)?;
-    let ctx = orgs::context::resolve(&req).await?;
+    let query = page::query_map(req.query_string(), &["limit"])?;
+    let limit = page::parse_limit(&query, LIST_DEFAULT, LIST_MAX)?;
+    let ctx = resolve_org(&req).await?;
     let id = req
         .match_info()
         .get("workflowId")
-        .and_then(crate::platform::http::parse_uuid);
-    let rows = service::revisions(&state, &ctx, id, limit).await?;
+        .and_then(parse_uuid)
+        .map(WorkflowId::from);
+    let rows = workflows.revisions(&ctx, id, limit).await?;
     Ok(HttpResponse::Ok().json(json!({ "workflows": many(&rows) })))
 }

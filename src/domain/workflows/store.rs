@@ -4,16 +4,16 @@ use diesel::dsl::{now, sql};
 use diesel::prelude::*;
 use diesel::sql_types::{Bool, Timestamptz, Uuid as SqlUuid};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
-use uuid::Uuid;
 
-use super::cursor::Position;
-use super::model::{DraftChanges, NewWorkflow, WorkflowRow, STATUS_DRAFT, STATUS_PUBLISHED};
+use super::model::{DraftChanges, NewWorkflow, WorkflowRow, WorkflowStatus};
+use crate::domain::common::ids::{OrgId, WorkflowId};
+use crate::domain::common::page::Position;
 use crate::platform::db::schema::workflows as wf;
 
 pub async fn find(
     conn: &mut AsyncPgConnection,
-    org: Uuid,
-    id: Uuid,
+    org: OrgId,
+    id: WorkflowId,
 ) -> QueryResult<Option<WorkflowRow>> {
     wf::table
         .filter(wf::organization_id.eq(org))
@@ -52,8 +52,8 @@ pub async fn insert_revision(
 
 pub async fn max_revision(
     conn: &mut AsyncPgConnection,
-    org: Uuid,
-    family: Uuid,
+    org: OrgId,
+    family: WorkflowId,
 ) -> QueryResult<Option<i32>> {
     wf::table
         .filter(wf::organization_id.eq(org))
@@ -66,7 +66,7 @@ pub async fn max_revision(
 /// One page of the org's rows, newest first, strictly after `after` in that order.
 pub async fn list(
     conn: &mut AsyncPgConnection,
-    org: Uuid,
+    org: OrgId,
     limit: i64,
     after: Option<Position>,
 ) -> QueryResult<Vec<WorkflowRow>> {
@@ -92,11 +92,11 @@ pub async fn list(
 /// Every revision in the family of row `id` (none when `id` is unknown), newest revision first.
 pub async fn revisions(
     conn: &mut AsyncPgConnection,
-    org: Uuid,
-    id: Uuid,
+    org: OrgId,
+    id: WorkflowId,
     limit: i64,
 ) -> QueryResult<Vec<WorkflowRow>> {
-    let family: Option<Uuid> = wf::table
+    let family: Option<WorkflowId> = wf::table
         .filter(wf::organization_id.eq(org))
         .filter(wf::id.eq(id))
         .select(wf::family_id)
@@ -119,8 +119,8 @@ pub async fn revisions(
 /// Applies `changes` to a draft, bumping `version`. `None` when the row is not (or no longer) a draft.
 pub async fn update_draft(
     conn: &mut AsyncPgConnection,
-    org: Uuid,
-    id: Uuid,
+    org: OrgId,
+    id: WorkflowId,
     changes: &DraftChanges,
 ) -> QueryResult<Option<WorkflowRow>> {
     #[derive(AsChangeset)]
@@ -139,7 +139,7 @@ pub async fn update_draft(
         wf::table
             .filter(wf::organization_id.eq(org))
             .filter(wf::id.eq(id))
-            .filter(wf::status.eq(STATUS_DRAFT)),
+            .filter(wf::status.eq(WorkflowStatus::Draft)),
     )
     .set((wf::version.eq(wf::version + 1), wf::updated_at.eq(now), set))
     .returning(WorkflowRow::as_returning())
@@ -151,8 +151,8 @@ pub async fn update_draft(
 /// Marks the row published (again): `version` +1, `publishedAt` and `updatedAt` now.
 pub async fn publish(
     conn: &mut AsyncPgConnection,
-    org: Uuid,
-    id: Uuid,
+    org: OrgId,
+    id: WorkflowId,
 ) -> QueryResult<Option<WorkflowRow>> {
     diesel::update(
         wf::table
@@ -160,7 +160,7 @@ pub async fn publish(
             .filter(wf::id.eq(id)),
     )
     .set((
-        wf::status.eq(STATUS_PUBLISHED),
+        wf::status.eq(WorkflowStatus::Published),
         wf::version.eq(wf::version + 1),
         wf::published_at.eq(now),
         wf::updated_at.eq(now),

@@ -2,6 +2,7 @@
 
 pub mod migrate;
 pub mod schema;
+pub mod text_enum;
 
 use std::time::Duration;
 
@@ -75,24 +76,24 @@ pub struct TenantCtx {
 
 impl TenantCtx {
     /// User-scoped work: own sessions, own memberships and orgs (discovery).
-    pub fn user(user: Uuid) -> Self {
+    pub fn user(user: impl Into<Uuid>) -> Self {
         Self {
-            user: Some(user),
+            user: Some(user.into()),
             org: None,
         }
     }
     /// Org-scoped work by a background role (worker, gateway) acting for the org.
-    pub fn org(org: Uuid) -> Self {
+    pub fn org(org: impl Into<Uuid>) -> Self {
         Self {
             user: None,
-            org: Some(org),
+            org: Some(org.into()),
         }
     }
     /// A user acting inside one org.
-    pub fn user_org(user: Uuid, org: Uuid) -> Self {
+    pub fn user_org(user: impl Into<Uuid>, org: impl Into<Uuid>) -> Self {
         Self {
-            user: Some(user),
-            org: Some(org),
+            user: Some(user.into()),
+            org: Some(org.into()),
         }
     }
 }

@@ -8,7 +8,8 @@ use futures_util::future::LocalBoxFuture;
 use futures_util::StreamExt;
 use serde_json::{Map, Value};
 
-use super::error::{ApiError, Invalid};
+use super::error::ApiError;
+use crate::platform::validation::Invalid;
 
 /// Bodies larger than this are refused with 413 (the original's 1 MiB).
 pub const BODY_LIMIT: usize = 1024 * 1024;
@@ -244,6 +245,6 @@ impl<'a> Form<'a> {
     }
 
     pub fn finish(self, message: &'static str) -> Result<(), ApiError> {
-        self.invalid.finish(message)
+        Ok(self.invalid.finish(message)?)
     }
 }

@@ -1,12 +1,19 @@
 //! The one error type at the HTTP edge, rendered once as the spec's envelope `{code, message, details?}`.
+//! It may carry the internal cause of a failure: never serialized, logged once (with the request id) by the
+//! edge middleware when the answer is a 5xx, so no server error is silent.
 
 use std::borrow::Cow;
+use std::sync::Arc;
 
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
 use serde_json::{json, Value};
 
 use crate::platform::db::DbError;
+use crate::platform::validation::Rejected;
+
+/// An internal cause, shared so that `ApiError` stays cheap to clone.
+pub type Cause = Arc<dyn std::error::Error + Send + Sync>;
 
 #[derive(Debug, Clone)]
 pub struct ApiError {
@@ -16,6 +23,8 @@ pub struct ApiError {
     pub details: Option<Value>,
     /// Seconds for a `Retry-After` header (429 and 503).
     pub retry_after: Option<u64>,
+    /// Why it happened, for the log only.
+    pub cause: Option<Cause>,
 }
 
 impl ApiError {
@@ -30,11 +39,17 @@ impl ApiError {
             message: message.into(),
             details: None,
             retry_after: None,
+            cause: None,
         }
     }
 
     pub fn with_details(mut self, details: Value) -> Self {
         self.details = Some(details);
+        self
+    }
+
+    pub fn with_cause(mut self, cause: impl std::error::Error + Send + Sync + 'static) -> Self {
+        self.cause = Some(Arc::new(cause));
         self
     }
 
@@ -62,6 +77,10 @@ impl ApiError {
             "INTERNAL_ERROR",
             "Internal server error",
         )
+    }
+    /// A 500 that says why in the log.
+    pub fn internal_from(cause: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Self::internal().with_cause(cause)
     }
     pub fn unavailable() -> Self {
         let mut e = Self::new(
@@ -114,7 +133,7 @@ impl ResponseError for ApiError {
 }
 
 /// Diesel errors mapped once: not found 404, unique violation 409, lost connection 503, the rest 500
-/// (logged here with the cause; the client sees only the generic envelope).
+/// (with the cause, which the edge logs).
 impl From<diesel::result::Error> for ApiError {
     fn from(e: diesel::result::Error) -> Self {
         DbError::Query(e).into()
@@ -123,58 +142,39 @@ impl From<diesel::result::Error> for ApiError {
 
 impl From<DbError> for ApiError {
     fn from(e: DbError) -> Self {
+        Arc::new(e).into()
+    }
+}
+
+/// The same mapping for a shared error (one failure answered to several waiting requests).
+impl From<Arc<DbError>> for ApiError {
+    fn from(e: Arc<DbError>) -> Self {
         use diesel::result::{DatabaseErrorKind, Error};
-        if e.is_unavailable() {
-            tracing::warn!(error = %e, "database unavailable");
-            return ApiError::unavailable();
-        }
-        match e {
-            DbError::Query(Error::NotFound) => ApiError::not_found("Not Found"),
-            DbError::Query(Error::DatabaseError(DatabaseErrorKind::UniqueViolation, _)) => {
-                ApiError::conflict("Resource already exists")
+        let mut mapped = if e.is_unavailable() {
+            ApiError::unavailable()
+        } else {
+            match &*e {
+                DbError::Query(Error::NotFound) => ApiError::not_found("Not Found"),
+                DbError::Query(Error::DatabaseError(DatabaseErrorKind::UniqueViolation, _)) => {
+                    ApiError::conflict("Resource already exists")
+                }
+                _ => ApiError::internal(),
             }
-            other => {
-                tracing::error!(error = %other, "database error");
-                ApiError::internal()
-            }
-        }
+        };
+        mapped.cause = Some(e);
+        mapped
     }
 }
 
-/// Field-level validation failures, rendered as `{formErrors, fieldErrors}` (spec 6.2).
-#[derive(Debug, Default)]
-pub struct Invalid {
-    form: Vec<String>,
-    fields: serde_json::Map<String, Value>,
+/// Field-level validation failures: a 400 with `{formErrors, fieldErrors}`.
+impl From<Rejected> for ApiError {
+    fn from(r: Rejected) -> Self {
+        ApiError::bad_request(r.message).with_details(r.details)
+    }
 }
 
-impl Invalid {
-    pub fn form(&mut self, message: impl Into<String>) {
-        self.form.push(message.into());
-    }
-
-    pub fn field(&mut self, name: &str, message: impl Into<String>) {
-        let entry = self
-            .fields
-            .entry(name.to_string())
-            .or_insert_with(|| Value::Array(Vec::new()));
-        if let Value::Array(list) = entry {
-            list.push(Value::String(message.into()));
-        }
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.form.is_empty() && self.fields.is_empty()
-    }
-
-    /// `Ok(())` when nothing was recorded, else the 400 with `message` and the details.
-    pub fn finish(self, message: &'static str) -> Result<(), ApiError> {
-        if self.is_empty() {
-            return Ok(());
-        }
-        Err(ApiError::bad_request(message).with_details(json!({
-            "formErrors": self.form,
-            "fieldErrors": self.fields,
-        })))
-    }
+/// The cause of a server error response, for the edge's log line.
+pub fn cause_of<B>(res: &HttpResponse<B>) -> Option<String> {
+    let api = res.error()?.as_error::<ApiError>()?;
+    api.cause.as_ref().map(|c| c.to_string())
 }

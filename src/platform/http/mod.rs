@@ -16,8 +16,9 @@ use actix_web::{HttpMessage, HttpRequest, HttpResponse};
 use tracing::Instrument;
 use uuid::Uuid;
 
+pub use crate::platform::validation::{parse_uuid, Invalid};
 pub use body::{Form, JsonBody};
-pub use error::{ApiError, Invalid};
+pub use error::ApiError;
 
 static REQUEST_SEQ: AtomicU64 = AtomicU64::new(1);
 
@@ -83,14 +84,6 @@ pub fn path_uuid(
         .get(name)
         .and_then(parse_uuid)
         .ok_or_else(on_error)
-}
-
-/// RFC 9562 text form only (8-4-4-4-12 hex, any case), as the original's validator.
-pub fn parse_uuid(s: &str) -> Option<Uuid> {
-    if s.len() != 36 {
-        return None;
-    }
-    Uuid::try_parse(s).ok()
 }
 
 /// Edge middleware: request id and span, CORS for the one allowed origin, response hints, access log.
@@ -179,9 +172,19 @@ pub async fn edge(
     let status = res.status();
     let duration_ms = started.elapsed().as_secs_f64() * 1000.0;
     span.record("route", route.as_str());
+    let cause = status
+        .is_server_error()
+        .then(|| error::cause_of(res.response()))
+        .flatten();
     span.in_scope(|| {
         if status.is_server_error() {
-            tracing::error!(status = status.as_u16(), duration_ms, "request failed");
+            // The one log line of a server error, with its cause (never sent to the client).
+            tracing::error!(
+                status = status.as_u16(),
+                duration_ms,
+                cause = cause.as_deref(),
+                "request failed"
+            );
         } else {
             tracing::debug!(status = status.as_u16(), duration_ms, "request");
         }

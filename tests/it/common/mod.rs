@@ -182,6 +182,10 @@ pub async fn spawn_with(opts: Options) -> TestApp {
     for (k, v) in opts.env {
         vars.insert(k, v);
     }
+    // Not a development install unless a test says so: no KEK is generated behind a test's back.
+    if !vars.contains_key("VESPID_ENV") && !vars.contains_key("NODE_ENV") {
+        vars.insert("VESPID_ENV".into(), "test".into());
+    }
     let config = Config::load_with(None, |name| vars.get(name).cloned()).expect("test config");
     vespid::app::telemetry::init(&config);
     let state = AppState::build(config.clone(), opts.provider)

@@ -6,7 +6,7 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
 use super::{Flow, Identity, OAuthError, Pending};
-use crate::app::config::GithubConfig;
+use crate::domain::auth::config::GithubConfig;
 use crate::platform::crypto;
 
 const SCOPE: &str = "read:user user:email";

@@ -18,7 +18,7 @@ use openidconnect::{
 use tokio::sync::RwLock;
 
 use super::{Flow, Identity, OAuthError, Pending};
-use crate::app::config::GoogleConfig;
+use crate::domain::auth::config::GoogleConfig;
 
 /// Discovery (metadata + JWKS) is trusted this long before it is fetched again.
 const DISCOVERY_TTL: Duration = Duration::from_secs(3600);

@@ -8,16 +8,15 @@ mod state;
 
 use std::borrow::Cow;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
-use actix_web::http::StatusCode;
 use chrono::Utc;
 
-use crate::app::config::Config;
+use crate::domain::auth::config::OAuthConfig;
+use crate::domain::auth::AuthError;
 use crate::platform::crypto;
-use crate::platform::db::PgPool;
-use crate::platform::http::ApiError;
+use crate::platform::db::{DbError, PgPool};
+use crate::platform::secret::Secret;
 
 pub const STATE_COOKIE: &str = "vespid_oauth_state";
 pub const NONCE_COOKIE: &str = "vespid_oauth_nonce";
@@ -50,18 +49,30 @@ impl Provider {
     }
 }
 
-/// Why an OAuth step failed. `Exchange` carries a short cause for the log (an upstream status or error
-/// code, never a code, token, state or nonce value).
-#[derive(Debug)]
+/// Why an OAuth step failed. `Exchange` and `Unavailable` carry a short cause for the log (an upstream
+/// status or error code, never a code, token, state or nonce value).
+#[derive(Debug, thiserror::Error)]
 pub enum OAuthError {
-    Api(ApiError),
+    #[error("provider is not configured")]
     NotConfigured,
     /// The provider's metadata could not be fetched when building the authorization URL.
+    #[error("provider unavailable: {0}")]
     Unavailable(String),
+    #[error("invalid nonce in the provider's token")]
     InvalidNonce,
+    #[error("provider returned no verified email")]
     EmailRequired,
+    #[error("authorization denied")]
     AccessDenied,
+    #[error("exchange failed: {0}")]
     Exchange(String),
+    /// The callback's cookies or state did not check out (the message says which).
+    #[error("{0}")]
+    Rejected(&'static str),
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error(transparent)]
+    SignIn(#[from] AuthError),
 }
 
 impl OAuthError {
@@ -70,53 +81,13 @@ impl OAuthError {
     }
 
     /// The cause worth logging next to the mapped code, if any.
-    pub fn cause(&self) -> Option<&str> {
+    pub fn cause(&self) -> Option<String> {
         match self {
-            Self::Exchange(c) | Self::Unavailable(c) => Some(c),
+            Self::Exchange(c) | Self::Unavailable(c) => Some(c.clone()),
+            Self::Db(e) => Some(e.to_string()),
+            Self::SignIn(e) => Some(e.to_string()),
             _ => None,
         }
-    }
-
-    pub fn into_api(self, provider: Provider) -> ApiError {
-        match self {
-            Self::Api(e) => e,
-            Self::NotConfigured => ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "OAUTH_PROVIDER_NOT_CONFIGURED",
-                format!("OAuth provider is not configured: {}", provider.as_str()),
-            ),
-            Self::Unavailable(_) => ApiError::new(
-                StatusCode::BAD_GATEWAY,
-                "OAUTH_PROVIDER_UNAVAILABLE",
-                "OAuth provider is unavailable",
-            ),
-            Self::InvalidNonce => ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "OAUTH_INVALID_NONCE",
-                "Invalid OAuth nonce",
-            ),
-            Self::EmailRequired => ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "OAUTH_EMAIL_REQUIRED",
-                "OAuth provider did not return an email address",
-            ),
-            Self::AccessDenied => ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "OAUTH_ACCESS_DENIED",
-                "OAuth authorization was denied",
-            ),
-            Self::Exchange(_) => ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "OAUTH_EXCHANGE_FAILED",
-                "OAuth exchange failed",
-            ),
-        }
-    }
-}
-
-impl From<ApiError> for OAuthError {
-    fn from(e: ApiError) -> Self {
-        Self::Api(e)
     }
 }
 
@@ -157,8 +128,20 @@ pub struct Pending {
     pub nonce: String,
 }
 
+/// What the OAuth service is built from.
+pub struct OAuthParts {
+    pub config: OAuthConfig,
+    pub state_secret: Secret,
+    pub context_ttl_secs: i64,
+    pub web_base_url: String,
+    pub db: PgPool,
+}
+
 pub struct OAuthService {
-    config: Arc<Config>,
+    config: OAuthConfig,
+    state_secret: Secret,
+    context_ttl_secs: i64,
+    web_base_url: String,
     db: PgPool,
     /// One client for every provider call; redirects disabled (openidconnect's advice against SSRF).
     http: Option<reqwest::Client>,
@@ -167,7 +150,14 @@ pub struct OAuthService {
 }
 
 impl OAuthService {
-    pub fn new(config: Arc<Config>, db: PgPool) -> Self {
+    pub fn new(parts: OAuthParts) -> Self {
+        let OAuthParts {
+            config,
+            state_secret,
+            context_ttl_secs,
+            web_base_url,
+            db,
+        } = parts;
         let http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(Duration::from_secs(5))
@@ -178,6 +168,9 @@ impl OAuthService {
             .ok();
         Self {
             config,
+            state_secret,
+            context_ttl_secs,
+            web_base_url,
             db,
             http,
             google: google::Discovery::default(),
@@ -192,7 +185,7 @@ impl OAuthService {
     }
 
     fn state_key(&self) -> &[u8] {
-        self.config.auth.oauth_state_secret.expose().as_bytes()
+        self.state_secret.expose().as_bytes()
     }
 
     /// Steps 1-4 of start: secrets, provider URL (503 when not configured, before anything is stored),
@@ -205,12 +198,11 @@ impl OAuthService {
                     .http
                     .as_ref()
                     .ok_or_else(|| OAuthError::Unavailable("HTTP client unavailable".into()))?;
-                google::authorization_url(&self.config.oauth.google, &self.google, http, &flow)
-                    .await?
+                google::authorization_url(&self.config.google, &self.google, http, &flow).await?
             }
-            Provider::Github => github::authorization_url(&self.config.oauth.github, &flow)?,
+            Provider::Github => github::authorization_url(&self.config.github, &flow)?,
         };
-        let ttl = self.config.auth.oauth_context_ttl_secs;
+        let ttl = self.context_ttl_secs;
         let expires_at = Utc::now().timestamp() + ttl;
         self.purge_expired().await;
         state::insert(&self.db, provider, &flow, expires_at).await?;
@@ -238,9 +230,9 @@ impl OAuthService {
         state_cookie: Option<&str>,
         nonce_cookie: Option<&str>,
         query_state: &str,
-    ) -> Result<String, ApiError> {
+    ) -> Result<String, OAuthError> {
         let (Some(state_cookie), Some(nonce_cookie)) = (state_cookie, nonce_cookie) else {
-            return Err(ApiError::unauthorized("Missing OAuth state/nonce cookies"));
+            return Err(OAuthError::Rejected("Missing OAuth state/nonce cookies"));
         };
         let now = Utc::now().timestamp();
         let key = self.state_key();
@@ -248,10 +240,10 @@ impl OAuthService {
             state::verify_cookie(key, state_cookie, state::Kind::State, now),
             state::verify_cookie(key, nonce_cookie, state::Kind::Nonce, now),
         ) else {
-            return Err(ApiError::unauthorized("Invalid OAuth state/nonce cookies"));
+            return Err(OAuthError::Rejected("Invalid OAuth state/nonce cookies"));
         };
         if !crypto::ct_eq(state.as_bytes(), query_state.as_bytes()) {
-            return Err(ApiError::unauthorized("Invalid OAuth state"));
+            return Err(OAuthError::Rejected("Invalid OAuth state"));
         }
         Ok(nonce)
     }
@@ -262,15 +254,15 @@ impl OAuthService {
         provider: Provider,
         query_state: &str,
         cookie_nonce: &str,
-    ) -> Result<Pending, ApiError> {
+    ) -> Result<Pending, OAuthError> {
         let row = state::take(&self.db, query_state).await?;
         let now = Utc::now();
         let Some(row) = row.filter(|r| r.provider == provider.as_str() && r.expires_at > now)
         else {
-            return Err(ApiError::unauthorized("Invalid or expired OAuth state"));
+            return Err(OAuthError::Rejected("Invalid or expired OAuth state"));
         };
         if !crypto::ct_eq(row.nonce.as_bytes(), cookie_nonce.as_bytes()) {
-            return Err(ApiError::unauthorized("Invalid OAuth nonce"));
+            return Err(OAuthError::Rejected("Invalid OAuth nonce"));
         }
         Ok(Pending {
             code_verifier: row.code_verifier,
@@ -288,12 +280,9 @@ impl OAuthService {
         let http = self.http()?;
         let identity = match provider {
             Provider::Google => {
-                google::identify(&self.config.oauth.google, &self.google, http, code, pending)
-                    .await?
+                google::identify(&self.config.google, &self.google, http, code, pending).await?
             }
-            Provider::Github => {
-                github::identify(&self.config.oauth.github, http, code, pending).await?
-            }
+            Provider::Github => github::identify(&self.config.github, http, code, pending).await?,
         };
         Ok(Identity {
             email: identity.email.trim().to_lowercase(),
@@ -322,15 +311,22 @@ impl OAuthService {
     }
 }
 
-/// `<WEB_BASE_URL>/auth?…` for the browser flow's landing page.
-pub fn web_redirect(config: &Config, pairs: &[(&str, Cow<'_, str>)]) -> String {
-    let mut query = url::form_urlencoded::Serializer::new(String::new());
-    for (k, v) in pairs {
-        query.append_pair(k, v);
+impl OAuthService {
+    /// `<WEB_BASE_URL>/auth?…` for the browser flow's landing page.
+    pub fn web_redirect(&self, pairs: &[(&str, Cow<'_, str>)]) -> String {
+        let mut query = url::form_urlencoded::Serializer::new(String::new());
+        for (k, v) in pairs {
+            query.append_pair(k, v);
+        }
+        format!(
+            "{}/auth?{}",
+            self.web_base_url.trim_end_matches('/'),
+            query.finish()
+        )
     }
-    format!(
-        "{}/auth?{}",
-        config.web.base_url.trim_end_matches('/'),
-        query.finish()
-    )
+
+    /// How long the OAuth cookies live.
+    pub fn context_ttl_secs(&self) -> i64 {
+        self.context_ttl_secs
+    }
 }

@@ -9,13 +9,10 @@ use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 use serde_json::json;
 
-use super::{OAuthError, Provider, NONCE_COOKIE, STATE_COOKIE};
-use crate::app::config::Config;
-use crate::app::state::AppState;
+use super::{OAuthError, OAuthService, Provider, NONCE_COOKIE, STATE_COOKIE};
 use crate::domain::auth::model::User;
 use crate::domain::auth::routes::{clear_cookie, client_meta, session_cookie, session_response};
-use crate::domain::auth::IssuedSession;
-use crate::domain::orgs;
+use crate::domain::auth::{AuthService, IssuedSession};
 use crate::platform::http::{request_id, route_of, ApiError, Invalid};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -24,6 +21,45 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             "/v1/auth/oauth/{provider}/callback",
             web::get().to(callback),
         );
+}
+
+/// An OAuth failure as the spec's answer; the code also names the failure in the browser redirect.
+fn api_error(e: OAuthError, provider: Provider) -> ApiError {
+    match e {
+        OAuthError::NotConfigured => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "OAUTH_PROVIDER_NOT_CONFIGURED",
+            format!("OAuth provider is not configured: {}", provider.as_str()),
+        ),
+        OAuthError::Unavailable(_) => ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "OAUTH_PROVIDER_UNAVAILABLE",
+            "OAuth provider is unavailable",
+        ),
+        OAuthError::InvalidNonce => ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "OAUTH_INVALID_NONCE",
+            "Invalid OAuth nonce",
+        ),
+        OAuthError::EmailRequired => ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "OAUTH_EMAIL_REQUIRED",
+            "OAuth provider did not return an email address",
+        ),
+        OAuthError::AccessDenied => ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "OAUTH_ACCESS_DENIED",
+            "OAuth authorization was denied",
+        ),
+        OAuthError::Exchange(_) => ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "OAUTH_EXCHANGE_FAILED",
+            "OAuth exchange failed",
+        ),
+        OAuthError::Rejected(message) => ApiError::unauthorized(message),
+        OAuthError::Db(e) => e.into(),
+        OAuthError::SignIn(e) => e.into(),
+    }
 }
 
 fn provider_of(req: &HttpRequest) -> Result<Provider, ApiError> {
@@ -48,14 +84,20 @@ fn values<'q>(pairs: &'q [(String, String)], name: &str) -> Vec<&'q str> {
         .collect()
 }
 
-fn oauth_cookie(config: &Config, name: &str, value: String) -> Cookie<'static> {
+fn oauth_cookie(web: &Web<'_>, name: &str, value: String) -> Cookie<'static> {
     Cookie::build(name.to_string(), value)
         .http_only(true)
         .path("/")
         .same_site(SameSite::Lax)
-        .secure(config.cookie_secure())
-        .max_age(CookieDuration::seconds(config.auth.oauth_context_ttl_secs))
+        .secure(web.auth.secure_cookies())
+        .max_age(CookieDuration::seconds(web.oauth.context_ttl_secs()))
         .finish()
+}
+
+/// The two services a callback answer needs (cookies, redirects, sessions).
+struct Web<'a> {
+    oauth: &'a OAuthService,
+    auth: &'a AuthService,
 }
 
 fn found(location: &str) -> actix_web::HttpResponseBuilder {
@@ -64,16 +106,23 @@ fn found(location: &str) -> actix_web::HttpResponseBuilder {
     res
 }
 
-async fn start(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
+async fn start(
+    oauth: web::Data<OAuthService>,
+    auth: web::Data<AuthService>,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
     let provider = provider_of(&req)?;
     let json_mode = values(&query_pairs(&req), "mode").first() == Some(&"json");
-    let started = state.oauth.start(provider).await.map_err(|e| {
+    let started = oauth.start(provider).await.map_err(|e| {
         if let Some(cause) = e.cause() {
             tracing::warn!(provider = provider.as_str(), cause, "OAuth start failed");
         }
-        e.into_api(provider)
+        api_error(e, provider)
     })?;
-    let config = &state.config;
+    let web = Web {
+        oauth: &oauth,
+        auth: &auth,
+    };
     let mut res = if json_mode {
         let mut res = HttpResponse::Ok();
         res.json(json!({
@@ -86,8 +135,8 @@ async fn start(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpRespo
     add_cookies(
         &mut res,
         [
-            oauth_cookie(config, STATE_COOKIE, started.state_cookie),
-            oauth_cookie(config, NONCE_COOKIE, started.nonce_cookie),
+            oauth_cookie(&web, STATE_COOKIE, started.state_cookie),
+            oauth_cookie(&web, NONCE_COOKIE, started.nonce_cookie),
         ],
     );
     Ok(res)
@@ -179,25 +228,33 @@ impl Failure {
     }
 }
 
-async fn callback(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
+async fn callback(
+    oauth: web::Data<OAuthService>,
+    auth: web::Data<AuthService>,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
     let provider = provider_of(&req)?;
+    let web = Web {
+        oauth: &oauth,
+        auth: &auth,
+    };
     let query = match parse_callback(&query_pairs(&req))? {
         Parsed::Ok(q) => q,
         Parsed::Denied { json } => {
             // The flow is over; its state row is left to expire and be purged.
             let failure = Failure::clearing_cookies(OAuthError::AccessDenied);
-            return Ok(fail(&state, &req, provider, json, failure));
+            return Ok(fail(&web, &req, provider, json, failure));
         }
     };
-    match sign_in(&state, &req, provider, &query).await {
-        Ok((user, issued)) => Ok(succeed(&state.config, provider, query.json, &user, issued)),
-        Err(failure) => Ok(fail(&state, &req, provider, query.json, failure)),
+    match sign_in(&web, &req, provider, &query).await {
+        Ok((user, issued)) => Ok(succeed(&web, provider, query.json, &user, issued)),
+        Err(failure) => Ok(fail(&web, &req, provider, query.json, failure)),
     }
 }
 
 /// Steps a-h: cookies, consume, nonce, exchange, user, session, personal workspace.
 async fn sign_in(
-    state: &AppState,
+    web: &Web<'_>,
     req: &HttpRequest,
     provider: Provider,
     query: &CallbackQuery,
@@ -205,7 +262,7 @@ async fn sign_in(
     // An emptied cookie counts as missing.
     let cookie = |name| req.cookie(name).filter(|c| !c.value().is_empty());
     let (state_cookie, nonce_cookie) = (cookie(STATE_COOKIE), cookie(NONCE_COOKIE));
-    let nonce = state
+    let nonce = web
         .oauth
         .check_cookies(
             state_cookie.as_ref().map(|c| c.value()),
@@ -213,34 +270,26 @@ async fn sign_in(
             &query.state,
         )
         .map_err(Failure::keeping_cookies)?;
-    let pending = state
+    let pending = web
         .oauth
         .consume(provider, &query.state, &nonce)
         .await
         .map_err(Failure::clearing_cookies)?;
-    let identity = state
+    let identity = web
         .oauth
         .identify(provider, &query.code, &pending)
         .await
         .map_err(Failure::clearing_cookies)?;
-    let user = state
+    let (user, issued) = web
         .auth
-        .oauth_user(&identity.email, identity.display_name)
-        .await
-        .map_err(Failure::clearing_cookies)?;
-    let issued = state
-        .auth
-        .create_session(&user, &client_meta(req))
-        .await
-        .map_err(Failure::clearing_cookies)?;
-    orgs::ensure_personal_workspace(state, user.id)
+        .oauth_sign_in(&identity.email, identity.display_name, &client_meta(req))
         .await
         .map_err(Failure::clearing_cookies)?;
     Ok((user, issued))
 }
 
 fn succeed(
-    config: &Config,
+    web: &Web<'_>,
     provider: Provider,
     json_mode: bool,
     user: &User,
@@ -248,39 +297,36 @@ fn succeed(
 ) -> HttpResponse {
     let mut res = if json_mode {
         session_response(
-            config,
+            web.auth,
             StatusCode::OK,
             user,
             issued,
             Some(("provider", json!(provider.as_str()))),
         )
     } else {
-        let location = super::web_redirect(
-            config,
-            &[
-                ("oauth", Cow::Borrowed("success")),
-                ("provider", Cow::Borrowed(provider.as_str())),
-            ],
-        );
+        let location = web.oauth.web_redirect(&[
+            ("oauth", Cow::Borrowed("success")),
+            ("provider", Cow::Borrowed(provider.as_str())),
+        ]);
         found(&location)
-            .cookie(session_cookie(config, issued.refresh_token))
+            .cookie(session_cookie(web.auth, issued.refresh_token))
             .finish()
     };
-    add_cookies(&mut res, cleared(config));
+    add_cookies(&mut res, cleared(web.auth));
     res
 }
 
 /// The failure path: the `oauth_callback_failed` event, then the mapped error as JSON or as a redirect
 /// to the web app's `/auth` page.
 fn fail(
-    state: &AppState,
+    web: &Web<'_>,
     req: &HttpRequest,
     provider: Provider,
     json_mode: bool,
     failure: Failure,
 ) -> HttpResponse {
-    let cause = failure.error.cause().map(str::to_string);
-    let error = failure.error.into_api(provider);
+    let cause = failure.error.cause();
+    let error = api_error(failure.error, provider);
     tracing::warn!(
         event = "oauth_callback_failed",
         provider = provider.as_str(),
@@ -290,30 +336,26 @@ fn fail(
         cause = cause.as_deref(),
         "OAuth callback failed"
     );
-    let config = &state.config;
     let mut res = if json_mode {
         error.error_response()
     } else {
-        let location = super::web_redirect(
-            config,
-            &[
-                ("oauth", Cow::Borrowed("error")),
-                ("provider", Cow::Borrowed(provider.as_str())),
-                ("code", error.code.clone()),
-            ],
-        );
+        let location = web.oauth.web_redirect(&[
+            ("oauth", Cow::Borrowed("error")),
+            ("provider", Cow::Borrowed(provider.as_str())),
+            ("code", error.code.clone()),
+        ]);
         found(&location).finish()
     };
     if failure.clear_cookies {
-        add_cookies(&mut res, cleared(config));
+        add_cookies(&mut res, cleared(web.auth));
     }
     res
 }
 
-fn cleared(config: &Config) -> [Cookie<'static>; 2] {
+fn cleared(auth: &AuthService) -> [Cookie<'static>; 2] {
     [
-        clear_cookie(config, STATE_COOKIE),
-        clear_cookie(config, NONCE_COOKIE),
+        clear_cookie(auth, STATE_COOKIE),
+        clear_cookie(auth, NONCE_COOKIE),
     ]
 }
 

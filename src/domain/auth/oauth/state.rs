@@ -10,8 +10,7 @@ use serde::{Deserialize, Serialize};
 use super::{Flow, Provider};
 use crate::platform::crypto;
 use crate::platform::db::schema::oauth_states;
-use crate::platform::db::{self, PgPool};
-use crate::platform::http::ApiError;
+use crate::platform::db::{self, DbError, PgPool};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -79,14 +78,14 @@ pub async fn insert(
     provider: Provider,
     flow: &Flow,
     expires_at: i64,
-) -> Result<(), ApiError> {
+) -> Result<(), DbError> {
     let hash = state_hash(&flow.state);
     let verifier = flow.code_verifier.clone();
     let nonce = flow.nonce.clone();
     let expires = Utc
         .timestamp_opt(expires_at, 0)
         .single()
-        .ok_or_else(ApiError::internal)?;
+        .unwrap_or_else(Utc::now);
     db::plain(pool, |c| {
         async move {
             diesel::insert_into(oauth_states::table)
@@ -100,7 +99,7 @@ pub async fn insert(
                 .execute(c)
                 .await
                 .map(|_| ())
-                .map_err(ApiError::from)
+                .map_err(DbError::from)
         }
         .scope_boxed()
     })
@@ -108,7 +107,7 @@ pub async fn insert(
 }
 
 /// Deletes and returns the row of `state` (single use: a replay finds nothing).
-pub async fn take(pool: &PgPool, state: &str) -> Result<Option<StateRow>, ApiError> {
+pub async fn take(pool: &PgPool, state: &str) -> Result<Option<StateRow>, DbError> {
     let hash = state_hash(state);
     db::plain(pool, |c| {
         async move {
@@ -122,20 +121,20 @@ pub async fn take(pool: &PgPool, state: &str) -> Result<Option<StateRow>, ApiErr
                 .get_result::<StateRow>(c)
                 .await
                 .optional()
-                .map_err(ApiError::from)
+                .map_err(DbError::from)
         }
         .scope_boxed()
     })
     .await
 }
 
-pub async fn purge_expired(pool: &PgPool) -> Result<usize, ApiError> {
+pub async fn purge_expired(pool: &PgPool) -> Result<usize, DbError> {
     db::plain(pool, |c| {
         async move {
             diesel::delete(oauth_states::table.filter(oauth_states::expires_at.lt(Utc::now())))
                 .execute(c)
                 .await
-                .map_err(ApiError::from)
+                .map_err(DbError::from)
         }
         .scope_boxed()
     })

@@ -5,32 +5,32 @@ use std::borrow::Cow;
 
 use serde_json::{json, Value};
 
+use crate::domain::workflows::dsl::spec::{Condition, ConditionOp};
+
 const INVALID: &str = "INVALID_CONDITION_CONFIG";
 
 /// `{"result": bool, "explain": {path, op, expected, actualPresent, actualType}}`, or
-/// `INVALID_CONDITION_CONFIG` when the config is not an object with string `path` and `op`. An unknown
-/// `op` evaluates to `false`, as in the original (the DSL only stores known ones).
-pub fn evaluate_condition(config: Option<&Value>, run_input: &Value) -> Result<Value, String> {
-    let cfg = config.and_then(Value::as_object).ok_or(INVALID)?;
-    let path = cfg.get("path").and_then(Value::as_str).ok_or(INVALID)?;
-    let op = cfg.get("op").and_then(Value::as_str).ok_or(INVALID)?;
+/// `INVALID_CONDITION_CONFIG` when the node has no config (the DSL allows that; the original fails it).
+pub fn evaluate(config: Option<&Condition>, run_input: &Value) -> Result<Value, String> {
+    let cfg = config.ok_or(INVALID)?;
     // A missing `value` is JS `undefined`; a present `null` is `null`.
-    let expected = cfg.get("value");
-    let actual = lookup(run_input, path);
+    let expected = cfg.value.as_ref();
+    let actual = lookup(run_input, &cfg.path);
     let actual = actual.as_deref();
-    let result = match op {
-        "exists" => !matches!(actual, None | Some(Value::Null)),
-        "eq" => strict_eq(actual, expected),
-        "neq" => !strict_eq(actual, expected),
-        "contains" => contains(actual, expected),
-        "gt" | "gte" | "lt" | "lte" => compare(op, to_number(actual), to_number(expected)),
-        _ => false,
+    let result = match cfg.op {
+        ConditionOp::Exists => !matches!(actual, None | Some(Value::Null)),
+        ConditionOp::Eq => strict_eq(actual, expected),
+        ConditionOp::Neq => !strict_eq(actual, expected),
+        ConditionOp::Contains => contains(actual, expected),
+        op @ (ConditionOp::Gt | ConditionOp::Gte | ConditionOp::Lt | ConditionOp::Lte) => {
+            compare(op, to_number(actual), to_number(expected))
+        }
     };
     Ok(json!({
         "result": result,
         "explain": {
-            "path": path,
-            "op": op,
+            "path": cfg.path,
+            "op": cfg.op,
             "expected": expected.cloned().unwrap_or(Value::Null),
             "actualPresent": actual.is_some(),
             "actualType": js_type(actual),
@@ -90,14 +90,14 @@ fn contains(actual: Option<&Value>, expected: Option<&Value>) -> bool {
     }
 }
 
-fn compare(op: &str, a: f64, b: f64) -> bool {
+fn compare(op: ConditionOp, a: f64, b: f64) -> bool {
     if !a.is_finite() || !b.is_finite() {
         return false;
     }
     match op {
-        "gt" => a > b,
-        "gte" => a >= b,
-        "lt" => a < b,
+        ConditionOp::Gt => a > b,
+        ConditionOp::Gte => a >= b,
+        ConditionOp::Lt => a < b,
         _ => a <= b,
     }
 }
@@ -229,34 +229,39 @@ fn is_decimal_literal(t: &str) -> bool {
 mod tests {
     use super::*;
 
+    /// The typed config, as the DSL reads it.
+    fn typed(cfg: &Value) -> Result<Condition, serde_json::Error> {
+        serde_json::from_value(cfg.clone())
+    }
+
     fn eval(cfg: Value, input: Value) -> Value {
-        evaluate_condition(Some(&cfg), &input).unwrap()
+        evaluate(Some(&typed(&cfg).unwrap()), &input).unwrap()
     }
 
     fn result(cfg: Value, input: &Value) -> bool {
-        evaluate_condition(Some(&cfg), input).unwrap()["result"]
+        evaluate(Some(&typed(&cfg).unwrap()), input).unwrap()["result"]
             .as_bool()
             .unwrap()
     }
 
+    /// No config fails the node; a malformed one cannot even be stored (the typed read refuses it).
     #[test]
     fn invalid_configs() {
+        assert_eq!(
+            evaluate(None, &json!({})),
+            Err("INVALID_CONDITION_CONFIG".to_string())
+        );
         for cfg in [
-            None,
-            Some(json!(null)),
-            Some(json!("x")),
-            Some(json!([])),
-            Some(json!({})),
-            Some(json!({"path": "a"})),
-            Some(json!({"op": "eq"})),
-            Some(json!({"path": 1, "op": "eq"})),
-            Some(json!({"path": "a", "op": null})),
+            json!(null),
+            json!("x"),
+            json!([]),
+            json!({}),
+            json!({"path": "a"}),
+            json!({"op": "eq"}),
+            json!({"path": 1, "op": "eq"}),
+            json!({"path": "a", "op": null}),
         ] {
-            assert_eq!(
-                evaluate_condition(cfg.as_ref(), &json!({})),
-                Err("INVALID_CONDITION_CONFIG".to_string()),
-                "{cfg:?}"
-            );
+            assert!(typed(&cfg).is_err(), "{cfg:?}");
         }
     }
 
@@ -428,14 +433,10 @@ mod tests {
         );
     }
 
+    /// The original evaluated an unknown op to `false`; here it cannot reach evaluation at all.
     #[test]
-    fn unknown_op_is_false() {
-        let out = eval(
-            json!({"path": "a", "op": "matches", "value": 1}),
-            json!({"a": 1}),
-        );
-        assert_eq!(out["result"], false);
-        assert_eq!(out["explain"]["op"], "matches");
+    fn unknown_op_is_refused() {
+        assert!(typed(&json!({"path": "a", "op": "matches", "value": 1})).is_err());
     }
 
     #[test]

@@ -6,27 +6,23 @@ use std::time::Duration;
 use reqwest::header::{self, HeaderValue};
 use serde_json::{json, Value};
 use url::Url;
-use uuid::Uuid;
 
 use super::http::{network_failure, status_retryable};
 use super::{secret_store, ExecCtx, ExecDeps, Outcome};
+use crate::domain::common::ids::SecretId;
+use crate::domain::workflows::dsl::spec::{ConnectorAction, ExecutionMode, GithubIssue};
 
 const TITLE_MAX: usize = 256;
 const BODY_MAX: usize = 200_000;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Mode {
-    Cloud,
-    Executor,
-}
-
+/// An action to perform, from either node type.
 #[derive(Debug, PartialEq)]
-struct ActionConfig {
-    connector_id: String,
-    action_id: String,
+struct Action<'a> {
+    connector_id: &'a str,
+    action_id: &'a str,
     input: Option<Value>,
-    secret_id: Uuid,
-    mode: Mode,
+    secret_id: SecretId,
+    mode: ExecutionMode,
 }
 
 /// Input of GitHub `issue.create`.
@@ -42,46 +38,6 @@ fn utf16_len(s: &str) -> usize {
     s.encode_utf16().count()
 }
 
-/// UUIDs as the DSL stores them: the hyphenated form only.
-fn parse_uuid(v: Option<&Value>) -> Option<Uuid> {
-    let s = v?.as_str()?;
-    if s.len() != 36 {
-        return None;
-    }
-    Uuid::parse_str(s).ok()
-}
-
-fn secret_id(config: &serde_json::Map<String, Value>) -> Option<Uuid> {
-    parse_uuid(config.get("auth")?.get("secretId"))
-}
-
-fn parse_action_config(v: Option<&Value>) -> Option<ActionConfig> {
-    let o = v?.as_object()?;
-    let non_empty = |k: &str| {
-        o.get(k)
-            .and_then(Value::as_str)
-            .filter(|s| !s.is_empty())
-            .map(str::to_string)
-    };
-    let mode = match o.get("execution") {
-        None => Mode::Cloud,
-        Some(Value::Object(e)) => match e.get("mode") {
-            None => Mode::Cloud,
-            Some(m) if m == "cloud" => Mode::Cloud,
-            Some(m) if m == "executor" => Mode::Executor,
-            Some(_) => return None,
-        },
-        Some(_) => return None,
-    };
-    Some(ActionConfig {
-        connector_id: non_empty("connectorId")?,
-        action_id: non_empty("actionId")?,
-        input: o.get("input").cloned(),
-        secret_id: secret_id(o)?,
-        mode,
-    })
-}
-
 /// `owner/name`: exactly one `/`, both sides non-empty.
 fn split_repo(repo: &str) -> Option<(String, String)> {
     let (owner, name) = repo.split_once('/')?;
@@ -91,46 +47,52 @@ fn split_repo(repo: &str) -> Option<(String, String)> {
     Some((owner.to_string(), name.to_string()))
 }
 
-/// The `issue.create` schema shared by the action input and the legacy config: `repo`, `title` 1..256,
-/// `body` ≤ 200000 (UTF-16 units, as the original counts); other keys ignored.
-fn parse_issue(o: &serde_json::Map<String, Value>) -> Option<IssueInput> {
-    let (owner, repo) = split_repo(o.get("repo")?.as_str()?)?;
-    let title = o.get("title")?.as_str()?;
+/// The `issue.create` fields shared by the action input and the legacy config: `repo`, `title` 1..256,
+/// `body` ≤ 200000 (UTF-16 units, as the original counts).
+fn issue(repo: &str, title: &str, body: Option<&str>) -> Option<IssueInput> {
+    let (owner, repo) = split_repo(repo)?;
     if !(1..=TITLE_MAX).contains(&utf16_len(title)) {
         return None;
     }
-    let body = match o.get("body") {
-        None => None,
-        Some(Value::String(b)) if utf16_len(b) <= BODY_MAX => Some(b.clone()),
-        Some(_) => return None,
-    };
+    if body.is_some_and(|b| utf16_len(b) > BODY_MAX) {
+        return None;
+    }
     Some(IssueInput {
         owner,
         repo,
         title: title.to_string(),
-        body,
+        body: body.map(str::to_string),
     })
 }
 
-pub async fn run_action(deps: &ExecDeps, ctx: &ExecCtx<'_>) -> Outcome {
-    match parse_action_config(ctx.node.config.as_ref()) {
-        Some(cfg) => execute(deps, ctx, cfg).await,
-        None => Outcome::fail("INVALID_NODE_CONFIG", false),
-    }
+/// The action's input (any JSON in the DSL) read as `issue.create`'s; other keys ignored.
+fn parse_issue(o: &serde_json::Map<String, Value>) -> Option<IssueInput> {
+    let body = match o.get("body") {
+        None => None,
+        Some(Value::String(b)) => Some(b.as_str()),
+        Some(_) => return None,
+    };
+    issue(o.get("repo")?.as_str()?, o.get("title")?.as_str()?, body)
 }
 
-/// The legacy node: its own config schema, then github/issue.create in cloud mode.
-pub async fn run_legacy_github(deps: &ExecDeps, ctx: &ExecCtx<'_>) -> Outcome {
-    let parsed = ctx
-        .node
-        .config
-        .as_ref()
-        .and_then(Value::as_object)
-        .and_then(|o| {
-            let issue = parse_issue(o)?;
-            Some((issue, secret_id(o)?))
-        });
-    let Some((issue, secret_id)) = parsed else {
+pub async fn run_action(deps: &ExecDeps, ctx: &ExecCtx<'_>, cfg: &ConnectorAction) -> Outcome {
+    let action = Action {
+        connector_id: &cfg.connector_id,
+        action_id: &cfg.action_id,
+        input: cfg.input.clone(),
+        secret_id: SecretId::from(cfg.auth.secret_id),
+        mode: cfg
+            .execution
+            .as_ref()
+            .map_or(ExecutionMode::Cloud, |e| e.mode),
+    };
+    execute(deps, ctx, action).await
+}
+
+/// The legacy node: its own config, then github/issue.create in cloud mode.
+pub async fn run_legacy_github(deps: &ExecDeps, ctx: &ExecCtx<'_>, cfg: &GithubIssue) -> Outcome {
+    // The DSL counts chars; the original's UTF-16 bounds are checked here.
+    let Some(issue) = issue(&cfg.repo, &cfg.title, cfg.body.as_deref()) else {
         return Outcome::fail("INVALID_NODE_CONFIG", false);
     };
     let mut input =
@@ -138,18 +100,18 @@ pub async fn run_legacy_github(deps: &ExecDeps, ctx: &ExecCtx<'_>) -> Outcome {
     if let Some(body) = issue.body {
         input["body"] = Value::String(body);
     }
-    let cfg = ActionConfig {
-        connector_id: "github".into(),
-        action_id: "issue.create".into(),
+    let action = Action {
+        connector_id: "github",
+        action_id: "issue.create",
         input: Some(input),
-        secret_id,
-        mode: Mode::Cloud,
+        secret_id: SecretId::from(cfg.auth.secret_id),
+        mode: ExecutionMode::Cloud,
     };
-    execute(deps, ctx, cfg).await
+    execute(deps, ctx, action).await
 }
 
-async fn execute(deps: &ExecDeps, ctx: &ExecCtx<'_>, cfg: ActionConfig) -> Outcome {
-    if (cfg.connector_id.as_str(), cfg.action_id.as_str()) != ("github", "issue.create") {
+async fn execute(deps: &ExecDeps, ctx: &ExecCtx<'_>, cfg: Action<'_>) -> Outcome {
+    if (cfg.connector_id, cfg.action_id) != ("github", "issue.create") {
         return Outcome::fail(
             format!(
                 "ACTION_NOT_SUPPORTED:{}:{}",
@@ -166,7 +128,7 @@ async fn execute(deps: &ExecDeps, ctx: &ExecCtx<'_>, cfg: ActionConfig) -> Outco
     else {
         return Outcome::fail("INVALID_ACTION_INPUT", false);
     };
-    if cfg.mode == Mode::Executor {
+    if cfg.mode == ExecutionMode::Executor {
         // Remote execution needs the gateway, which is not part of this build yet.
         return Outcome::fail("EXECUTOR_NOT_AVAILABLE", false);
     }
@@ -191,7 +153,7 @@ async fn create_issue(
     issue: &IssueInput,
     token: &str,
 ) -> Outcome {
-    let Some(url) = issues_url(&deps.config.workflows.github_api_base_url, issue) else {
+    let Some(url) = issues_url(&deps.config.github_api_base_url, issue) else {
         tracing::error!("GITHUB_API_BASE_URL is not a usable base URL");
         return Outcome::fail("GITHUB_API_BASE_URL_INVALID", false);
     };
@@ -206,7 +168,7 @@ async fn create_issue(
     let sent = deps
         .http
         .post(url)
-        .timeout(Duration::from_millis(deps.config.workflows.http_timeout_ms))
+        .timeout(Duration::from_millis(deps.config.http_timeout_ms))
         .header(header::ACCEPT, "application/vnd.github+json")
         .header(header::CONTENT_TYPE, "application/json")
         .header(header::AUTHORIZATION, auth)
@@ -229,7 +191,7 @@ async fn create_issue(
             status_retryable(status),
         );
     }
-    let payload = match read_json(resp, deps.config.workflows.http_max_response_bytes).await {
+    let payload = match read_json(resp, deps.config.http_max_response_bytes).await {
         Ok(v) => v,
         Err(failed) => return failed,
     };
@@ -283,19 +245,32 @@ mod tests {
 
     const SID: &str = "6f1c1d2e-3a4b-4c5d-8e9f-0a1b2c3d4e5f";
 
+    /// The action's config is the DSL's typed one: what the executor-side parser used to accept and
+    /// refuse is decided once, by the DSL.
     #[test]
     fn action_config() {
-        let cfg = parse_action_config(Some(
-            &json!({"connectorId": "github", "actionId": "issue.create",
-            "input": {"repo": "a/b"}, "auth": {"secretId": SID}}),
-        ))
+        use crate::domain::workflows::dsl::{parse_node, Node, NodeSpec};
+        let parse = |cfg: Value| match parse_node(
+            &json!({"id": "n", "type": "connector.action", "config": cfg}),
+        ) {
+            Ok(Node {
+                spec: NodeSpec::ConnectorAction(c),
+                ..
+            }) => Some(c),
+            _ => None,
+        };
+        let cfg = parse(json!({"connectorId": "github", "actionId": "issue.create",
+            "input": {"repo": "a/b"}, "auth": {"secretId": SID}}))
         .unwrap();
-        assert_eq!(cfg.mode, Mode::Cloud);
-        assert_eq!(cfg.secret_id.to_string(), SID);
-        let exec = parse_action_config(Some(&json!({"connectorId": "c", "actionId": "a",
-            "auth": {"secretId": SID}, "execution": {"mode": "executor", "selector": {"pool": "byon"}}})))
+        assert_eq!(cfg.execution, None);
+        assert_eq!(cfg.auth.secret_id.to_string(), SID);
+        let exec = parse(json!({"connectorId": "c", "actionId": "a",
+            "auth": {"secretId": SID}, "execution": {"mode": "executor", "selector": {"pool": "byon"}}}))
         .unwrap();
-        assert_eq!(exec.mode, Mode::Executor);
+        assert_eq!(
+            exec.execution.map(|e| e.mode),
+            Some(ExecutionMode::Executor)
+        );
         assert_eq!(exec.input, None);
         for bad in [
             json!(null),
@@ -306,9 +281,8 @@ mod tests {
             json!({"connectorId": "c", "actionId": "a", "auth": {"secretId": SID.replace('-', "")}}),
             json!({"connectorId": "c", "actionId": "a", "auth": {"secretId": SID}, "execution": {"mode": "gateway"}}),
         ] {
-            assert_eq!(parse_action_config(Some(&bad)), None, "{bad}");
+            assert_eq!(parse(bad.clone()), None, "{bad}");
         }
-        assert_eq!(parse_action_config(None), None);
     }
 
     #[test]

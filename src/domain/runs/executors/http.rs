@@ -2,68 +2,41 @@
 //! deadline for the whole exchange, a response size cap, redirects followed by hand (each hop re-checked)
 //! and `{{secret:<name>}}` references in header values that never reach the node output.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use reqwest::header::{self, HeaderMap, HeaderName, HeaderValue};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Map, Value};
 use url::Url;
-use uuid::Uuid;
+
 use zeroize::Zeroizing;
 
 use super::ssrf::{self, AllowList, Pinned, TargetError};
 use super::{secret_store, ExecCtx, ExecDeps, Outcome};
+use crate::domain::common::ids::{OrgId, RunId};
+use crate::domain::workflows::dsl::spec::{HttpMethod, HttpRequest};
+#[cfg(test)]
+use crate::domain::workflows::dsl::NodeSpec;
 
 const MAX_REDIRECTS: usize = 5;
-const METHODS: [&str; 7] = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"];
 const USER_AGENT: &str = "vespid-worker";
 /// Secrets shorter than this are not scrubbed from responses: masking every "ab" would garble them.
 const MIN_REDACT_LEN: usize = 4;
+/// The original bounds URLs by UTF-16 units; the DSL counts chars, so a URL of many astral characters
+/// passes the DSL and is refused here.
+const URL_MAX_UTF16: usize = 2000;
 
-#[derive(Debug, PartialEq)]
-struct HttpConfig {
-    method: Method,
-    url: String,
-    headers: Vec<(String, String)>,
-    body: Option<Value>,
-    fail_on_status: bool,
-}
-
-/// Re-validates the node's config (spec 1.4 plus `failOnStatus`); `None` is `INVALID_NODE_CONFIG`.
-fn parse_config(v: &Value) -> Option<HttpConfig> {
-    let o = v.as_object()?;
-    let method = o.get("method")?.as_str()?;
-    if !METHODS.contains(&method) {
-        return None;
+fn method(m: HttpMethod) -> Method {
+    match m {
+        HttpMethod::Get => Method::GET,
+        HttpMethod::Post => Method::POST,
+        HttpMethod::Put => Method::PUT,
+        HttpMethod::Patch => Method::PATCH,
+        HttpMethod::Delete => Method::DELETE,
+        HttpMethod::Head => Method::HEAD,
+        HttpMethod::Options => Method::OPTIONS,
     }
-    let url = o.get("url")?.as_str()?;
-    let url_len = url.encode_utf16().count();
-    if !(1..=2000).contains(&url_len) {
-        return None;
-    }
-    let headers = match o.get("headers") {
-        None => Vec::new(),
-        Some(Value::Object(m)) => m
-            .iter()
-            .map(|(k, v)| match v {
-                Value::String(s) if !k.is_empty() => Some((k.clone(), s.clone())),
-                _ => None,
-            })
-            .collect::<Option<Vec<_>>>()?,
-        Some(_) => return None,
-    };
-    let fail_on_status = match o.get("failOnStatus") {
-        None => true,
-        Some(Value::Bool(b)) => *b,
-        Some(_) => return None,
-    };
-    Some(HttpConfig {
-        method: Method::from_bytes(method.as_bytes()).ok()?,
-        url: url.to_string(),
-        headers,
-        body: o.get("body").cloned(),
-        fail_on_status,
-    })
 }
 
 struct Header {
@@ -85,7 +58,7 @@ struct Request {
 struct Limits<'a> {
     allow: AllowList,
     max_bytes: usize,
-    run_id: Uuid,
+    run_id: RunId,
     node_id: &'a str,
 }
 
@@ -96,15 +69,15 @@ struct Fetched {
     truncated: bool,
 }
 
-pub async fn run(deps: &ExecDeps, ctx: &ExecCtx<'_>) -> Outcome {
-    let Some(raw) = ctx.node.config.as_ref() else {
+pub async fn run(deps: &ExecDeps, ctx: &ExecCtx<'_>, cfg: Option<&HttpRequest>) -> Outcome {
+    let Some(cfg) = cfg else {
         return Outcome::Succeeded(
             json!({"accepted": true, "requestId": format!("{}-request", ctx.node.id)}),
         );
     };
-    let Some(cfg) = parse_config(raw) else {
+    if cfg.url.encode_utf16().count() > URL_MAX_UTF16 {
         return Outcome::fail("INVALID_NODE_CONFIG", false);
-    };
+    }
     let Ok(url) = Url::parse(&cfg.url) else {
         return Outcome::fail("INVALID_NODE_CONFIG", false);
     };
@@ -124,18 +97,18 @@ pub async fn run(deps: &ExecDeps, ctx: &ExecCtx<'_>) -> Outcome {
         bytes
     });
     let req = Request {
-        method: cfg.method,
+        method: method(cfg.method),
         url,
         headers,
         body,
     };
     let limits = Limits {
-        allow: AllowList::parse(&deps.config.workflows.http_allow_hosts),
-        max_bytes: deps.config.workflows.http_max_response_bytes,
+        allow: AllowList::parse(&deps.config.http_allow_hosts),
+        max_bytes: deps.config.http_max_response_bytes,
         run_id: ctx.run_id,
         node_id: &ctx.node.id,
     };
-    let deadline = Duration::from_millis(deps.config.workflows.http_timeout_ms);
+    let deadline = Duration::from_millis(deps.config.http_timeout_ms);
     let started = Instant::now();
     let outcome = match tokio::time::timeout(deadline, send(req, &limits)).await {
         Err(_) => Outcome::fail("HTTP_TIMEOUT", true),
@@ -148,8 +121,8 @@ pub async fn run(deps: &ExecDeps, ctx: &ExecCtx<'_>) -> Outcome {
 /// Resolves `{{secret:<name>}}` references (each name fetched once) and validates names and values.
 async fn resolve_headers(
     deps: &ExecDeps,
-    org: Uuid,
-    raw: &[(String, String)],
+    org: OrgId,
+    raw: &BTreeMap<String, String>,
     used: &mut Vec<(String, Zeroizing<String>)>,
 ) -> Result<Vec<Header>, Outcome> {
     let invalid = || Outcome::fail("INVALID_NODE_CONFIG", false);
@@ -528,16 +501,30 @@ fn redact(v: &mut Value, secrets: &[&str]) {
 mod tests {
     use super::*;
 
+    /// The config the executor receives is the DSL's typed one: what the old executor-side parser
+    /// accepted and refused is now decided once, by the DSL.
     #[test]
     fn config_parsing() {
-        let ok = parse_config(&json!({"method": "POST", "url": "https://x.test/a",
+        let parse = |cfg: Value| match crate::domain::workflows::dsl::parse_node(
+            &json!({"id": "n", "type": "http.request", "config": cfg}),
+        ) {
+            Ok(crate::domain::workflows::dsl::Node {
+                spec: NodeSpec::HttpRequest(Some(c)),
+                ..
+            }) => Some(c),
+            _ => None,
+        };
+        let ok = parse(json!({"method": "POST", "url": "https://x.test/a",
             "headers": {"x-a": "1"}, "body": {"k": 1}, "failOnStatus": false, "extra": 1}))
         .unwrap();
-        assert_eq!(ok.method, Method::POST);
-        assert_eq!(ok.headers, vec![("x-a".to_string(), "1".to_string())]);
+        assert_eq!(method(ok.method), Method::POST);
+        assert_eq!(
+            ok.headers.into_iter().collect::<Vec<_>>(),
+            vec![("x-a".to_string(), "1".to_string())]
+        );
         assert_eq!(ok.body, Some(json!({"k": 1})));
         assert!(!ok.fail_on_status);
-        let min = parse_config(&json!({"method": "GET", "url": "u"})).unwrap();
+        let min = parse(json!({"method": "GET", "url": "u"})).unwrap();
         assert!(min.fail_on_status);
         assert!(min.headers.is_empty());
         assert_eq!(min.body, None);
@@ -554,9 +541,9 @@ mod tests {
             json!({"method": "GET", "url": "u", "headers": []}),
             json!({"method": "GET", "url": "u", "failOnStatus": "no"}),
         ] {
-            assert_eq!(parse_config(&bad), None, "{bad}");
+            assert_eq!(parse(bad.clone()), None, "{bad}");
         }
-        assert!(parse_config(&json!({"method": "GET", "url": "x".repeat(2000)})).is_some());
+        assert!(parse(json!({"method": "GET", "url": "x".repeat(2000)})).is_some());
     }
 
     #[test]

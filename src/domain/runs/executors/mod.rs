@@ -1,15 +1,16 @@
-//! Node executors: what each node type does inside the worker. CONTRACT FILE: `ExecDeps`, `ExecCtx`,
-//! `Outcome` and `execute` are what the engine calls; the per-type logic lives in sibling modules.
+//! Node executors: what each node type does inside the worker. `ExecDeps`, `ExecCtx`, `Outcome` and
+//! `execute` are what the engine calls; the per-type logic lives in sibling modules, each taking the
+//! node's typed config (validated once, by the DSL).
 
 use std::sync::Arc;
 
 use serde_json::{json, Value};
-use uuid::Uuid;
 
-use crate::app::config::Config;
-use crate::domain::workflows::dsl::Node;
-use crate::platform::crypto::envelope::Keyring;
-use crate::platform::db::PgPool;
+use super::config::WorkflowsConfig;
+use super::model::Step;
+use crate::domain::common::ids::{OrgId, RunId, UserId, WorkflowId};
+use crate::domain::secrets::Secrets;
+use crate::domain::workflows::dsl::{Node, NodeSpec};
 
 mod agent;
 pub mod condition;
@@ -21,24 +22,24 @@ pub mod ssrf;
 /// Long-lived dependencies, built once per worker.
 #[derive(Clone)]
 pub struct ExecDeps {
-    pub config: Arc<Config>,
-    pub db: PgPool,
-    pub secrets: Arc<Keyring>,
-    /// For `http.request` and connector calls; redirects are followed manually so each hop is checked.
+    pub config: Arc<WorkflowsConfig>,
+    /// The one way to decrypt a secret.
+    pub secrets: Arc<Secrets>,
+    /// For connector calls; redirects are never followed automatically.
     pub http: reqwest::Client,
 }
 
 /// What one node execution sees.
 pub struct ExecCtx<'a> {
-    pub org_id: Uuid,
-    pub workflow_id: Uuid,
-    pub run_id: Uuid,
+    pub org_id: OrgId,
+    pub workflow_id: WorkflowId,
+    pub run_id: RunId,
     pub attempt: i32,
-    pub requested_by: Uuid,
+    pub requested_by: UserId,
     pub node: &'a Node,
     pub run_input: &'a Value,
-    /// Steps recorded so far (`{nodeId, nodeType, status, output?, error?}`).
-    pub steps: &'a [Value],
+    /// Steps recorded so far.
+    pub steps: &'a [Step],
     /// The org's `settings` JSON.
     pub settings: &'a Value,
 }
@@ -66,16 +67,15 @@ impl Outcome {
 }
 
 /// Runs one node (v2 semantics; the v3 engine evaluates `condition` / `parallel.join` itself, with
-/// [`condition::evaluate_condition`] for conditions).
+/// [`condition::evaluate`] for conditions).
 pub async fn execute(deps: &ExecDeps, ctx: &ExecCtx<'_>) -> Outcome {
-    match ctx.node.node_type.as_str() {
-        "http.request" => http::run(deps, ctx).await,
-        "agent.execute" => agent::execute(ctx),
-        "agent.run" => agent::run(),
-        "connector.action" => connector::run_action(deps, ctx).await,
-        "connector.github.issue.create" => connector::run_legacy_github(deps, ctx).await,
-        "condition" => Outcome::Succeeded(json!({"branch": "true"})),
-        "parallel.join" => Outcome::Succeeded(json!({"joined": true})),
-        other => Outcome::fail(format!("EXECUTOR_NOT_FOUND:{other}"), false),
+    match &ctx.node.spec {
+        NodeSpec::HttpRequest(cfg) => http::run(deps, ctx, cfg.as_ref()).await,
+        NodeSpec::AgentExecute(cfg) => agent::execute(ctx.node, cfg.as_ref()),
+        NodeSpec::AgentRun(_) => agent::run(),
+        NodeSpec::ConnectorAction(cfg) => connector::run_action(deps, ctx, cfg).await,
+        NodeSpec::GithubIssueCreate(cfg) => connector::run_legacy_github(deps, ctx, cfg).await,
+        NodeSpec::Condition(_) => Outcome::Succeeded(json!({"branch": "true"})),
+        NodeSpec::ParallelJoin(_) => Outcome::Succeeded(json!({"joined": true})),
     }
 }

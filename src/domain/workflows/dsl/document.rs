@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use serde_json::Value;
 
 use super::fields::{text, type_name, Absent, Errors, Obj, Rule};
-use super::nodes::{node_json, parse_node, parse_trigger};
+use super::nodes::{parse_node, parse_trigger};
 use super::{graph, DslError, Edge, EdgeKind, Graph, Plan, WorkflowDsl};
 
 const NAME_MAX: usize = 120;
@@ -65,10 +65,9 @@ fn parse_v2(doc: &Value, errors: &mut Errors) -> Option<WorkflowDsl> {
         Absent::Required,
         (1, usize::MAX),
         |errors, path, value| {
-            let node = parse_node(errors, path, value)?;
-            let normalised = node_json(&node);
-            nodes.push(node);
-            Some(normalised)
+            let parsed = parse_node(errors, path, value)?;
+            nodes.extend(parsed.node);
+            Some(parsed.json)
         },
     );
     reject_duplicate_ids(root.get("nodes"), errors);
@@ -113,14 +112,15 @@ fn parse_v3(doc: &Value, errors: &mut Errors) -> Option<WorkflowDsl> {
             Absent::Required,
             text(1, NAME_MAX),
             |errors, key, path, value| {
-                let node = parse_node(errors, path.clone(), value)?;
-                if node.id != key {
-                    let message = format!("Node id '{}' must equal its key '{key}'", node.id);
+                let parsed = parse_node(errors, path.clone(), value)?;
+                if parsed.id != key {
+                    let message = format!("Node id '{}' must equal its key '{key}'", parsed.id);
                     errors.push(&format!("{path}.id"), message);
                 }
-                let normalised = node_json(&node);
-                graph.nodes.insert(key.to_owned(), node);
-                Some(normalised)
+                if let Some(node) = parsed.node {
+                    graph.nodes.insert(key.to_owned(), node);
+                }
+                Some(parsed.json)
             },
         );
         graph_obj.array(

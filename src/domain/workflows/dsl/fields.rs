@@ -27,8 +27,8 @@ impl Errors {
         self.messages.is_empty()
     }
 
-    #[cfg(test)]
-    pub(super) fn count(&self) -> usize {
+    /// How many errors were recorded so far (shown or not).
+    pub(super) fn len(&self) -> usize {
         self.messages.len() + self.omitted
     }
 
@@ -590,7 +590,7 @@ mod tests {
         assert_eq!(rule.check(&mut errors, "t", &json!(1000.5)), None);
         assert_eq!(rule.check(&mut errors, "t", &json!(u64::MAX)), None);
         assert_eq!(rule.check(&mut errors, "t", &json!("1000")), None);
-        assert_eq!(errors.count(), 4);
+        assert_eq!(errors.len(), 4);
     }
 
     #[test]
@@ -600,7 +600,7 @@ mod tests {
         assert!(rule.check(&mut errors, "s", &json!("äöü")).is_some());
         assert!(rule.check(&mut errors, "s", &json!("äöüx")).is_none());
         assert!(rule.check(&mut errors, "s", &json!("")).is_none());
-        assert_eq!(errors.count(), 2);
+        assert_eq!(errors.len(), 2);
     }
 
     #[test]
@@ -609,7 +609,7 @@ mod tests {
         for i in 0..80 {
             errors.push(&index_path("nodes", i), "bad");
         }
-        assert_eq!(errors.count(), 80);
+        assert_eq!(errors.len(), 80);
         let messages = errors.into_messages();
         assert_eq!(messages.len(), MAX_ERRORS + 1);
         assert_eq!(messages[0], "nodes[0]: bad");

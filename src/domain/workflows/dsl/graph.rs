@@ -3,8 +3,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 
-use serde_json::Value;
-
+use super::spec::{Execution, ExecutionMode, NodeSpec, NodeType};
 use super::{DslError, Edge, EdgeKind, Graph, Node};
 
 fn failure(code: &'static str, message: String) -> DslError {
@@ -93,7 +92,7 @@ fn edges(graph: &Graph) -> Result<Adjacency<'_>, DslError> {
 /// A condition has exactly two outgoing edges: one `cond_true`, one `cond_false`.
 fn conditions(graph: &Graph, adjacency: &Adjacency<'_>) -> Result<(), DslError> {
     for (key, node) in &graph.nodes {
-        if node.node_type != "condition" {
+        if node.node_type() != NodeType::Condition {
             continue;
         }
         let out = adjacency.outgoing(key);
@@ -144,16 +143,14 @@ fn acyclic(graph: &Graph, adjacency: &Adjacency<'_>) -> Result<(), DslError> {
 
 /// The validator's (stricter) reading of "remote": an `agent.execute` without `execution` counts too.
 fn is_remote_in_region(node: &Node) -> bool {
-    let mode = node
-        .config
-        .as_ref()
-        .and_then(|c| c.get("execution"))
-        .map(|e| e.get("mode").and_then(Value::as_str));
-    match node.node_type.as_str() {
-        "agent.run" => true,
-        // `None`: no `execution` at all; `Some(None)` cannot occur after normalisation but reads the same.
-        "agent.execute" => matches!(mode, None | Some(None) | Some(Some("executor"))),
-        "connector.action" => mode == Some(Some("executor")),
+    let executor = |e: &Execution| e.mode == ExecutionMode::Executor;
+    match &node.spec {
+        NodeSpec::AgentRun(_) => true,
+        NodeSpec::AgentExecute(c) => c
+            .as_ref()
+            .and_then(|c| c.execution.as_ref())
+            .is_none_or(executor),
+        NodeSpec::ConnectorAction(c) => c.execution.as_ref().is_some_and(executor),
         _ => false,
     }
 }
@@ -213,7 +210,7 @@ fn parallel_regions(graph: &Graph, adjacency: &Adjacency<'_>) -> Result<(), DslE
     let joins = graph
         .nodes
         .iter()
-        .filter(|(_, node)| node.node_type == "parallel.join");
+        .filter(|(_, node)| node.node_type() == NodeType::ParallelJoin);
     for (join, _) in joins {
         let can_reach_join = ancestors(adjacency, join);
         for &root in &can_reach_join.order {

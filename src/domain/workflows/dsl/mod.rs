@@ -7,6 +7,7 @@ mod document;
 mod fields;
 mod graph;
 mod nodes;
+pub mod spec;
 #[cfg(test)]
 mod tests;
 
@@ -14,13 +15,33 @@ use std::collections::BTreeMap;
 
 use serde_json::Value;
 
-/// One node, normalised. `config` is the normalised config object (absent when the DSL had none and the
-/// type has no default).
+pub use spec::{NodeSpec, NodeType};
+
+/// One node with its typed config.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Node {
     pub id: String,
-    pub node_type: String,
-    pub config: Option<Value>,
+    pub spec: NodeSpec,
+}
+
+impl Node {
+    pub fn node_type(&self) -> NodeType {
+        self.spec.node_type()
+    }
+
+    /// Whether the node runs remotely (on an executor / the gateway) rather than in the worker (spec 1.5).
+    pub fn is_remote(&self) -> bool {
+        let executor = |e: &Option<spec::Execution>| {
+            e.as_ref()
+                .is_some_and(|e| e.mode == spec::ExecutionMode::Executor)
+        };
+        match &self.spec {
+            NodeSpec::AgentRun(_) => true,
+            NodeSpec::AgentExecute(Some(c)) => executor(&c.execution),
+            NodeSpec::ConnectorAction(c) => executor(&c.execution),
+            _ => false,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,18 +110,13 @@ pub fn parse(doc: &Value) -> Result<WorkflowDsl, DslError> {
     document::parse_document(doc)
 }
 
-/// Whether a node runs remotely (on an executor / the gateway) rather than in the worker (spec 1.5).
-pub fn is_remote(node: &Node) -> bool {
-    let mode = node
-        .config
-        .as_ref()
-        .and_then(|c| c.get("execution"))
-        .and_then(|e| e.get("mode"))
-        .and_then(Value::as_str);
-    match node.node_type.as_str() {
-        "agent.run" => true,
-        "agent.execute" => mode == Some("executor"),
-        "connector.action" => mode == Some("executor"),
-        _ => false,
+/// Parses one node (`{id, type, config?}`) on its own, as it would be inside a document: the schema
+/// messages on failure.
+pub fn parse_node(value: &Value) -> Result<Node, Vec<String>> {
+    let mut errors = fields::Errors::default();
+    let parsed = nodes::parse_node(&mut errors, "node".into(), value);
+    match parsed.and_then(|p| p.node) {
+        Some(node) if errors.is_empty() => Ok(node),
+        _ => Err(errors.into_messages()),
     }
 }

@@ -5,6 +5,7 @@ use serde_json::{json, Value};
 
 use super::agent_run;
 use super::fields::{text, up_to, Absent, Errors, Obj, Rule, NON_EMPTY};
+use super::spec::{NodeSpec, NodeType};
 use super::Node;
 
 const TRIGGER_TYPES: &[&str] = &["trigger.manual", "trigger.webhook", "trigger.cron"];
@@ -69,8 +70,16 @@ pub(super) fn parse_trigger(trigger: &mut Obj<'_>, errors: &mut Errors) {
     });
 }
 
-/// One node (`{id, type, config?}`); returns the typed node when its `id` and `type` are usable.
-pub(super) fn parse_node(errors: &mut Errors, path: String, value: &Value) -> Option<Node> {
+/// A node as parsed: its id, the typed node when its config passed the schema, and its normalised JSON.
+pub(super) struct Parsed {
+    pub(super) id: String,
+    pub(super) node: Option<Node>,
+    pub(super) json: Value,
+}
+
+/// One node (`{id, type, config?}`); `None` when its `id` or `type` is unusable.
+pub(super) fn parse_node(errors: &mut Errors, path: String, value: &Value) -> Option<Parsed> {
+    let before = errors.len();
     let mut node = Obj::open(errors, path, Some(value))?;
     let id = node.req(errors, "id", NON_EMPTY);
     let node_type = discriminator(errors, &mut node, NODE_TYPES)?;
@@ -88,21 +97,35 @@ pub(super) fn parse_node(errors: &mut Errors, path: String, value: &Value) -> Op
         "condition" => condition(config, errors),
         _ => parallel_join(config, errors),
     });
+    let id = id?.as_str()?.to_owned();
     let config = node.out("config").cloned();
-    Some(Node {
-        id: id?.as_str()?.to_owned(),
-        node_type: node_type.to_owned(),
-        config,
-    })
-}
-
-/// The normalised JSON form of a parsed node.
-pub(super) fn node_json(node: &Node) -> Value {
-    let mut out = json!({"id": node.id, "type": node.node_type});
-    if let (Some(config), Value::Object(map)) = (&node.config, &mut out) {
+    let config_path = node.path_of("config");
+    let mut normalised = json!({"id": id, "type": node_type});
+    if let (Some(config), Value::Object(map)) = (&config, &mut normalised) {
         map.insert("config".into(), config.clone());
     }
-    out
+    // The typed view is read only from a config that passed the schema (a partial one would only
+    // repeat its errors).
+    let node = if errors.len() > before {
+        None
+    } else {
+        let kind = NodeType::parse(node_type)?;
+        match NodeSpec::read(kind, config.as_ref()) {
+            Ok(spec) => Some(Node {
+                id: id.clone(),
+                spec,
+            }),
+            Err(message) => {
+                errors.push(&config_path, message);
+                None
+            }
+        }
+    };
+    Some(Parsed {
+        id,
+        node,
+        json: normalised,
+    })
 }
 
 fn http_request(config: &mut Obj<'_>, errors: &mut Errors) {

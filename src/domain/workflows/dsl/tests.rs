@@ -101,8 +101,7 @@ fn example_smallest_v2_is_stored_unchanged() {
     assert_eq!(parsed.normalized, doc);
     let expected = Node {
         id: "ping".into(),
-        node_type: "http.request".into(),
-        config: None,
+        spec: NodeSpec::HttpRequest(None),
     };
     assert_eq!(parsed.plan, Plan::Sequence(vec![expected]));
 }
@@ -124,7 +123,7 @@ fn example_remote_execution_keeps_selector_as_given_and_adds_no_pool() {
     };
     let ids: Vec<_> = nodes.iter().map(|n| n.id.as_str()).collect();
     assert_eq!(ids, ["file-bug", "build"]);
-    assert!(nodes.iter().all(is_remote));
+    assert!(nodes.iter().all(Node::is_remote));
 }
 
 #[test]
@@ -164,10 +163,14 @@ fn example_v3_condition_graph_is_stored_unchanged() {
     ];
     assert_eq!(graph.edges, expected);
     let condition = &graph.nodes["is-vip"];
-    assert_eq!(condition.node_type, "condition");
+    assert_eq!(condition.node_type(), NodeType::Condition);
     assert_eq!(
-        condition.config,
-        Some(json!({"path":"$.customer.tier","op":"eq","value":"vip"}))
+        condition.spec,
+        NodeSpec::Condition(Some(spec::Condition {
+            path: "$.customer.tier".into(),
+            op: spec::ConditionOp::Eq,
+            value: Some(json!("vip")),
+        }))
     );
 }
 
@@ -299,9 +302,9 @@ fn original_minimal_v2_agent_execute_without_config() {
     let Plan::Sequence(nodes) = &parsed.plan else {
         panic!("v2 gives a sequence")
     };
-    assert_eq!(nodes[0].config, None);
+    assert_eq!(nodes[0].spec, NodeSpec::AgentExecute(None));
     // The worker's reading: no `execution` runs as the cloud stub.
-    assert!(!is_remote(&nodes[0]));
+    assert!(!nodes[0].is_remote());
 }
 
 #[test]
@@ -729,7 +732,13 @@ fn parallel_join_config_is_defaulted() {
     let Plan::Sequence(nodes) = &parsed.plan else {
         panic!("v2 gives a sequence")
     };
-    assert_eq!(nodes[0].config, Some(json!({"mode":"all","failFast":true})));
+    assert_eq!(
+        nodes[0].spec,
+        NodeSpec::ParallelJoin(spec::Join {
+            mode: "all".into(),
+            fail_fast: true
+        })
+    );
     let parsed = ok(&v2(
         json!([{"id":"j","type":"parallel.join","config":{"failFast":false}}]),
     ));

@@ -12,7 +12,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use crate::platform::http::{ApiError, Invalid};
+use crate::platform::validation::{Invalid, Rejected};
 
 /// A position in a list ordered by `(created_at, id)`.
 pub type Position = (DateTime<Utc>, Uuid);
@@ -36,7 +36,7 @@ pub fn encode(created_at: DateTime<Utc>, id: Uuid) -> String {
 
 /// `Ok(None)` for a cursor that is not base64url JSON (ignored: first page, as the original);
 /// 400 for JSON that lacks a valid `createdAt`/`id` (Improve: never a 500).
-pub fn decode(raw: &str) -> Result<Option<Position>, ApiError> {
+pub fn decode(raw: &str) -> Result<Option<Position>, Rejected> {
     let Ok(bytes) = LENIENT.decode(raw.trim()) else {
         return Ok(None);
     };
@@ -66,18 +66,18 @@ pub fn next_cursor<T>(items: &[T], position: impl Fn(&T) -> Position) -> Option<
     })
 }
 
-fn invalid(field: &str, message: &str) -> ApiError {
+fn invalid(field: &str, message: &str) -> Rejected {
     let mut inv = Invalid::default();
     inv.field(field, message);
-    match inv.finish("Invalid query") {
-        Err(e) => e,
-        Ok(()) => ApiError::bad_request("Invalid query"),
-    }
+    inv.finish("Invalid query").err().unwrap_or(Rejected {
+        message: "Invalid query",
+        details: json!({"formErrors": [], "fieldErrors": {field: [message]}}),
+    })
 }
 
 /// Parses a query string into single values; a repeated key among `known` is malformed (the original's
 /// parser turned it into an array, which its schema refused). Other keys are ignored.
-pub fn query_map(query_string: &str, known: &[&str]) -> Result<HashMap<String, String>, ApiError> {
+pub fn query_map(query_string: &str, known: &[&str]) -> Result<HashMap<String, String>, Rejected> {
     let mut map = HashMap::new();
     for (k, v) in url::form_urlencoded::parse(query_string.as_bytes()) {
         let key = k.into_owned();
@@ -94,7 +94,7 @@ pub fn parse_limit(
     query: &HashMap<String, String>,
     default: i64,
     max: i64,
-) -> Result<i64, ApiError> {
+) -> Result<i64, Rejected> {
     let Some(raw) = query.get("limit") else {
         return Ok(default);
     };
@@ -126,7 +126,7 @@ pub struct Page {
 
 impl Page {
     /// Validates `limit` (`default`, `1..=max`) and `cursor` (non-empty; see [`decode`]).
-    pub fn parse(query_string: &str, default: i64, max: i64) -> Result<Self, ApiError> {
+    pub fn parse(query_string: &str, default: i64, max: i64) -> Result<Self, Rejected> {
         let query = query_map(query_string, &["limit", "cursor"])?;
         let limit = parse_limit(&query, default, max)?;
         let after = match query.get("cursor") {
@@ -166,7 +166,10 @@ mod tests {
             None
         );
         let e = decode(&URL_SAFE_NO_PAD.encode(r#"{"id":"x"}"#)).err();
-        assert_eq!(e.map(|e| e.status.as_u16()), Some(400));
+        assert_eq!(
+            e.map(|e| e.details["fieldErrors"]["cursor"].clone()),
+            Some(json!(["Invalid cursor"]))
+        );
     }
 
     #[test]

@@ -1,0 +1,146 @@
+//! Who is calling and what they may do, shared by every domain: the authenticated [`Principal`], the org
+//! [`Role`] ladder, the resolved [`OrgCtx`] handlers authorize against, and the two lookups the extractors
+//! need ([`Authenticator`], [`Memberships`]), implemented by the auth and orgs services and injected by the
+//! composition root. Keeping these here is what lets auth and orgs stay independent of each other.
+
+use futures_util::future::BoxFuture;
+use serde::Deserialize;
+
+use super::ids::{MembershipId, OrgId, SessionId, UserId};
+use super::policy::Rule;
+use crate::platform::db::{DbError, TenantCtx};
+
+crate::text_enum! {
+    /// Org roles. They form a ladder: a guard asks for a minimum (see [`Role::rank`]).
+    pub enum Role {
+        Member = "member",
+        Admin = "admin",
+        Owner = "owner",
+    }
+}
+
+impl Role {
+    pub const fn rank(self) -> u8 {
+        match self {
+            Role::Member => 1,
+            Role::Admin => 2,
+            Role::Owner => 3,
+        }
+    }
+
+    /// `true` when this role is `min` or higher.
+    pub const fn at_least(self, min: Role) -> bool {
+        self.rank() >= min.rank()
+    }
+}
+
+/// The authenticated caller.
+#[derive(Debug, Clone)]
+pub struct Principal {
+    pub user_id: UserId,
+    pub email: String,
+    pub session_id: SessionId,
+    /// Authenticated by the refresh cookie (browser) rather than a bearer token: cross-site writes are
+    /// refused for these.
+    pub via_cookie: bool,
+}
+
+/// A caller resolved inside one org by the org-context rule: a member with a role.
+#[derive(Debug, Clone)]
+pub struct OrgCtx {
+    pub org_id: OrgId,
+    pub user: Principal,
+    pub role: Role,
+    pub membership_id: MembershipId,
+    /// The route's access rule (from [`super::policy::ROUTES`]), checked by [`OrgCtx::authorize`].
+    pub rule: Option<&'static Rule>,
+}
+
+/// A role that is not enough for what was asked; the message says what was refused.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct Denied {
+    pub message: &'static str,
+}
+
+impl OrgCtx {
+    /// The row-level-security context of this caller in this org.
+    pub fn tenant(&self) -> TenantCtx {
+        TenantCtx::user_org(self.user.user_id, self.org_id)
+    }
+
+    /// Checks the route's declared minimum role. Handlers call it where the spec places the role check
+    /// (after the org context, usually before the body is validated). A route without a rule is refused:
+    /// authorization is deny-by-default.
+    pub fn authorize(&self) -> Result<(), Denied> {
+        match self.rule {
+            Some(rule) => match rule.access.min_role() {
+                Some(min) if !self.role.at_least(min) => Err(Denied {
+                    message: rule.denied,
+                }),
+                _ => Ok(()),
+            },
+            None => Err(Denied {
+                message: "Route has no access rule",
+            }),
+        }
+    }
+
+    /// An explicit check beyond the route's rule (e.g. only an owner may touch an owner).
+    pub fn require(&self, min: Role, message: &'static str) -> Result<(), Denied> {
+        if self.role.at_least(min) {
+            Ok(())
+        } else {
+            Err(Denied { message })
+        }
+    }
+}
+
+/// How strictly `X-Org-Id` must match the route's org (identity spec 2.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Enforcement {
+    Strict,
+    Warn,
+}
+
+/// What the extractors need to know beyond the lookups; registered once by the api role.
+#[derive(Debug, Clone)]
+pub struct AccessConfig {
+    pub session_cookie_name: String,
+    /// The web app's origin: cookie-authenticated writes must come from it.
+    pub web_origin: String,
+    pub enforcement: Enforcement,
+}
+
+/// A lookup failed for a reason other than "no": the caller answers 503/500.
+#[derive(Debug, thiserror::Error)]
+pub enum LookupError {
+    #[error(transparent)]
+    Db(#[from] DbError),
+}
+
+/// The caller resolved from a bearer token or the refresh cookie, plus a freshly minted access token when
+/// the cookie was used (the response carries it in `x-access-token`).
+pub struct Authenticated {
+    pub principal: Principal,
+    pub minted_access_token: Option<String>,
+}
+
+/// Resolves the caller of a request (implemented by the auth service).
+pub trait Authenticator: Send + Sync + 'static {
+    fn authenticate<'a>(
+        &'a self,
+        bearer: Option<&'a str>,
+        cookie: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<Option<Authenticated>, LookupError>>;
+}
+
+/// Resolves a user's membership of an org (implemented by the orgs service).
+pub trait Memberships: Send + Sync + 'static {
+    fn membership(
+        &self,
+        org: OrgId,
+        user: UserId,
+    ) -> BoxFuture<'_, Result<Option<(Role, MembershipId)>, LookupError>>;
+}
