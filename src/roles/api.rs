@@ -19,6 +19,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/healthz", web::get().to(healthz))
         .route("/readyz", web::get().to(readyz));
     auth::routes::configure(cfg);
+    #[cfg(feature = "oidc")]
+    auth::oauth::routes::configure(cfg);
     orgs::routes::configure(cfg);
     meta::routes::configure(cfg);
     secrets::routes::configure(cfg);

@@ -4,7 +4,7 @@
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use super::Role;
+use super::role::Role;
 use crate::app::state::AppState;
 use crate::domain::runs;
 

@@ -1,6 +1,9 @@
 //! Integration tests: one binary (links once), a module per area. Each test gets its own database cloned
 //! from a migrated template and its own app on an ephemeral port.
 
+// Test and bench code may panic on what it did not expect: that is how it fails.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
 mod common;
 
 mod auth;

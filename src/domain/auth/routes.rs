@@ -19,8 +19,6 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/v1/auth/logout", web::post().to(logout))
         .route("/v1/auth/logout-all", web::post().to(logout_all))
         .route("/v1/me", web::get().to(me));
-    #[cfg(feature = "oidc")]
-    super::oauth::routes::configure(cfg);
 }
 
 impl From<AuthError> for ApiError {

@@ -7,7 +7,6 @@ use futures_util::future::BoxFuture;
 use serde::Deserialize;
 
 use super::ids::{MembershipId, OrgId, SessionId, UserId};
-use super::policy::Rule;
 use crate::platform::db::{DbError, TenantCtx};
 
 crate::text_enum! {
@@ -52,8 +51,16 @@ pub struct OrgCtx {
     pub user: Principal,
     pub role: Role,
     pub membership_id: MembershipId,
-    /// The route's access rule (from [`super::policy::ROUTES`]), checked by [`OrgCtx::authorize`].
-    pub rule: Option<&'static Rule>,
+    /// What the route requires (from the access table), checked by [`OrgCtx::authorize`]; `None` when
+    /// the route has no entry, which is refused.
+    pub required: Option<Required>,
+}
+
+/// A route's least role and the message of its refusal.
+#[derive(Debug, Clone, Copy)]
+pub struct Required {
+    pub role: Role,
+    pub denied: &'static str,
 }
 
 /// A role that is not enough for what was asked; the message says what was refused.
@@ -73,13 +80,9 @@ impl OrgCtx {
     /// (after the org context, usually before the body is validated). A route without a rule is refused:
     /// authorization is deny-by-default.
     pub fn authorize(&self) -> Result<(), Denied> {
-        match self.rule {
-            Some(rule) => match rule.access.min_role() {
-                Some(min) if !self.role.at_least(min) => Err(Denied {
-                    message: rule.denied,
-                }),
-                _ => Ok(()),
-            },
+        match self.required {
+            Some(r) if self.role.at_least(r.role) => Ok(()),
+            Some(r) => Err(Denied { message: r.denied }),
             None => Err(Denied {
                 message: "Route has no access rule",
             }),

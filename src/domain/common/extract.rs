@@ -248,7 +248,7 @@ pub async fn resolve_org(req: &HttpRequest) -> Result<OrgCtx, ApiError> {
         user,
         role,
         membership_id,
-        rule: Some(rule),
+        required: rule.required(),
     })
 }
 

@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::sync::LazyLock;
 
-use super::access::Role;
+use super::access::{Required, Role};
 
 /// The least a caller needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,6 +40,16 @@ pub struct Rule {
     pub path: &'static str,
     pub access: Access,
     pub denied: &'static str,
+}
+
+impl Rule {
+    /// The org role the route requires, with its refusal message (`None` outside orgs).
+    pub fn required(&self) -> Option<Required> {
+        self.access.min_role().map(|role| Required {
+            role,
+            denied: self.denied,
+        })
+    }
 }
 
 const fn rule(method: &'static str, path: &'static str, access: Access) -> Rule {

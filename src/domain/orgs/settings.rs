@@ -21,8 +21,11 @@ pub fn normalize(stored: &Value) -> Value {
             "provider": get(&["llm", "defaults", section, "provider"]),
             "model": get(&["llm", "defaults", section, "model"]),
         });
-        if with_secret {
-            m["secretId"] = get(&["llm", "defaults", section, "secretId"]);
+        if let (true, Some(obj)) = (with_secret, m.as_object_mut()) {
+            obj.insert(
+                "secretId".into(),
+                get(&["llm", "defaults", section, "secretId"]),
+            );
         }
         m
     };

@@ -5,7 +5,7 @@ use reqwest::header::{ACCEPT, AUTHORIZATION};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
-use super::{Flow, Identity, OAuthError, Pending};
+use super::model::{Flow, Identity, OAuthError, Pending};
 use crate::domain::auth::config::GithubConfig;
 use crate::platform::crypto;
 

@@ -17,7 +17,7 @@ use openidconnect::{
 };
 use tokio::sync::RwLock;
 
-use super::{Flow, Identity, OAuthError, Pending};
+use super::model::{Flow, Identity, OAuthError, Pending};
 use crate::domain::auth::config::GoogleConfig;
 
 /// Discovery (metadata + JWKS) is trusted this long before it is fetched again.

@@ -7,7 +7,7 @@ use diesel_async::scoped_futures::ScopedFutureExt;
 use diesel_async::RunQueryDsl;
 use serde::{Deserialize, Serialize};
 
-use super::{Flow, Provider};
+use super::model::{Flow, Provider};
 use crate::platform::crypto;
 use crate::platform::db::schema::oauth_states;
 use crate::platform::db::{self, DbError, PgPool};

@@ -3,7 +3,7 @@
 
 use serde_json::json;
 
-use super::Outcome;
+use super::context::Outcome;
 use crate::domain::workflows::dsl::spec::AgentExecute;
 use crate::domain::workflows::dsl::Node;
 

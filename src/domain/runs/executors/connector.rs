@@ -7,8 +7,9 @@ use reqwest::header::{self, HeaderValue};
 use serde_json::{json, Value};
 use url::Url;
 
+use super::context::{ExecCtx, ExecDeps, Outcome};
 use super::http::{network_failure, status_retryable};
-use super::{secret_store, ExecCtx, ExecDeps, Outcome};
+use super::secret_store;
 use crate::domain::common::ids::SecretId;
 use crate::domain::workflows::dsl::spec::{ConnectorAction, ExecutionMode, GithubIssue};
 
@@ -95,11 +96,16 @@ pub async fn run_legacy_github(deps: &ExecDeps, ctx: &ExecCtx<'_>, cfg: &GithubI
     let Some(issue) = issue(&cfg.repo, &cfg.title, cfg.body.as_deref()) else {
         return Outcome::fail("INVALID_NODE_CONFIG", false);
     };
-    let mut input =
-        json!({"repo": format!("{}/{}", issue.owner, issue.repo), "title": issue.title});
+    let mut input = serde_json::Map::new();
+    input.insert(
+        "repo".into(),
+        Value::String(format!("{}/{}", issue.owner, issue.repo)),
+    );
+    input.insert("title".into(), Value::String(issue.title));
     if let Some(body) = issue.body {
-        input["body"] = Value::String(body);
+        input.insert("body".into(), Value::String(body));
     }
+    let input = Value::Object(input);
     let action = Action {
         connector_id: "github",
         action_id: "issue.create",
@@ -161,10 +167,12 @@ async fn create_issue(
         return Outcome::fail("SECRET_VALUE_INVALID", false);
     };
     auth.set_sensitive(true);
-    let mut body = json!({"title": issue.title});
+    let mut body = serde_json::Map::new();
+    body.insert("title".into(), Value::String(issue.title.clone()));
     if let Some(b) = &issue.body {
-        body["body"] = Value::String(b.clone());
+        body.insert("body".into(), Value::String(b.clone()));
     }
+    let body = Value::Object(body);
     let sent = deps
         .http
         .post(url)

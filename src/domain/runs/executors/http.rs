@@ -12,8 +12,9 @@ use url::Url;
 
 use zeroize::Zeroizing;
 
+use super::context::{ExecCtx, ExecDeps, Outcome};
+use super::secret_store;
 use super::ssrf::{self, AllowList, Pinned, TargetError};
-use super::{secret_store, ExecCtx, ExecDeps, Outcome};
 use crate::domain::common::ids::{OrgId, RunId};
 use crate::domain::workflows::dsl::spec::{HttpMethod, HttpRequest};
 #[cfg(test)]
@@ -395,8 +396,8 @@ fn finish(f: Fetched, elapsed: Duration, fail_on_status: bool) -> Outcome {
         "body": f.body,
         "durationMs": duration_ms,
     });
-    if f.truncated {
-        out["truncated"] = Value::Bool(true);
+    if let (true, Some(obj)) = (f.truncated, out.as_object_mut()) {
+        obj.insert("truncated".into(), Value::Bool(true));
     }
     if f.status.is_success() || !fail_on_status {
         return Outcome::Succeeded(out);

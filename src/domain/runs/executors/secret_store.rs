@@ -2,7 +2,7 @@
 //! actions) or by name (`{{secret:<name>}}` in `http.request` headers). Failures come back as the node's
 //! outcome; internal causes are logged here, values never.
 
-use super::{ExecDeps, Outcome};
+use super::context::{ExecDeps, Outcome};
 use crate::domain::common::ids::{OrgId, SecretId};
 use crate::domain::secrets::model::Revealed;
 use crate::domain::secrets::SecretError;

@@ -3,8 +3,8 @@
 
 use serde_json::{json, Value};
 
+use super::execution::selector;
 use super::fields::{text, up_to, Absent, Errors, Obj, Rule};
-use super::nodes::selector;
 
 const PROMPT_MAX: usize = 200_000;
 

@@ -6,8 +6,9 @@ use std::collections::{BTreeMap, HashMap};
 use serde_json::Value;
 
 use super::fields::{text, type_name, Absent, Errors, Obj, Rule};
+use super::graph;
+use super::model::{DslError, Edge, EdgeKind, Graph, Plan, WorkflowDsl};
 use super::nodes::{parse_node, parse_trigger};
-use super::{graph, DslError, Edge, EdgeKind, Graph, Plan, WorkflowDsl};
 
 const NAME_MAX: usize = 120;
 

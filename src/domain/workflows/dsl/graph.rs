@@ -3,8 +3,8 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 
+use super::model::{DslError, Edge, EdgeKind, Graph, Node};
 use super::spec::{Execution, ExecutionMode, NodeSpec, NodeType};
-use super::{DslError, Edge, EdgeKind, Graph, Node};
 
 fn failure(code: &'static str, message: String) -> DslError {
     DslError::Graph {

@@ -4,9 +4,10 @@
 use serde_json::{json, Value};
 
 use super::agent_run;
+use super::execution::execution;
 use super::fields::{text, up_to, Absent, Errors, Obj, Rule, NON_EMPTY};
+use super::model::Node;
 use super::spec::{NodeSpec, NodeType};
-use super::Node;
 
 const TRIGGER_TYPES: &[&str] = &["trigger.manual", "trigger.webhook", "trigger.cron"];
 
@@ -22,7 +23,6 @@ const NODE_TYPES: &[&str] = &[
 
 const HTTP_METHODS: &[&str] = &["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"];
 const CONDITION_OPS: &[&str] = &["eq", "neq", "contains", "exists", "gt", "gte", "lt", "lte"];
-const EXECUTION_MODES: &[&str] = &["cloud", "executor"];
 const SCRIPT_MAX: usize = 200_000;
 
 /// Reads the `type` discriminator; an unknown or missing value is one error at `<path>.type`.
@@ -135,24 +135,6 @@ fn http_request(config: &mut Obj<'_>, errors: &mut Errors) {
     config.opt(errors, "body", Rule::Any);
     // Ours (Decisions): a non-2xx status fails the node unless this is false.
     config.opt(errors, "failOnStatus", Rule::Bool);
-}
-
-/// Executor selector. Our decision: `pool` is never defaulted (the gateway resolves an absent pool).
-pub(super) fn selector(selector: &mut Obj<'_>, errors: &mut Errors) {
-    selector.opt(errors, "pool", Rule::Enum(&["managed", "byon"]));
-    selector.strings(errors, "labels", Absent::Skip, text(1, 64), 50);
-    selector.opt(errors, "group", text(1, 64));
-    selector.opt(errors, "tag", text(1, 64));
-    selector.opt(errors, "executorId", Rule::Uuid);
-}
-
-/// `execution` of `agent.execute` / `connector.action`: `mode` defaults to `default_mode` when the
-/// object is given; `selector` stays as given.
-fn execution(config: &mut Obj<'_>, errors: &mut Errors, default_mode: &'static str) {
-    config.object(errors, "execution", Absent::Skip, |execution, errors| {
-        execution.or(errors, "mode", Rule::Enum(EXECUTION_MODES), default_mode);
-        execution.object(errors, "selector", Absent::Skip, selector);
-    });
 }
 
 fn agent_execute(config: &mut Obj<'_>, errors: &mut Errors) {
