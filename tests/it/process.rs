@@ -276,3 +276,99 @@ async fn migrate_command_is_idempotent() {
         .batch_execute(&format!("DROP DATABASE \"{db}\" WITH (FORCE)"))
         .await;
 }
+
+/// A newcomer's first run: `vespid serve` as `scripts/dev.sh` starts it (development, no KEK configured)
+/// says in its log that it generated a development KEK and where, and a connector secret can be stored.
+#[tokio::test]
+async fn first_development_start_generates_a_kek_and_says_so() {
+    let db = common::fresh_db().await;
+    let port = free_port();
+    let dir = std::env::temp_dir().join(format!("vespid-first-{}", uuid::Uuid::new_v4().simple()));
+    let kek_file = dir.join("dev-kek");
+    let mut child = Command::new(BIN)
+        .args(["serve", "--role=api"])
+        .env("VESPID_ENV", "development")
+        .env("SECRETS_DEV_KEK_FILE", &kek_file)
+        .env("DATABASE_URL", common::app_url(&db))
+        .env("DATABASE_MIGRATE_URL", common::owner_url(&db))
+        .env("REDIS_KEY_PREFIX", format!("test:{db}:"))
+        .env("API_HOST", "127.0.0.1")
+        .env("API_PORT", port.to_string())
+        .env("API_LOG_LEVEL", "info")
+        .env("LOG_FORMAT", "json")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn vespid");
+    let mut out_pipe = child.stdout.take().expect("stdout");
+    let mut err_pipe = child.stderr.take().expect("stderr");
+    let out_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = out_pipe.read_to_string(&mut s);
+        s
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err_pipe.read_to_string(&mut s);
+        s
+    });
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    let mut up = false;
+    for _ in 0..100 {
+        if http.get(format!("{base}/healthz")).send().await.is_ok() {
+            up = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(up, "server did not come up");
+    let email = format!("first-{}@example.com", uuid::Uuid::new_v4().simple());
+    let r = http
+        .post(format!("{base}/v1/auth/signup"))
+        .json(&json!({"email": email, "password": "Password123"}))
+        .send()
+        .await
+        .expect("signup");
+    let body: Value = r.json().await.expect("json");
+    let token = body["session"]["token"]
+        .as_str()
+        .expect("token")
+        .to_string();
+    let me: Value = http
+        .get(format!("{base}/v1/me"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .expect("me")
+        .json()
+        .await
+        .expect("json");
+    let org = me["defaultOrgId"].as_str().expect("org").to_string();
+    let r = http
+        .post(format!("{base}/v1/orgs/{org}/secrets"))
+        .bearer_auth(&token)
+        .header("x-org-id", &org)
+        .json(&json!({"connectorId": "github", "name": "token", "value": "ghp_first"}))
+        .send()
+        .await
+        .expect("secret");
+    assert_eq!(r.status(), 201);
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+    let logs = format!(
+        "{}{}",
+        out_reader.join().unwrap_or_default(),
+        err_reader.join().unwrap_or_default()
+    );
+    let line = logs
+        .lines()
+        .find(|l| l.contains("development install"))
+        .unwrap_or_else(|| panic!("no development KEK warning in: {logs}"));
+    assert!(line.contains("WARN"), "{line}");
+    assert!(line.contains(&*kek_file.to_string_lossy()), "{line}");
+    assert!(kek_file.exists());
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1004,6 +1004,81 @@ async fn connector_action_with_a_secret_end_to_end() {
     );
 }
 
+/// One decryption path: a run's node gets its secret from the same secrets service the API and the
+/// tests use. With the stored ciphertext tampered, both the service and the next run refuse it the same way
+/// (authenticated encryption), and the run fails deterministically without calling GitHub.
+#[tokio::test]
+async fn runs_decrypt_through_the_secrets_service_and_refuse_a_tampered_secret() {
+    use base64::Engine as _;
+    let token = "ghp_one_path_token_456";
+    let github = crate::fake_github::FakeGithub::start(token);
+    let app = common::spawn_with(
+        opts()
+            .env("GITHUB_API_BASE_URL", &github.base)
+            .env("SECRETS_KEK_ID", "k1")
+            .env(
+                "SECRETS_KEK_BASE64",
+                &base64::engine::general_purpose::STANDARD.encode([7u8; 32]),
+            ),
+    )
+    .await;
+    let _worker = start_worker(&app);
+    let owner = app.signup("owner").await;
+    let org = owner.personal_org;
+    let r = app
+        .post(&format!("/v1/orgs/{org}/secrets"))
+        .by(&owner)
+        .org(org)
+        .json(json!({"connectorId": "github", "name": "token", "value": token}))
+        .send()
+        .await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let secret: Uuid = r.body["secret"]["id"]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .expect("secret id");
+    let wf = published(&app, &owner, org, json!({"version": "v2", "trigger": {"type": "trigger.manual"}, "nodes": [
+        {"id": "issue", "type": "connector.action", "config": {"connectorId": "github", "actionId": "issue.create",
+            "input": {"repo": "octo/test", "title": "One path"}, "auth": {"secretId": secret}}},
+    ]})).await;
+
+    // The service the worker holds reveals the value, and a run uses it.
+    let revealed = app
+        .state
+        .secrets
+        .reveal(org.into(), secret.into())
+        .await
+        .expect("reveal");
+    assert_eq!(revealed.value.as_str(), token);
+    let run = start_run(&app, &owner, org, wf, Value::Null).await;
+    let done = wait_terminal(&app, &owner, org, wf, run, Duration::from_secs(15)).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(github.requests().len(), 1);
+
+    // Tamper with the ciphertext (someone with database write access): the service and the run agree.
+    let db = app.owner_db().await;
+    db.batch_execute(&format!(
+        "BEGIN; SELECT set_config('app.current_org_id', '{org}', true); \
+         UPDATE connector_secrets SET secret_ciphertext = set_byte(secret_ciphertext, 0, \
+           (get_byte(secret_ciphertext, 0) + 1) % 256) WHERE id = '{secret}'; COMMIT;"
+    ))
+    .await
+    .expect("tamper");
+    assert!(matches!(
+        app.state.secrets.reveal(org.into(), secret.into()).await,
+        Err(vespid::domain::secrets::SecretError::Crypto(_))
+    ));
+    let run = start_run(&app, &owner, org, wf, Value::Null).await;
+    let done = wait_terminal(&app, &owner, org, wf, run, Duration::from_secs(15)).await;
+    assert_eq!(done["status"], "failed", "{done}");
+    assert_eq!(done["error"], "SECRET_DECRYPT_FAILED", "{done}");
+    assert_eq!(
+        done["attemptCount"], 1,
+        "a key problem is not retried: {done}"
+    );
+    assert_eq!(github.requests().len(), 1, "nothing reached GitHub");
+}
+
 /// Runs waiting together are claimed together: one statement starts a batch of an org's runs, their pure
 /// nodes run in memory, runs reaching a node with effects continue alone, and one commit ends the rest.
 /// Every run must still get exactly its own history, every effect must happen once, and concurrent creates

@@ -448,3 +448,97 @@ fn with_keyring(app: &TestApp, keyring: Keyring) -> Secrets {
         allowed_connectors: Vec::new(),
     })
 }
+
+/// Development installs without a KEK generate one, kept in a 0600 file: the secret written with it reads
+/// back with exactly that key, and a later start reuses the file instead of inventing another key.
+/// Production never invents one: secret writes answer 503 and no file appears.
+#[tokio::test]
+async fn development_generates_a_local_kek_and_production_never_does() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = std::env::temp_dir().join(format!("vespid-devkek-{}", Uuid::new_v4().simple()));
+    let file = dir.join("dev-kek");
+    let path = file.to_string_lossy().to_string();
+    let dev = common::spawn_with(
+        Options::default()
+            .env("VESPID_ENV", "development")
+            .env("SECRETS_DEV_KEK_FILE", &path),
+    )
+    .await;
+    let owner = dev.signup("dev").await;
+    let org = owner.personal_org;
+    let r = dev
+        .post(&format!("/v1/orgs/{org}/secrets"))
+        .by(&owner)
+        .org(org)
+        .json(json!({"connectorId": "github", "name": "token", "value": "ghp_first_run"}))
+        .send()
+        .await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let id: Uuid = r.body["secret"]["id"]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .expect("id");
+    let mode = std::fs::metadata(&file)
+        .expect("kek file")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "kek file mode {mode:o}");
+    let key = std::fs::read_to_string(&file).expect("read kek");
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(key.trim())
+        .expect("base64");
+    assert_eq!(raw.len(), 32);
+
+    // The file's key is the one that sealed the secret.
+    let from_file = with_keyring(
+        &dev,
+        Keyring::new("dev-kek-v1", key.trim(), "").expect("ring"),
+    );
+    let v = from_file
+        .reveal(org.into(), id.into())
+        .await
+        .expect("reveal with the file's key")
+        .value;
+    assert_eq!(v.as_str(), "ghp_first_run");
+
+    // A later start of this install reuses the key.
+    let vars = [
+        ("VESPID_ENV", "development".to_string()),
+        ("SECRETS_DEV_KEK_FILE", path.clone()),
+    ];
+    let mut again = vespid::app::config::Config::load_with(None, |name| {
+        vars.iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.clone())
+    })
+    .expect("config");
+    vespid::app::dev_kek::apply(&mut again).expect("reuse");
+    assert_eq!(again.secrets.kek_base64.expose(), key.trim());
+
+    // Production: no key is invented.
+    let long = "production-grade-secret-0123456789abcdef";
+    let prod_file = dir.join("never");
+    let prod = common::spawn_with(
+        Options::default()
+            .env("VESPID_ENV", "production")
+            .env("AUTH_TOKEN_SECRET", long)
+            .env("OAUTH_STATE_SECRET", &format!("{long}-oauth"))
+            .env("SECRETS_DEV_KEK_FILE", &prod_file.to_string_lossy()),
+    )
+    .await;
+    let owner = prod.signup("prod").await;
+    let org = owner.personal_org;
+    let r = prod
+        .post(&format!("/v1/orgs/{org}/secrets"))
+        .by(&owner)
+        .org(org)
+        .json(json!({"connectorId": "github", "name": "token", "value": "ghp_x"}))
+        .send()
+        .await;
+    assert_eq!(
+        (r.status.as_u16(), r.code()),
+        (503, "SECRETS_NOT_CONFIGURED")
+    );
+    assert!(!prod_file.exists(), "production wrote a key file");
+    let _ = std::fs::remove_dir_all(&dir);
+}
