@@ -8,7 +8,9 @@ use actix_web::http::{header, Method, StatusCode};
 use actix_web::{web, FromRequest, HttpMessage, HttpRequest};
 use futures_util::future::LocalBoxFuture;
 
-use super::access::{AccessConfig, Authenticator, Enforcement, Memberships, OrgCtx, Principal};
+use super::access::{
+    AccessConfig, Authenticator, Enforcement, LookupError, Memberships, OrgCtx, Principal,
+};
 use super::ids::{OrgId, UserId};
 use super::policy::{self, Rule};
 use crate::platform::http::{hint, org_header, parse_uuid, request_id, route_of, ApiError};
@@ -92,10 +94,7 @@ pub async fn authenticate(req: &HttpRequest) -> Result<Principal, ApiError> {
         .map(|c| c.value().to_string());
     let resolved = auth
         .authenticate(bearer(req).as_deref(), cookie.as_deref())
-        .await
-        .map_err(|e| match e {
-            super::access::LookupError::Db(db) => ApiError::from(db),
-        })?;
+        .await?;
     let Some(found) = resolved else {
         return Err(ApiError::unauthenticated());
     };
@@ -220,12 +219,7 @@ pub async fn resolve_org(req: &HttpRequest) -> Result<OrgCtx, ApiError> {
         .app_data::<web::Data<dyn Memberships>>()
         .cloned()
         .ok_or_else(|| ApiError::internal_from(Missing("Memberships")))?;
-    let found = members
-        .membership(route_org, user.user_id)
-        .await
-        .map_err(|e| match e {
-            super::access::LookupError::Db(db) => ApiError::from(db),
-        })?;
+    let found = members.membership(route_org, user.user_id).await?;
     let Some((role, membership_id)) = found else {
         tracing::warn!(
             event = "org_context_access_denied",
@@ -259,6 +253,15 @@ impl FromRequest for OrgCtx {
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
         let req = req.clone();
         Box::pin(async move { resolve_org(&req).await })
+    }
+}
+
+/// A failed lookup: the database's answer (503 when unreachable).
+impl From<LookupError> for ApiError {
+    fn from(e: LookupError) -> Self {
+        match e {
+            LookupError::Db(db) => db.into(),
+        }
     }
 }
 
