@@ -18,6 +18,88 @@ fn free_port() -> u16 {
         .expect("free port")
 }
 
+/// A `vespid serve` child on a free port, its output drained in the background (a full pipe would block
+/// its logging and so the server).
+struct Served {
+    child: std::process::Child,
+    base: String,
+    out: std::thread::JoinHandle<String>,
+    err: std::thread::JoinHandle<String>,
+}
+
+fn drain(mut pipe: impl Read + Send + 'static) -> std::thread::JoinHandle<String> {
+    std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = pipe.read_to_string(&mut s);
+        s
+    })
+}
+
+impl Served {
+    fn start(role: &str, db: &str, env: &[(&str, &str)]) -> Self {
+        let port = free_port();
+        let mut cmd = Command::new(BIN);
+        cmd.args(["serve", role])
+            .env("DATABASE_URL", common::app_url(db))
+            .env("DATABASE_MIGRATE_URL", common::owner_url(db))
+            .env("REDIS_KEY_PREFIX", format!("test:{db}:"))
+            .env("API_HOST", "127.0.0.1")
+            .env("API_PORT", port.to_string())
+            .env("LOG_FORMAT", "json")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn vespid");
+        let out = drain(child.stdout.take().expect("stdout"));
+        let err = drain(child.stderr.take().expect("stderr"));
+        Self {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+            out,
+            err,
+        }
+    }
+
+    async fn wait_up(&self, http: &reqwest::Client) {
+        for _ in 0..100 {
+            if http
+                .get(format!("{}/healthz", self.base))
+                .send()
+                .await
+                .is_ok()
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("server did not come up");
+    }
+
+    /// SIGTERM, then the exit status (`None` if it did not stop within 15 s: killed) and all output.
+    fn stop(mut self) -> (Option<std::process::ExitStatus>, String) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let mut exited = None;
+        for _ in 0..150 {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                exited = Some(status);
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        if exited.is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        let mut logs = self.out.join().expect("stdout reader");
+        logs.push_str(&self.err.join().expect("stderr reader"));
+        (exited, logs)
+    }
+}
+
 #[test]
 fn help_explains_roles_and_bad_config_names_the_key() {
     let out = Command::new(BIN)
@@ -59,49 +141,21 @@ fn help_explains_roles_and_bad_config_names_the_key() {
 #[tokio::test]
 async fn serve_logs_json_without_credentials_and_stops_gracefully() {
     let db = common::fresh_db().await;
-    let port = free_port();
-    let mut child = Command::new(BIN)
-        .args(["serve", "--role=all"])
-        .env("DATABASE_URL", common::app_url(&db))
-        .env("DATABASE_MIGRATE_URL", common::owner_url(&db))
-        .env("REDIS_KEY_PREFIX", format!("test:{db}:"))
-        .env("API_HOST", "127.0.0.1")
-        .env("API_PORT", port.to_string())
-        .env("API_LOG_LEVEL", "debug")
-        .env("LOG_FORMAT", "json")
-        .env("SECRETS_KEK_ID", "k1")
-        .env(
-            "SECRETS_KEK_BASE64",
-            "BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc=",
-        )
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn vespid");
-    // Drain the pipes while the server runs: a full pipe would block its logging and so the server.
-    let mut out_pipe = child.stdout.take().expect("stdout");
-    let mut err_pipe = child.stderr.take().expect("stderr");
-    let out_reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = out_pipe.read_to_string(&mut s);
-        s
-    });
-    let err_reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = err_pipe.read_to_string(&mut s);
-        s
-    });
-    let base = format!("http://127.0.0.1:{port}");
+    let served = Served::start(
+        "--role=all",
+        &db,
+        &[
+            ("API_LOG_LEVEL", "debug"),
+            ("SECRETS_KEK_ID", "k1"),
+            (
+                "SECRETS_KEK_BASE64",
+                "BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc=",
+            ),
+        ],
+    );
+    let base = served.base.clone();
     let http = reqwest::Client::new();
-    let mut up = false;
-    for _ in 0..100 {
-        if http.get(format!("{base}/healthz")).send().await.is_ok() {
-            up = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(up, "server did not come up");
+    served.wait_up(&http).await;
 
     // Exercise flows that handle credentials.
     let password = "Sup3r-Secret-Passw0rd";
@@ -183,22 +237,8 @@ async fn serve_logs_json_without_credentials_and_stops_gracefully() {
         .await;
 
     // SIGTERM: graceful stop with exit code 0.
-    let pid = child.id().to_string();
-    let _ = Command::new("kill").args(["-TERM", &pid]).status();
-    let mut exited = None;
-    for _ in 0..150 {
-        if let Ok(Some(status)) = child.try_wait() {
-            exited = Some(status);
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let status = exited.unwrap_or_else(|| {
-        let _ = child.kill();
-        panic!("vespid did not stop within 15 s of SIGTERM")
-    });
-    let mut logs = out_reader.join().expect("stdout reader");
-    logs.push_str(&err_reader.join().expect("stderr reader"));
+    let (exited, logs) = served.stop();
+    let status = exited.expect("vespid did not stop within 15 s of SIGTERM");
     assert!(status.success(), "exit status {status:?}\n{logs}");
 
     let refresh_value = refresh.split_once('=').map(|(_, v)| v).unwrap_or_default();
@@ -282,47 +322,21 @@ async fn migrate_command_is_idempotent() {
 #[tokio::test]
 async fn first_development_start_generates_a_kek_and_says_so() {
     let db = common::fresh_db().await;
-    let port = free_port();
     let dir = std::env::temp_dir().join(format!("vespid-first-{}", uuid::Uuid::new_v4().simple()));
     let kek_file = dir.join("dev-kek");
-    let mut child = Command::new(BIN)
-        .args(["serve", "--role=api"])
-        .env("VESPID_ENV", "development")
-        .env("SECRETS_DEV_KEK_FILE", &kek_file)
-        .env("DATABASE_URL", common::app_url(&db))
-        .env("DATABASE_MIGRATE_URL", common::owner_url(&db))
-        .env("REDIS_KEY_PREFIX", format!("test:{db}:"))
-        .env("API_HOST", "127.0.0.1")
-        .env("API_PORT", port.to_string())
-        .env("API_LOG_LEVEL", "info")
-        .env("LOG_FORMAT", "json")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn vespid");
-    let mut out_pipe = child.stdout.take().expect("stdout");
-    let mut err_pipe = child.stderr.take().expect("stderr");
-    let out_reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = out_pipe.read_to_string(&mut s);
-        s
-    });
-    let err_reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = err_pipe.read_to_string(&mut s);
-        s
-    });
-    let base = format!("http://127.0.0.1:{port}");
+    let kek_path = kek_file.to_string_lossy().to_string();
+    let served = Served::start(
+        "--role=api",
+        &db,
+        &[
+            ("VESPID_ENV", "development"),
+            ("SECRETS_DEV_KEK_FILE", &kek_path),
+            ("API_LOG_LEVEL", "info"),
+        ],
+    );
+    let base = served.base.clone();
     let http = reqwest::Client::new();
-    let mut up = false;
-    for _ in 0..100 {
-        if http.get(format!("{base}/healthz")).send().await.is_ok() {
-            up = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(up, "server did not come up");
+    served.wait_up(&http).await;
     let email = format!("first-{}@example.com", uuid::Uuid::new_v4().simple());
     let r = http
         .post(format!("{base}/v1/auth/signup"))
@@ -354,21 +368,13 @@ async fn first_development_start_generates_a_kek_and_says_so() {
         .await
         .expect("secret");
     assert_eq!(r.status(), 201);
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let _ = child.wait();
-    let logs = format!(
-        "{}{}",
-        out_reader.join().unwrap_or_default(),
-        err_reader.join().unwrap_or_default()
-    );
+    let (_, logs) = served.stop();
     let line = logs
         .lines()
         .find(|l| l.contains("development install"))
         .unwrap_or_else(|| panic!("no development KEK warning in: {logs}"));
     assert!(line.contains("WARN"), "{line}");
-    assert!(line.contains(&*kek_file.to_string_lossy()), "{line}");
+    assert!(line.contains(&kek_path), "{line}");
     assert!(kek_file.exists());
     let _ = std::fs::remove_dir_all(&dir);
 }

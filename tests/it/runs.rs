@@ -935,13 +935,18 @@ async fn workflow_tables_are_isolated_at_the_sql_level() {
         .expect("definer function callable");
 }
 
-/// The integration flow of the original (`workflow-async.integration.test.ts`): a cloud GitHub
-/// `connector.action` with a real encrypted secret plus an `agent.execute` without config, through API and
-/// worker; the token reaches GitHub and never appears in the run or its events.
-#[tokio::test]
-async fn connector_action_with_a_secret_end_to_end() {
+/// An app talking to a fake GitHub, with a worker, an owner and a stored GitHub token secret.
+struct GithubSetup {
+    github: crate::fake_github::FakeGithub,
+    app: TestApp,
+    owner: User,
+    org: Uuid,
+    secret: Uuid,
+    _worker: watch::Sender<bool>,
+}
+
+async fn github_setup(token: &str) -> GithubSetup {
     use base64::Engine as _;
-    let token = "ghp_e2e_token_never_in_events_123";
     let github = crate::fake_github::FakeGithub::start(token);
     let app = common::spawn_with(
         opts()
@@ -966,8 +971,32 @@ async fn connector_action_with_a_secret_end_to_end() {
     assert_eq!(r.status, 201, "{:?}", r.body);
     let secret = r.body["secret"]["id"]
         .as_str()
-        .expect("secret id")
-        .to_string();
+        .and_then(|s| s.parse().ok())
+        .expect("secret id");
+    GithubSetup {
+        github,
+        app,
+        owner,
+        org,
+        secret,
+        _worker,
+    }
+}
+
+/// The integration flow of the original (`workflow-async.integration.test.ts`): a cloud GitHub
+/// `connector.action` with a real encrypted secret plus an `agent.execute` without config, through API and
+/// worker; the token reaches GitHub and never appears in the run or its events.
+#[tokio::test]
+async fn connector_action_with_a_secret_end_to_end() {
+    let token = "ghp_e2e_token_never_in_events_123";
+    let GithubSetup {
+        github,
+        app,
+        owner,
+        org,
+        secret,
+        _worker,
+    } = github_setup(token).await;
     let wf = published(&app, &owner, org, json!({"version": "v2", "trigger": {"type": "trigger.manual"}, "nodes": [
         {"id": "issue", "type": "connector.action", "config": {"connectorId": "github", "actionId": "issue.create",
             "input": {"repo": "octo/test", "title": "Nightly failed"}, "auth": {"secretId": secret}}},
@@ -1009,34 +1038,15 @@ async fn connector_action_with_a_secret_end_to_end() {
 /// (authenticated encryption), and the run fails deterministically without calling GitHub.
 #[tokio::test]
 async fn runs_decrypt_through_the_secrets_service_and_refuse_a_tampered_secret() {
-    use base64::Engine as _;
     let token = "ghp_one_path_token_456";
-    let github = crate::fake_github::FakeGithub::start(token);
-    let app = common::spawn_with(
-        opts()
-            .env("GITHUB_API_BASE_URL", &github.base)
-            .env("SECRETS_KEK_ID", "k1")
-            .env(
-                "SECRETS_KEK_BASE64",
-                &base64::engine::general_purpose::STANDARD.encode([7u8; 32]),
-            ),
-    )
-    .await;
-    let _worker = start_worker(&app);
-    let owner = app.signup("owner").await;
-    let org = owner.personal_org;
-    let r = app
-        .post(&format!("/v1/orgs/{org}/secrets"))
-        .by(&owner)
-        .org(org)
-        .json(json!({"connectorId": "github", "name": "token", "value": token}))
-        .send()
-        .await;
-    assert_eq!(r.status, 201, "{:?}", r.body);
-    let secret: Uuid = r.body["secret"]["id"]
-        .as_str()
-        .and_then(|s| s.parse().ok())
-        .expect("secret id");
+    let GithubSetup {
+        github,
+        app,
+        owner,
+        org,
+        secret,
+        _worker,
+    } = github_setup(token).await;
     let wf = published(&app, &owner, org, json!({"version": "v2", "trigger": {"type": "trigger.manual"}, "nodes": [
         {"id": "issue", "type": "connector.action", "config": {"connectorId": "github", "actionId": "issue.create",
             "input": {"repo": "octo/test", "title": "One path"}, "auth": {"secretId": secret}}},

@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use dashmap::DashMap;
 
 use crate::domain::common::ids::{SessionId, UserId};
-use crate::platform::cache::freshness;
+use crate::platform::cache::{broadcast, freshness};
 use crate::platform::redis::Redis;
 
 const CHANNEL: &str = "auth:invalidate";
@@ -106,9 +106,7 @@ impl AuthCache {
     pub async fn invalidate(&self, redis: &Redis, what: Forget) {
         let message = what.message();
         self.apply(&message);
-        if let Err(e) = redis.publish(CHANNEL, message).await {
-            tracing::warn!(error = %e, "session invalidation not broadcast; other instances rely on the TTL");
-        }
+        broadcast(redis, CHANNEL, message).await;
     }
 
     /// Listens for other instances' invalidations. After a reconnect some may have been missed, so the

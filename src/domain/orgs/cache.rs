@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use crate::domain::common::access::Role;
 use crate::domain::common::ids::{MembershipId, OrgId, UserId};
-use crate::platform::cache::freshness;
+use crate::platform::cache::{broadcast, freshness};
 use crate::platform::redis::Redis;
 
 const CHANNEL: &str = "orgs:invalidate";
@@ -112,9 +112,7 @@ impl OrgCache {
     pub async fn invalidate(&self, redis: &Redis, what: Forget) {
         let message = what.message();
         self.apply(&message);
-        if let Err(e) = redis.publish(CHANNEL, message).await {
-            tracing::warn!(error = %e, "org cache invalidation not broadcast; other instances rely on the TTL");
-        }
+        broadcast(redis, CHANNEL, message).await;
     }
 
     /// Listens for other instances' invalidations; after a reconnect the whole cache is dropped.
