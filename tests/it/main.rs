@@ -7,6 +7,7 @@
 mod common;
 
 mod auth;
+mod authz;
 mod basics;
 mod executors;
 mod fake_github;
