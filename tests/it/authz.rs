@@ -10,7 +10,7 @@ use std::time::Instant;
 use reqwest::Method;
 use serde_json::json;
 use uuid::Uuid;
-use vespid::domain::common::policy::{Access, Rule, ROUTES};
+use vespid::domain::common::policy::{self, Access, Rule, ROUTES};
 
 use crate::common::{spawn, Resp, TestApp, User, PASSWORD};
 
@@ -297,5 +297,59 @@ async fn every_role_against_every_route_of_the_access_table() {
         problems.is_empty(),
         "{} access problem(s):\n{report}",
         problems.len()
+    );
+}
+
+/// The other direction: every route the code registers has its line in the access table. actix cannot
+/// list its routes, so this reads the registrations (`.route("<path>", web::<method>()…)`) from the
+/// sources that make them.
+#[test]
+fn every_registered_route_is_in_the_access_table() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let mut sources = vec![format!("{root}/src/roles/api.rs")];
+    let mut dirs = vec![format!("{root}/src/domain")];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).expect("read dir").flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                dirs.push(path.to_string_lossy().to_string());
+            } else if path.file_name().is_some_and(|n| n == "routes.rs") {
+                sources.push(path.to_string_lossy().to_string());
+            }
+        }
+    }
+    let mut found = Vec::new();
+    for file in &sources {
+        let text = std::fs::read_to_string(file).expect("read source");
+        // `.route(` then the path literal, then `web::<method>()`, across line breaks.
+        let mut rest = text.as_str();
+        while let Some(at) = rest.find(".route(") {
+            rest = &rest[at + ".route(".len()..];
+            let Some(open) = rest.find('"') else { break };
+            let after = &rest[open + 1..];
+            let Some(close) = after.find('"') else { break };
+            let path = &after[..close];
+            let tail = &after[close + 1..];
+            let Some(m) = tail.find("web::") else { break };
+            let method: String = tail[m + "web::".len()..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphabetic())
+                .collect();
+            found.push((method.to_uppercase(), path.to_string(), file.clone()));
+        }
+    }
+    assert!(found.len() >= 30, "too few registrations found: {found:?}");
+    let missing: Vec<_> = found
+        .iter()
+        .filter(|(method, path, _)| policy::rule_for(method, path).is_none())
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "routes without an access rule: {missing:?}"
+    );
+    assert_eq!(
+        found.len(),
+        ROUTES.len(),
+        "the table lists routes the code does not register: {found:?}"
     );
 }

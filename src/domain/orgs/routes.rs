@@ -115,6 +115,7 @@ async fn change_role(
 }
 
 async fn get_settings(orgs: web::Data<Orgs>, ctx: OrgCtx) -> Result<HttpResponse, ApiError> {
+    ctx.authorize()?;
     let stored = orgs.stored_settings(ctx.org_id).await?;
     Ok(HttpResponse::Ok().json(json!({ "settings": settings::normalize(&stored) })))
 }
@@ -130,6 +131,7 @@ async fn put_settings(
 }
 
 async fn credits(orgs: web::Data<Orgs>, ctx: OrgCtx) -> Result<HttpResponse, ApiError> {
+    ctx.authorize()?;
     let (balance, updated_at) = orgs.credit_balance(&ctx).await?;
     Ok(HttpResponse::Ok().json(json!({
         "credits": { "organizationId": ctx.org_id, "balanceCredits": balance, "updatedAt": updated_at }

@@ -80,6 +80,7 @@ async fn create(
         }
     };
     let ctx = resolve_org(&req).await?;
+    ctx.authorize()?;
     let workflow = workflow_id(&req)?;
     let (org, user) = (ctx.org_id, ctx.user.user_id);
     let route = route_of(&req);
@@ -102,6 +103,7 @@ async fn list(runs: web::Data<Runs>, req: HttpRequest) -> Result<HttpResponse, A
     authenticate(&req).await?;
     let page = Page::parse(req.query_string(), 50, 200)?;
     let ctx = resolve_org(&req).await?;
+    ctx.authorize()?;
     let workflow = workflow_id(&req)?;
     let (list, next) = runs.list(&ctx, workflow, page).await?;
     let views: Vec<RunView> = list.iter().map(RunView::from).collect();
@@ -113,6 +115,7 @@ async fn get(
     req: HttpRequest,
     ctx: OrgCtx,
 ) -> Result<HttpResponse, ApiError> {
+    ctx.authorize()?;
     let workflow = workflow_id(&req)?;
     let run = run_id(&req)?;
     let run = runs.get(&ctx, workflow, run).await?;
@@ -123,6 +126,7 @@ async fn events(runs: web::Data<Runs>, req: HttpRequest) -> Result<HttpResponse,
     authenticate(&req).await?;
     let page = Page::parse(req.query_string(), 200, 500)?;
     let ctx = resolve_org(&req).await?;
+    ctx.authorize()?;
     let workflow = workflow_id(&req)?;
     let run = run_id(&req)?;
     let (list, next) = runs.events(&ctx, workflow, run, page).await?;

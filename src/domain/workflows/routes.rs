@@ -156,6 +156,7 @@ async fn list(
     // The query is validated before the org context (spec 2.5).
     let page = Page::parse(req.query_string(), LIST_DEFAULT, LIST_MAX)?;
     let ctx = resolve_org(&req).await?;
+    ctx.authorize()?;
     let (rows, next) = workflows.list(&ctx, page).await?;
     Ok(HttpResponse::Ok().json(json!({ "workflows": many(&rows), "nextCursor": next })))
 }
@@ -165,6 +166,7 @@ async fn get(
     req: HttpRequest,
     ctx: OrgCtx,
 ) -> Result<HttpResponse, ApiError> {
+    ctx.authorize()?;
     let id = workflow_id(&req)?;
     let row = workflows.get(&ctx, id).await?;
     Ok(HttpResponse::Ok().json(one(&row)))
@@ -226,6 +228,7 @@ async fn revisions(
     let query = page::query_map(req.query_string(), &["limit"])?;
     let limit = page::parse_limit(&query, LIST_DEFAULT, LIST_MAX)?;
     let ctx = resolve_org(&req).await?;
+    ctx.authorize()?;
     let id = req
         .match_info()
         .get("workflowId")
