@@ -39,6 +39,9 @@ pub struct ServerConfig {
     pub log_format: LogFormat,
     pub workers: usize,
     pub shutdown_grace_secs: u64,
+    pub body_read_timeout_ms: u64,
+    /// Reverse proxies (CIDRs, comma-separated) whose `X-Forwarded-For`/`Forwarded` are believed.
+    pub trusted_proxies: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -117,6 +120,8 @@ const ENV_KEYS: &[(&str, &str)] = &[
     ("LOG_FORMAT", "server.log_format"),
     ("HTTP_WORKERS", "server.workers"),
     ("SHUTDOWN_GRACE_SEC", "server.shutdown_grace_secs"),
+    ("BODY_READ_TIMEOUT_MS", "server.body_read_timeout_ms"),
+    ("TRUSTED_PROXIES", "server.trusted_proxies"),
     ("DATABASE_URL", "database.url"),
     ("DATABASE_MIGRATE_URL", "database.migrate_url"),
     ("DATABASE_POOL_SIZE", "database.pool_size"),
@@ -138,6 +143,20 @@ const ENV_KEYS: &[(&str, &str)] = &[
     ("AUTH_SESSION_CACHE_TTL_SEC", "auth.session_cache_ttl_secs"),
     ("LOGIN_MAX_FAILURES", "auth.login_max_failures"),
     ("LOGIN_FAILURE_WINDOW_SEC", "auth.login_failure_window_secs"),
+    (
+        "LOGIN_MAX_FAILURES_PER_IP",
+        "auth.login_max_failures_per_ip",
+    ),
+    (
+        "LOGIN_ACCOUNT_MAX_FAILURES",
+        "auth.login_account_max_failures",
+    ),
+    ("LOGIN_ACCOUNT_WINDOW_SEC", "auth.login_account_window_secs"),
+    (
+        "LOGIN_TRUSTED_CLIENT_DAYS",
+        "auth.login_trusted_client_days",
+    ),
+    ("REFRESH_REUSE_GRACE_SEC", "auth.refresh_reuse_grace_secs"),
     ("ORG_CONTEXT_ENFORCEMENT", "orgs.context_enforcement"),
     ("PERSONAL_TRIAL_CREDITS", "orgs.personal_trial_credits"),
     ("GOOGLE_CLIENT_ID", "oauth.google.client_id"),
@@ -277,6 +296,11 @@ impl Config {
         }
         if w.lease_secs < 2 {
             return Err(invalid("workflows.lease_secs", "must be at least 2"));
+        }
+        if let Err(e) =
+            crate::platform::http::client_ip::TrustedProxies::parse(&self.server.trusted_proxies)
+        {
+            return Err(invalid("server.trusted_proxies", &e));
         }
         if self.database.pool_size == 0 {
             return Err(invalid("database.pool_size", "must be at least 1"));

@@ -59,3 +59,6 @@ pub fn parse_uuid(s: &str) -> Option<Uuid> {
     }
     Uuid::try_parse(s).ok()
 }
+
+/// The field error for a NUL character (PostgreSQL cannot store one in text or JSON).
+pub const NUL_MESSAGE: &str = "Must not contain NUL (\\u0000) characters";

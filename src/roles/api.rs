@@ -12,6 +12,8 @@ use crate::app::state::AppState;
 use crate::domain::common::access::{Authenticator, Memberships};
 use crate::domain::{auth, meta, orgs, runs, secrets, workflows};
 use crate::platform::db;
+use crate::platform::http::body::BodyConfig;
+use crate::platform::http::client_ip::TrustedProxies;
 use crate::platform::http::{self, CorsOrigin};
 
 /// All routes, for the server and for in-process tests.
@@ -32,12 +34,21 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 fn services(state: &AppState) -> impl Fn(&mut web::ServiceConfig) + Clone {
     let state = state.clone();
     let access = web::Data::new(state.access_config());
+    // Validated when the config was loaded.
+    let proxies = web::Data::new(
+        TrustedProxies::parse(&state.config.server.trusted_proxies).unwrap_or_default(),
+    );
+    let body = web::Data::new(BodyConfig {
+        read_timeout: Duration::from_millis(state.config.server.body_read_timeout_ms),
+    });
     let authenticator: web::Data<dyn Authenticator> =
         web::Data::from(state.auth.clone() as std::sync::Arc<dyn Authenticator>);
     let memberships: web::Data<dyn Memberships> =
         web::Data::from(state.orgs.clone() as std::sync::Arc<dyn Memberships>);
     move |cfg: &mut web::ServiceConfig| {
         cfg.app_data(web::Data::new(state.clone()))
+            .app_data(body.clone())
+            .app_data(proxies.clone())
             .app_data(access.clone())
             .app_data(authenticator.clone())
             .app_data(memberships.clone())

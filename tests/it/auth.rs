@@ -576,7 +576,12 @@ async fn login_rate_limited_after_max_failures_even_with_right_password() {
 async fn login_rate_limit_per_ip_spans_accounts() {
     // Failures are spread over three accounts (one each: no account reaches the limit), so only the per-IP
     // counter can reach 3; a fourth account from the same IP is then refused although its password is right.
-    let app = spawn_with(Options::default().env("LOGIN_MAX_FAILURES", "3")).await;
+    let app = spawn_with(
+        Options::default()
+            .env("LOGIN_MAX_FAILURES", "3")
+            .env("LOGIN_MAX_FAILURES_PER_IP", "3"),
+    )
+    .await;
     let (a, b, c, d) = (
         app.signup("ipa").await,
         app.signup("ipb").await,
@@ -595,6 +600,104 @@ async fn login_rate_limit_per_ip_spans_accounts() {
     // Signing up is never throttled by the login limiter.
     let r = signup_raw(&app, &app.unique_email("ipe"), PASSWORD).await;
     assert_eq!(st(&r), 201, "{:?}", r.body);
+}
+
+/// A login from a given client address (the peer is a trusted proxy that says so in X-Forwarded-For).
+async fn login_from(app: &TestApp, ip: &str, email: &str, password: &str) -> Resp {
+    app.post("/v1/auth/login")
+        .header("x-forwarded-for", ip)
+        .json(json!({ "email": email, "password": password }))
+        .send()
+        .await
+}
+
+/// Knowing an email is not enough to lock its owner out: the guessing client is throttled, the owner on
+/// another address is not. A slower account-wide ceiling stops guessing spread over many addresses, but
+/// not clients that logged in to the account before. Every counter has a TTL.
+#[tokio::test]
+async fn guessing_throttles_the_guesser_not_the_owner() {
+    let app = spawn_with(
+        Options::default()
+            .env("TRUSTED_PROXIES", "127.0.0.1/32, ::1")
+            .env("LOGIN_MAX_FAILURES", "3")
+            .env("LOGIN_ACCOUNT_MAX_FAILURES", "6"),
+    )
+    .await;
+    let u = app.signup("victim").await;
+    let owner_ip = "198.51.100.1";
+    assert_eq!(
+        st(&login_from(&app, owner_ip, &u.email, PASSWORD).await),
+        200
+    );
+
+    let guesser = "203.0.113.1";
+    for i in 0..3 {
+        let r = login_from(&app, guesser, &u.email, "Wrong-password-1").await;
+        assert_unauthorized(&r, &format!("guess {i}"));
+    }
+    let r = login_from(&app, guesser, &u.email, PASSWORD).await;
+    assert_eq!((st(&r), r.code()), (429, "RATE_LIMITED"), "{:?}", r.body);
+    retry_after(&r);
+    // The owner, elsewhere, is not locked out; nor is a first-time client below the account ceiling.
+    assert_eq!(
+        st(&login_from(&app, owner_ip, &u.email, PASSWORD).await),
+        200
+    );
+    assert_eq!(
+        st(&login_from(&app, "198.51.100.2", &u.email, PASSWORD).await),
+        200
+    );
+
+    // Guessing spread over addresses (each below the per-client limit) reaches the account ceiling (6).
+    for ip in ["203.0.113.2", "203.0.113.3", "203.0.113.4"] {
+        let r = login_from(&app, ip, &u.email, "Wrong-password-1").await;
+        assert_unauthorized(&r, ip);
+    }
+    let r = login_from(&app, "203.0.113.9", &u.email, PASSWORD).await;
+    assert_eq!(
+        (st(&r), r.code()),
+        (429, "RATE_LIMITED"),
+        "a new client past the account ceiling: {:?}",
+        r.body
+    );
+    // Clients that logged in before keep working.
+    assert_eq!(
+        st(&login_from(&app, owner_ip, &u.email, PASSWORD).await),
+        200
+    );
+    assert_eq!(
+        st(&login_from(&app, "198.51.100.2", &u.email, PASSWORD).await),
+        200
+    );
+
+    // No counter is left without a TTL.
+    let account = hex::encode(Sha256::digest(u.email.as_bytes()));
+    let redis = &app.state.redis;
+    for key in [
+        format!("rl:login:acct:{account}"),
+        format!("rl:login:acctip:{account}:{guesser}"),
+        format!("rl:login:ip:{guesser}"),
+    ] {
+        let ttl: i64 = fred::interfaces::KeysInterface::ttl(&redis.client, redis.key(&key))
+            .await
+            .expect("ttl");
+        assert!(ttl > 0, "{key} has TTL {ttl}");
+    }
+}
+
+/// X-Forwarded-For counts only from a trusted proxy: from anyone else it is ignored, so a guesser cannot
+/// dodge the per-client limit by inventing addresses.
+#[tokio::test]
+async fn forwarded_addresses_are_ignored_from_untrusted_peers() {
+    let app = spawn_with(Options::default().env("LOGIN_MAX_FAILURES", "3")).await;
+    let u = app.signup("spoof").await;
+    for i in 0..3 {
+        let ip = format!("203.0.113.{}", 10 + i);
+        let r = login_from(&app, &ip, &u.email, "Wrong-password-1").await;
+        assert_unauthorized(&r, &ip);
+    }
+    let r = login_from(&app, "203.0.113.99", &u.email, PASSWORD).await;
+    assert_eq!((st(&r), r.code()), (429, "RATE_LIMITED"), "{:?}", r.body);
 }
 
 #[tokio::test]
@@ -636,7 +739,7 @@ async fn default_login_limit_is_at_least_ten_failures() {
 
 #[tokio::test]
 async fn superseded_refresh_cookie_fails_and_revokes_the_session() {
-    let app = spawn().await;
+    let app = spawn_with(Options::default().env("REFRESH_REUSE_GRACE_SEC", "1")).await;
     let u = app.signup("theft").await;
     let r = refresh(&app, &u.cookie).await;
     assert_eq!(st(&r), 200, "{:?}", r.body);
@@ -647,7 +750,9 @@ async fn superseded_refresh_cookie_fails_and_revokes_the_session() {
     assert_eq!(st(&me_bearer(&app, &new_token).await), 200);
     assert_eq!(st(&me_bearer(&app, &u.token).await), 200);
 
-    // The old, correctly signed but superseded cookie: rejected...
+    // Past the grace window (1 s; rotation times compare in whole seconds), the old, correctly signed
+    // but superseded cookie: rejected...
+    tokio::time::sleep(Duration::from_millis(2100)).await;
     let r = refresh(&app, &u.cookie).await;
     assert_unauthorized(&r, "superseded refresh cookie");
     assert_eq!(r.body["message"], "Refresh token is invalid or expired");
@@ -679,7 +784,7 @@ async fn superseded_refresh_cookie_fails_and_revokes_the_session() {
 
 #[tokio::test]
 async fn theft_revocation_does_not_touch_other_sessions() {
-    let app = spawn().await;
+    let app = spawn_with(Options::default().env("REFRESH_REUSE_GRACE_SEC", "0")).await;
     let u = app.signup("theft2").await;
     let other = login(&app, &u.email, PASSWORD).await;
     assert_eq!(st(&other), 200);
@@ -728,10 +833,28 @@ async fn refresh_without_or_with_garbage_cookie_is_401() {
     assert_eq!(st(&refresh(&app, &u.cookie).await), 200);
 }
 
+/// Two browser tabs refreshing with the same cookie at the same moment (here 50): one rotation happens
+/// and every request gets its result, so nobody is logged out. Without the grace window only one wins.
 #[tokio::test]
-async fn parallel_refreshes_with_one_cookie_only_one_wins() {
+async fn parallel_refreshes_with_one_cookie_share_one_rotation() {
     let app = spawn().await;
     let u = app.signup("parallel").await;
+    let answers = futures_util::future::join_all((0..50).map(|_| refresh(&app, &u.cookie))).await;
+    let cookies: std::collections::HashSet<String> = answers
+        .iter()
+        .map(|r| {
+            assert_eq!(st(r), 200, "{:?}", r.body);
+            cookie_of(r)
+        })
+        .collect();
+    assert_eq!(cookies.len(), 1, "one rotated cookie for all: {cookies:?}");
+    let current = cookies.into_iter().next().unwrap_or_default();
+    assert_ne!(current, u.cookie);
+    assert_eq!(st(&me_cookie(&app, &current).await), 200);
+    assert_eq!(st(&refresh(&app, &current).await), 200, "and it rotates on");
+
+    let app = spawn_with(Options::default().env("REFRESH_REUSE_GRACE_SEC", "0")).await;
+    let u = app.signup("parallel-strict").await;
     let (a, b) = tokio::join!(refresh(&app, &u.cookie), refresh(&app, &u.cookie));
     let mut statuses = [st(&a), st(&b)];
     statuses.sort_unstable();
@@ -1105,7 +1228,7 @@ where
 
 #[tokio::test]
 async fn revocations_reach_other_instances() {
-    let a = spawn().await;
+    let a = spawn_with(Options::default().env("REFRESH_REUSE_GRACE_SEC", "0")).await;
     let b = second_instance(&a, Options::default()).await;
     let u = a.signup("multi").await;
     let l = login(&a, &u.email, PASSWORD).await;
@@ -1753,6 +1876,7 @@ async fn logs_never_contain_credentials() {
         .env("API_LOG_LEVEL", "debug")
         .env("LOG_FORMAT", "json")
         .env("LOGIN_MAX_FAILURES", "2")
+        .env("REFRESH_REUSE_GRACE_SEC", "0")
         .env("SECRETS_KEK_ID", "test-kek-v1")
         .env(
             "SECRETS_KEK_BASE64",

@@ -21,6 +21,12 @@ pub struct AuthConfig {
     pub session_cache_ttl_secs: u64,
     pub login_max_failures: u32,
     pub login_failure_window_secs: u64,
+    pub login_max_failures_per_ip: u32,
+    pub login_account_max_failures: u32,
+    pub login_account_window_secs: u64,
+    pub login_trusted_client_days: u64,
+    /// Seconds during which the token a rotation replaced still gets that rotation's result.
+    pub refresh_reuse_grace_secs: i64,
 }
 
 impl AuthConfig {

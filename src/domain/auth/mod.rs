@@ -78,11 +78,7 @@ impl AuthService {
         cache.spawn_listener(&redis);
         Self {
             keys: TokenKeys::new(&config),
-            limiter: ratelimit::LoginLimiter::new(
-                redis.clone(),
-                config.login_max_failures,
-                config.login_failure_window_secs,
-            ),
+            limiter: ratelimit::LoginLimiter::new(redis.clone(), &config),
             cache,
             config,
             secure_cookies,
@@ -166,6 +162,9 @@ impl AuthService {
                 return Err(AuthError::InvalidCredentials);
             }
         };
+        self.limiter
+            .record_success(&email, meta.ip.as_deref())
+            .await;
         if needs_rehash {
             self.upgrade_hash(user.id, password).await;
         }
@@ -372,7 +371,9 @@ impl AuthService {
     }
 
     /// Rotates the refresh token (compare-and-swap on its hash). A correctly signed token that is no longer
-    /// the current one means it was copied: the session is revoked.
+    /// the current one means it was copied, and the session is revoked, unless it is the token the last
+    /// rotation replaced, presented within the grace window: then it is a sibling request (a second browser
+    /// tab refreshing at the same moment) and gets the same rotated session.
     pub async fn refresh(&self, cookie: &str) -> Result<(User, IssuedSession), AuthError> {
         let payload = self
             .keys
@@ -386,30 +387,48 @@ impl AuthService {
             .ok_or(AuthError::RefreshInvalid)?;
         let now_ts = now();
         let new_token_expiry = now_ts + self.config.session_ttl_secs;
+        let grace = self.config.refresh_reuse_grace_secs;
         // Rotation reads the absolute cap inside the same transaction as the swap.
         let keys = &self.keys;
         let old = old_hash.clone();
         let outcome = db::tenant_tx(&self.db, TenantCtx::user(uid), |c| {
             async move {
-                let Some(live) = store::touch_live_session(c, sid, uid).await? else {
+                let Some(live) = store::rotation_state(c, sid, uid).await? else {
                     return Ok::<_, AuthError>(Rotation::Dead);
                 };
                 if !crypto::ct_eq(live.refresh_token_hash.as_bytes(), old.as_bytes()) {
+                    if let Some(sibling) = sibling_token(keys, &live, &old, cookie, grace, now_ts) {
+                        return Ok(sibling);
+                    }
                     store::revoke_session(c, sid).await?;
                     return Ok(Rotation::Reused);
                 }
                 let expiry = new_token_expiry.min(live.absolute_expires_at.timestamp());
                 let token = keys.mint_refresh(sid, uid, expiry);
                 let new_hash = crypto::sha256_hex(token.as_bytes());
-                if store::rotate_refresh(c, sid, uid, &old, &new_hash, ts(expiry)).await? {
-                    Ok(Rotation::Rotated {
+                let sealed =
+                    crypto::seal_with_secret(GRACE_LABEL, cookie.as_bytes(), token.as_bytes());
+                let rotated = store::rotate_refresh(
+                    c,
+                    store::Rotate {
+                        session_id: sid,
+                        user_id: uid,
+                        old_hash: &old,
+                        new_hash: &new_hash,
+                        new_expires: ts(expiry),
+                        grace_token: &sealed,
+                    },
+                )
+                .await?;
+                Ok(if rotated {
+                    Rotation::Rotated {
                         token,
                         hash: new_hash,
                         expiry,
-                    })
+                    }
                 } else {
-                    Ok(Rotation::Dead)
-                }
+                    Rotation::Dead
+                })
             }
             .scope_boxed()
         })
@@ -425,6 +444,16 @@ impl AuthService {
                     .invalidate(&self.redis, Forget::Session(sid))
                     .await;
                 self.cache.put_session(sid, uid, hash, ts(expiry));
+                let session = self.keys.mint_access(uid, &user.email, sid, now_ts);
+                Ok((
+                    user,
+                    IssuedSession {
+                        session,
+                        refresh_token: token,
+                    },
+                ))
+            }
+            Rotation::Sibling { token } => {
                 let session = self.keys.mint_access(uid, &user.email, sid, now_ts);
                 Ok((
                     user,
@@ -544,8 +573,44 @@ enum Rotation {
         hash: String,
         expiry: i64,
     },
+    /// The presented token was replaced moments ago: the token that replaced it.
+    Sibling {
+        token: String,
+    },
     Reused,
     Dead,
+}
+
+/// What the grace-window seal of a rotated token is derived for.
+const GRACE_LABEL: &str = "vespid refresh grace v1";
+
+/// The token that replaced `presented` (hash `old_hash`), if that rotation happened within `grace`
+/// seconds and the sealed token opens with the presented one.
+fn sibling_token(
+    keys: &TokenKeys,
+    live: &model::RotationState,
+    old_hash: &str,
+    presented: &str,
+    grace: i64,
+    now_ts: i64,
+) -> Option<Rotation> {
+    let previous = live.previous_refresh_token_hash.as_deref()?;
+    let recent = live
+        .rotated_at
+        .is_some_and(|t| now_ts - t.timestamp() <= grace);
+    if grace <= 0 || !recent || !crypto::ct_eq(previous.as_bytes(), old_hash.as_bytes()) {
+        return None;
+    }
+    let sealed = live.grace_refresh_token.as_deref()?;
+    let token = crypto::open_with_secret(GRACE_LABEL, presented.as_bytes(), sealed)?;
+    let token = String::from_utf8(token).ok()?;
+    // Still the current token of this session (nothing rotated it again since).
+    let current = crypto::sha256_hex(token.as_bytes());
+    if !crypto::ct_eq(current.as_bytes(), live.refresh_token_hash.as_bytes()) {
+        return None;
+    }
+    keys.verify_refresh(&token, now_ts)?;
+    Some(Rotation::Sibling { token })
 }
 
 fn ts(secs: i64) -> chrono::DateTime<Utc> {

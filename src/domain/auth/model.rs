@@ -67,6 +67,16 @@ pub struct LiveSession {
     pub absolute_expires_at: DateTime<Utc>,
 }
 
+/// A session as a refresh sees it (see `store::rotation_state`).
+#[derive(Debug, Clone, Queryable)]
+pub struct RotationState {
+    pub refresh_token_hash: String,
+    pub absolute_expires_at: DateTime<Utc>,
+    pub previous_refresh_token_hash: Option<String>,
+    pub rotated_at: Option<DateTime<Utc>>,
+    pub grace_refresh_token: Option<Vec<u8>>,
+}
+
 /// Where a request came from, recorded on its session.
 #[derive(Debug, Clone, Default)]
 pub struct ClientMeta {

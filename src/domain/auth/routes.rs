@@ -10,6 +10,7 @@ use super::password::MAX_PASSWORD_BYTES;
 use super::{AuthError, AuthService, IssuedSession};
 use crate::domain::common::access::AccessConfig;
 use crate::domain::common::extract::{same_origin, AuthUser};
+use crate::platform::http::client_ip::client_ip;
 use crate::platform::http::{ApiError, Form, JsonBody};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -45,7 +46,7 @@ pub fn client_meta(req: &HttpRequest) -> ClientMeta {
             .get(header::USER_AGENT)
             .and_then(|v| v.to_str().ok())
             .map(|s| s.chars().take(512).collect()),
-        ip: req.peer_addr().map(|a| a.ip().to_string()),
+        ip: client_ip(req).map(|ip| ip.to_string()),
     }
 }
 

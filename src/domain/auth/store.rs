@@ -5,7 +5,7 @@ use diesel::prelude::*;
 use diesel::upsert::on_constraint;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 
-use super::model::{LiveSession, NewSession, NewUser, User};
+use super::model::{LiveSession, NewSession, NewUser, RotationState, User};
 use crate::domain::common::ids::{SessionId, UserId};
 use crate::platform::db::schema::{auth_sessions, users};
 
@@ -99,30 +99,64 @@ pub async fn touch_live_session(
     .optional()
 }
 
-/// Compare-and-swap rotation: succeeds only while `old_hash` is still current, so two parallel refreshes
-/// with the same token cannot both win.
-pub async fn rotate_refresh(
+/// A live session as refresh sees it: the current hash, the one it replaced, when, and the sealed token of
+/// that rotation. `None` when revoked, expired or unknown.
+pub async fn rotation_state(
     conn: &mut AsyncPgConnection,
     session_id: SessionId,
     user_id: UserId,
-    old_hash: &str,
-    new_hash: &str,
-    new_expires: DateTime<Utc>,
-) -> QueryResult<bool> {
+) -> QueryResult<Option<RotationState>> {
+    let now = Utc::now();
+    auth_sessions::table
+        .filter(auth_sessions::id.eq(session_id))
+        .filter(auth_sessions::user_id.eq(user_id))
+        .filter(auth_sessions::revoked_at.is_null())
+        .filter(auth_sessions::expires_at.gt(now))
+        .filter(auth_sessions::absolute_expires_at.gt(now))
+        .select((
+            auth_sessions::refresh_token_hash,
+            auth_sessions::absolute_expires_at,
+            auth_sessions::previous_refresh_token_hash,
+            auth_sessions::rotated_at,
+            auth_sessions::grace_refresh_token,
+        ))
+        .for_update()
+        .first(conn)
+        .await
+        .optional()
+}
+
+/// A rotation: the new hash and expiry, and what a sibling request within the grace window needs.
+pub struct Rotate<'a> {
+    pub session_id: SessionId,
+    pub user_id: UserId,
+    pub old_hash: &'a str,
+    pub new_hash: &'a str,
+    pub new_expires: DateTime<Utc>,
+    /// The new token, sealed under a key derived from the old one.
+    pub grace_token: &'a [u8],
+}
+
+/// Compare-and-swap rotation: succeeds only while `old_hash` is still current, so two parallel refreshes
+/// with the same token cannot both rotate.
+pub async fn rotate_refresh(conn: &mut AsyncPgConnection, r: Rotate<'_>) -> QueryResult<bool> {
     let now = Utc::now();
     let n = diesel::update(
         auth_sessions::table
-            .filter(auth_sessions::id.eq(session_id))
-            .filter(auth_sessions::user_id.eq(user_id))
-            .filter(auth_sessions::refresh_token_hash.eq(old_hash))
+            .filter(auth_sessions::id.eq(r.session_id))
+            .filter(auth_sessions::user_id.eq(r.user_id))
+            .filter(auth_sessions::refresh_token_hash.eq(r.old_hash))
             .filter(auth_sessions::revoked_at.is_null())
             .filter(auth_sessions::expires_at.gt(now))
             .filter(auth_sessions::absolute_expires_at.gt(now)),
     )
     .set((
-        auth_sessions::refresh_token_hash.eq(new_hash),
-        auth_sessions::expires_at.eq(new_expires),
+        auth_sessions::refresh_token_hash.eq(r.new_hash),
+        auth_sessions::expires_at.eq(r.new_expires),
         auth_sessions::last_used_at.eq(now),
+        auth_sessions::previous_refresh_token_hash.eq(Some(r.old_hash)),
+        auth_sessions::rotated_at.eq(Some(now)),
+        auth_sessions::grace_refresh_token.eq(Some(r.grace_token)),
     ))
     .execute(conn)
     .await?;

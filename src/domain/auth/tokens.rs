@@ -168,6 +168,11 @@ mod tests {
             session_cache_ttl_secs: 5,
             login_max_failures: 10,
             login_failure_window_secs: 900,
+            login_max_failures_per_ip: 100,
+            login_account_max_failures: 200,
+            login_account_window_secs: 3600,
+            login_trusted_client_days: 30,
+            refresh_reuse_grace_secs: 5,
         })
     }
 

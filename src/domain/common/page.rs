@@ -12,7 +12,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use crate::platform::validation::{Invalid, Rejected};
+use crate::platform::validation::{Invalid, Rejected, NUL_MESSAGE};
 
 /// A position in a list ordered by `(created_at, id)`.
 pub type Position = (DateTime<Utc>, Uuid);
@@ -81,6 +81,10 @@ pub fn query_map(query_string: &str, known: &[&str]) -> Result<HashMap<String, S
     let mut map = HashMap::new();
     for (k, v) in url::form_urlencoded::parse(query_string.as_bytes()) {
         let key = k.into_owned();
+        // PostgreSQL cannot take NUL; a known key carrying one is refused by name.
+        if known.contains(&key.as_str()) && v.contains('\0') {
+            return Err(invalid(&key, NUL_MESSAGE));
+        }
         if map.contains_key(&key) && known.contains(&key.as_str()) {
             return Err(invalid(&key, "Expected string, received array"));
         }

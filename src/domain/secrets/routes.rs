@@ -11,6 +11,7 @@ use crate::domain::common::access::OrgCtx;
 use crate::domain::common::extract::resolve_org;
 use crate::domain::common::ids::SecretId;
 use crate::platform::http::{path_uuid, ApiError, Form, JsonBody};
+use crate::platform::validation::NUL_MESSAGE;
 
 /// Cap on a secret's size (Improve: the original had none).
 const MAX_VALUE_BYTES: usize = 64 * 1024;
@@ -93,6 +94,13 @@ async fn list(secrets: web::Data<Secrets>, req: HttpRequest) -> Result<HttpRespo
         web::Query::<std::collections::HashMap<String, String>>::from_query(req.query_string())
             .map_err(|_| ApiError::bad_request("Invalid list secrets query"))?;
     let connector = query.get("connectorId").cloned();
+    if connector.as_deref().is_some_and(|c| c.contains('\0')) {
+        return Err(
+            ApiError::bad_request("Invalid list secrets query").with_details(
+                json!({"formErrors": [], "fieldErrors": {"connectorId": [NUL_MESSAGE]}}),
+            ),
+        );
+    }
     if connector.as_deref().is_some_and(str::is_empty) {
         return Err(ApiError::bad_request("Invalid list secrets query")
             .with_details(json!({"formErrors": [], "fieldErrors": {"connectorId": ["String must contain at least 1 character(s)"]}})));

@@ -65,6 +65,44 @@ pub fn verify<T: DeserializeOwned>(key: &[u8], token: &str) -> Option<T> {
     serde_json::from_slice(&json).ok()
 }
 
+/// The 32-byte key of [`seal_with_secret`]: SHA-256 over a purpose label and the secret.
+fn derived_key(label: &str, secret: &[u8]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(label.as_bytes());
+    h.update([0u8]);
+    h.update(secret);
+    h.finalize().into()
+}
+
+/// Seals `plaintext` so that only a holder of `secret` can open it: XChaCha20-Poly1305 under a key
+/// derived from `label` and `secret`, the random nonce in front.
+pub fn seal_with_secret(label: &str, secret: &[u8], plaintext: &[u8]) -> Vec<u8> {
+    use chacha20poly1305::aead::{Aead, KeyInit};
+    let key = zeroize::Zeroizing::new(derived_key(label, secret));
+    let cipher = chacha20poly1305::XChaCha20Poly1305::new(key.as_ref().into());
+    let mut nonce = [0u8; 24];
+    rand::rngs::OsRng.fill_bytes(&mut nonce);
+    match cipher.encrypt(&nonce.into(), plaintext) {
+        Ok(ct) => [nonce.as_slice(), ct.as_slice()].concat(),
+        // Encryption of an in-memory buffer cannot fail; an empty result simply never opens.
+        Err(_) => Vec::new(),
+    }
+}
+
+/// Opens what [`seal_with_secret`] sealed with the same `label` and `secret`.
+pub fn open_with_secret(label: &str, secret: &[u8], sealed: &[u8]) -> Option<Vec<u8>> {
+    use chacha20poly1305::aead::{Aead, KeyInit};
+    if sealed.len() < 24 {
+        return None;
+    }
+    let (nonce, ct) = sealed.split_at(24);
+    let key = zeroize::Zeroizing::new(derived_key(label, secret));
+    let cipher = chacha20poly1305::XChaCha20Poly1305::new(key.as_ref().into());
+    cipher
+        .decrypt(chacha20poly1305::XNonce::from_slice(nonce), ct)
+        .ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -72,6 +110,18 @@ mod tests {
     #[derive(Serialize, serde::Deserialize, PartialEq, Debug)]
     struct P {
         a: String,
+    }
+
+    #[test]
+    fn sealed_with_a_secret_opens_only_with_it() {
+        let sealed = seal_with_secret("t", b"old-token", b"new-token");
+        assert_eq!(
+            open_with_secret("t", b"old-token", &sealed).as_deref(),
+            Some(&b"new-token"[..])
+        );
+        assert_eq!(open_with_secret("t", b"other", &sealed), None);
+        assert_eq!(open_with_secret("u", b"old-token", &sealed), None);
+        assert_eq!(open_with_secret("t", b"old-token", &sealed[..10]), None);
     }
 
     #[test]

@@ -64,6 +64,9 @@ diesel::table! {
         ip -> Nullable<Text>,
         created_at -> Timestamptz,
         last_used_at -> Timestamptz,
+        previous_refresh_token_hash -> Nullable<Text>,
+        rotated_at -> Nullable<Timestamptz>,
+        grace_refresh_token -> Nullable<Bytea>,
     }
 }
 

@@ -1,18 +1,30 @@
 //! Request bodies: read with a size cap and content-type rules (the spec's framework codes), then parsed
 //! field by field so that every shape error becomes a 400 with field details, never a 500.
 
+use std::time::Duration;
+
 use actix_web::dev::Payload;
 use actix_web::http::{header, StatusCode};
-use actix_web::{FromRequest, HttpRequest};
+use actix_web::{web, FromRequest, HttpRequest};
 use futures_util::future::LocalBoxFuture;
 use futures_util::StreamExt;
 use serde_json::{Map, Value};
 
 use super::error::ApiError;
-use crate::platform::validation::Invalid;
+use crate::platform::validation::{Invalid, NUL_MESSAGE};
 
 /// Bodies larger than this are refused with 413 (the original's 1 MiB).
 pub const BODY_LIMIT: usize = 1024 * 1024;
+
+/// How long reading a body may take before the request is answered 408 (a client that sends fewer bytes
+/// than its `Content-Length` would otherwise hold the connection forever). Put into app data by the api
+/// role; absent, [`DEFAULT_READ_TIMEOUT`] applies.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyConfig {
+    pub read_timeout: Duration,
+}
+
+pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// A JSON request body. `Value::Null` when the request had no body at all (empty POSTs are allowed on
 /// some routes; handlers that need an object reject it through [`Form`]).
@@ -34,52 +46,121 @@ impl FromRequest for JsonBody {
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<usize>().ok());
+        let read_timeout = req
+            .app_data::<web::Data<BodyConfig>>()
+            .map_or(DEFAULT_READ_TIMEOUT, |c| c.read_timeout);
         let mut payload = payload.take();
         Box::pin(async move {
             if declared_len.is_some_and(|n| n > BODY_LIMIT) {
                 return Err(too_large());
             }
-            let mut body = Vec::new();
-            while let Some(chunk) = payload.next().await {
-                let chunk = chunk.map_err(|_| {
-                    ApiError::new(
-                        StatusCode::BAD_REQUEST,
-                        "REQUEST_ERROR",
-                        "Invalid request body",
-                    )
-                })?;
-                if body.len() + chunk.len() > BODY_LIMIT {
-                    return Err(too_large());
+            let read = async {
+                let mut body = Vec::new();
+                while let Some(chunk) = payload.next().await {
+                    let chunk = chunk.map_err(|_| {
+                        ApiError::new(
+                            StatusCode::BAD_REQUEST,
+                            "REQUEST_ERROR",
+                            "Invalid request body",
+                        )
+                    })?;
+                    if body.len() + chunk.len() > BODY_LIMIT {
+                        return Err(too_large());
+                    }
+                    body.extend_from_slice(&chunk);
                 }
-                body.extend_from_slice(&chunk);
-            }
-            let is_json = content_type.as_deref().is_some_and(|ct| {
-                let mime = ct.split(';').next().unwrap_or("").trim();
-                mime == "application/json" || mime.ends_with("+json")
-            });
-            match (content_type.is_some(), is_json, body.is_empty()) {
-                (false, _, true) => Ok(JsonBody(Value::Null)),
-                (true, true, true) => Err(ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    "FST_ERR_CTP_EMPTY_JSON_BODY",
-                    "Body cannot be empty when content-type is set to 'application/json'",
-                )),
-                (true, false, true) => Ok(JsonBody(Value::Null)),
-                (_, false, false) => Err(ApiError::new(
-                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                    "FST_ERR_CTP_INVALID_MEDIA_TYPE",
-                    "Unsupported Media Type",
-                )),
-                (_, true, false) => serde_json::from_slice(&body).map(JsonBody).map_err(|_| {
+                Ok(body)
+            };
+            let body = tokio::time::timeout(read_timeout, read)
+                .await
+                .map_err(|_| {
                     ApiError::new(
-                        StatusCode::BAD_REQUEST,
-                        "FST_ERR_CTP_INVALID_JSON_BODY",
-                        "Body is not valid JSON",
+                        StatusCode::REQUEST_TIMEOUT,
+                        "REQUEST_TIMEOUT",
+                        "Request body was not received in time",
                     )
-                }),
-            }
+                })??;
+            parse_json_body(content_type.as_deref(), &body).map(JsonBody)
         })
     }
+}
+
+/// The body's bytes as JSON under the framework's content-type rules (lower-cased `content_type`):
+/// no body and no type is `Null`; a JSON type needs a non-empty, valid body; another type with a body is
+/// 415. Strings may not carry NUL (PostgreSQL cannot store it): a 400 that names the field.
+pub fn parse_json_body(content_type: Option<&str>, body: &[u8]) -> Result<Value, ApiError> {
+    let is_json = content_type.is_some_and(|ct| {
+        let mime = ct.split(';').next().unwrap_or("").trim();
+        mime == "application/json" || mime.ends_with("+json")
+    });
+    let value = match (content_type.is_some(), is_json, body.is_empty()) {
+        (false, _, true) => Value::Null,
+        (true, true, true) => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "FST_ERR_CTP_EMPTY_JSON_BODY",
+                "Body cannot be empty when content-type is set to 'application/json'",
+            ))
+        }
+        (true, false, true) => Value::Null,
+        (_, false, false) => {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "FST_ERR_CTP_INVALID_MEDIA_TYPE",
+                "Unsupported Media Type",
+            ))
+        }
+        (_, true, false) => serde_json::from_slice(body).map_err(|_| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "FST_ERR_CTP_INVALID_JSON_BODY",
+                "Body is not valid JSON",
+            )
+        })?,
+    };
+    if let Some(path) = nul_path(&value) {
+        let mut invalid = Invalid::default();
+        invalid.field(&path, NUL_MESSAGE);
+        invalid.finish("Invalid request body")?;
+    }
+    Ok(value)
+}
+
+/// The path (`a.b[2]`, `(root)` for the value itself) of the first string or key holding a NUL, if any.
+/// Iterative, so a deeply nested body cannot exhaust the stack.
+pub fn nul_path(value: &Value) -> Option<String> {
+    let mut stack: Vec<(&Value, String)> = vec![(value, String::new())];
+    while let Some((v, path)) = stack.pop() {
+        match v {
+            Value::String(s) if s.contains('\0') => {
+                return Some(if path.is_empty() {
+                    "(root)".to_string()
+                } else {
+                    path
+                })
+            }
+            Value::Array(items) => {
+                for (i, item) in items.iter().enumerate().rev() {
+                    stack.push((item, format!("{path}[{i}]")));
+                }
+            }
+            Value::Object(map) => {
+                for (k, item) in map.iter() {
+                    let child = if path.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{path}.{k}")
+                    };
+                    if k.contains('\0') {
+                        return Some(child);
+                    }
+                    stack.push((item, child));
+                }
+            }
+            _ => {}
+        }
+    }
+    None
 }
 
 fn too_large() -> ApiError {

@@ -2,6 +2,7 @@
 //! span, CORS, headers that extractors ask for) and small path helpers.
 
 pub mod body;
+pub mod client_ip;
 pub mod error;
 
 use std::sync::atomic::{AtomicU64, Ordering};
