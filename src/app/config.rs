@@ -199,6 +199,14 @@ const ENV_KEYS: &[(&str, &str)] = &[
     ),
     ("HTTP_NODE_ALLOW_HOSTS", "workflows.http_allow_hosts"),
     ("GITHUB_API_BASE_URL", "workflows.github_api_base_url"),
+    ("WORKFLOW_MAX_NODES", "workflows.dsl_max_nodes"),
+    ("WORKFLOW_MAX_EDGES", "workflows.dsl_max_edges"),
+    ("WORKFLOW_MAX_BYTES", "workflows.dsl_max_bytes"),
+    ("WORKFLOW_RUN_MAX_EVENTS", "workflows.run_max_events"),
+    (
+        "WORKFLOW_RUN_OUTPUT_MAX_BYTES",
+        "workflows.run_output_max_bytes",
+    ),
     (
         "VESPID_ENTERPRISE_PROVIDER_MODULE",
         "enterprise.provider_module",

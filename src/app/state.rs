@@ -16,6 +16,7 @@ use crate::domain::orgs::{Orgs, OrgsParts};
 use crate::domain::runs::worker::WorkerParts;
 use crate::domain::runs::{Runs, RunsParts};
 use crate::domain::secrets::{Secrets, SecretsParts};
+use crate::domain::workflows::dsl::Limits;
 use crate::domain::workflows::Workflows;
 use crate::platform::crypto::envelope::Keyring;
 use crate::platform::db::{self, PgPool};
@@ -127,7 +128,14 @@ impl AppState {
                 web_base_url: config.web.base_url.clone(),
                 db: db.clone(),
             })),
-            workflows: Arc::new(Workflows::new(db.clone())),
+            workflows: Arc::new(Workflows::new(
+                db.clone(),
+                Limits {
+                    max_nodes: config.workflows.dsl_max_nodes,
+                    max_edges: config.workflows.dsl_max_edges,
+                    max_bytes: config.workflows.dsl_max_bytes,
+                },
+            )),
             config,
             db,
             redis,

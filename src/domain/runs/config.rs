@@ -19,4 +19,9 @@ pub struct WorkflowsConfig {
     pub http_max_response_bytes: usize,
     pub http_allow_hosts: String,
     pub github_api_base_url: String,
+    pub dsl_max_nodes: usize,
+    pub dsl_max_edges: usize,
+    pub dsl_max_bytes: usize,
+    pub run_max_events: usize,
+    pub run_output_max_bytes: usize,
 }

@@ -7,21 +7,21 @@ use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use serde::Serialize;
 use serde_json::Value;
 
-use super::model::{Event, NewEvent, Run, RunStatus, TriggerType};
+use super::model::{Event, NewEvent, Run, RunStatus, Step, TriggerType};
 use crate::domain::common::ids::{EventId, OrgId, RunId, UserId, WorkflowId};
 use crate::domain::workflows::model::WorkflowStatus;
 use crate::platform::db::schema::{
-    workflow_run_events as ev, workflow_runs as wr, workflows as wf,
+    workflow_run_events as ev, workflow_run_steps as rs, workflow_runs as wr, workflows as wf,
 };
 
-/// `(status, dsl)` of a workflow in the org.
+/// `(status, version, dsl)` of a workflow in the org.
 pub async fn workflow_state(
     c: &mut AsyncPgConnection,
     id: WorkflowId,
-) -> QueryResult<Option<(WorkflowStatus, Value)>> {
+) -> QueryResult<Option<(WorkflowStatus, i32, Value)>> {
     wf::table
         .find(id)
-        .select((wf::status, wf::dsl_doc))
+        .select((wf::status, wf::version, wf::dsl_doc))
         .first(c)
         .await
         .optional()
@@ -307,11 +307,13 @@ pub async fn stranded(
         .await
 }
 
-/// A run started by [`claim_batch`], with its workflow's DSL.
+/// A run started by [`claim_batch`], with its workflow's version and DSL.
 #[derive(QueryableByName)]
 pub struct ClaimedRun {
     #[diesel(embed)]
     pub run: Run,
+    #[diesel(sql_type = diesel::sql_types::Integer)]
+    pub version: i32,
     #[diesel(sql_type = Jsonb)]
     pub dsl: Value,
 }
@@ -338,7 +340,7 @@ pub async fn claim_batch(
            RETURNING r.id, r.organization_id, r.workflow_id, r.trigger_type, r.status, r.attempt_count, \
              r.max_attempts, r.next_attempt_at, r.cursor_node_index, r.blocked_request_id, r.lease_owner, \
              r.lease_expires_at, r.requested_by_user_id, r.input, r.output, r.error, r.created_at, \
-             r.started_at, r.finished_at, w.dsl \
+             r.started_at, r.finished_at, w.version, w.dsl \
          ), ev AS ( \
            INSERT INTO workflow_run_events (organization_id, workflow_id, run_id, attempt_count, event_type, level, payload) \
            SELECT organization_id, workflow_id, id, attempt_count, 'run_started', 'info', \
@@ -361,7 +363,11 @@ pub async fn claim_batch(
 pub struct RunWrite {
     id: RunId,
     status: RunStatus,
-    output: Value,
+    /// `None`: the stored output stays (a checkpoint that appends step rows instead).
+    output: Option<Value>,
+    /// Steps written as rows with this write (only when `output` is not written).
+    #[serde(skip)]
+    steps: Vec<NewStepRow>,
     error: Option<String>,
     cursor: Option<i32>,
     next_attempt_at: Option<DateTime<Utc>>,
@@ -369,11 +375,17 @@ pub struct RunWrite {
 }
 
 impl RunWrite {
-    pub fn checkpoint(id: RunId, output: Value, cursor: i32) -> Self {
+    pub fn checkpoint(
+        id: RunId,
+        output: Option<Value>,
+        cursor: i32,
+        steps: Vec<NewStepRow>,
+    ) -> Self {
         Self {
             id,
             status: RunStatus::Running,
             output,
+            steps,
             error: None,
             cursor: Some(cursor),
             next_attempt_at: None,
@@ -392,7 +404,8 @@ impl RunWrite {
         Self {
             id,
             status,
-            output,
+            output: Some(output),
+            steps: Vec::new(),
             error,
             cursor: None,
             next_attempt_at,
@@ -416,7 +429,57 @@ pub async fn write_runs(
         .collect();
     events.retain(|e| applied.contains(&e.run_id));
     append_events(c, &events).await?;
+    let steps: Vec<&NewStepRow> = writes
+        .iter()
+        .filter(|w| applied.contains(&w.id))
+        .flat_map(|w| &w.steps)
+        .collect();
+    for chunk in steps.chunks(1000) {
+        diesel::insert_into(rs::table)
+            .values(chunk.iter().copied().cloned().collect::<Vec<_>>())
+            .execute(c)
+            .await?;
+    }
     Ok(applied)
+}
+
+/// A step recorded by a checkpoint.
+#[derive(Debug, Clone, Insertable)]
+#[diesel(table_name = rs)]
+pub struct NewStepRow {
+    pub organization_id: OrgId,
+    pub run_id: RunId,
+    pub node_id: String,
+    pub step: Value,
+}
+
+/// The steps checkpoints of `run` recorded as rows, oldest first (unreadable ones skipped: only the
+/// engine writes them).
+pub async fn step_rows(c: &mut AsyncPgConnection, run: RunId) -> QueryResult<Vec<Step>> {
+    let rows: Vec<Value> = rs::table
+        .filter(rs::run_id.eq(run))
+        .order(rs::id.asc())
+        .select(rs::step)
+        .load(c)
+        .await?;
+    Ok(rows
+        .iter()
+        .filter_map(|v| <Step as serde::Deserialize>::deserialize(v).ok())
+        .collect())
+}
+
+/// Events `run` wrote in `attempt`.
+pub async fn attempt_events(
+    c: &mut AsyncPgConnection,
+    run: RunId,
+    attempt: i32,
+) -> QueryResult<i64> {
+    ev::table
+        .filter(ev::run_id.eq(run))
+        .filter(ev::attempt_count.eq(attempt))
+        .count()
+        .get_result(c)
+        .await
 }
 
 #[derive(QueryableByName)]
@@ -442,7 +505,7 @@ async fn apply_writes(
     let rows = serde_json::to_string(writes)
         .map_err(|e| diesel::result::Error::SerializationError(Box::new(e)))?;
     let applied: Vec<AppliedId> = diesel::sql_query(
-        "UPDATE workflow_runs AS r SET status = x.status, output = x.output, error = x.error, \
+        "UPDATE workflow_runs AS r SET status = x.status, output = coalesce(x.output, r.output), error = x.error, \
            cursor_node_index = coalesce(x.cursor, r.cursor_node_index), \
            next_attempt_at = x.next_attempt_at, finished_at = x.finished_at, \
            lease_owner = CASE WHEN x.status = 'running' THEN r.lease_owner END, \

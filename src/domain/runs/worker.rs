@@ -12,7 +12,7 @@ use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 use super::config::WorkflowsConfig;
-use super::engine::{Delivery, Engine, EngineError};
+use super::engine::{Delivery, Engine, EngineError, Plans};
 use super::executors::ExecDeps;
 use super::store;
 use crate::domain::common::ids::{OrgId, RunId};
@@ -45,6 +45,7 @@ pub fn executor_http() -> reqwest::Result<reqwest::Client> {
 pub fn engine(parts: &WorkerParts, http: reqwest::Client) -> Engine {
     Engine {
         config: parts.config.clone(),
+        plans: Plans::default(),
         db: parts.db.clone(),
         orgs: parts.orgs.clone(),
         deps: ExecDeps {

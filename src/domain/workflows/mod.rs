@@ -15,7 +15,7 @@ use crate::domain::common::access::OrgCtx;
 use crate::domain::common::ids::WorkflowId;
 use crate::domain::common::page::{next_cursor, Page, Position};
 use crate::platform::db::{self, PgPool};
-use dsl::{DslError, WorkflowDsl};
+use dsl::{DslError, Limits, WorkflowDsl};
 pub use error::WorkflowError;
 use model::{DraftChanges, NewWorkflow, WorkflowRow, WorkflowStatus};
 
@@ -32,11 +32,17 @@ pub struct DraftUpdate {
 
 pub struct Workflows {
     db: PgPool,
+    limits: Limits,
 }
 
 impl Workflows {
-    pub fn new(db: PgPool) -> Self {
-        Self { db }
+    /// `limits` bound the documents this service accepts.
+    pub fn new(db: PgPool, limits: Limits) -> Self {
+        Self { db, limits }
+    }
+
+    pub fn limits(&self) -> Limits {
+        self.limits
     }
 
     /// The row `id` of the caller's org (drafts and published alike).

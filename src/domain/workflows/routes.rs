@@ -52,6 +52,12 @@ pub fn dsl_error(e: DslError) -> ApiError {
     match e {
         DslError::Invalid(messages) => ApiError::bad_request("Invalid workflow payload")
             .with_details(json!({ "formErrors": [], "fieldErrors": { "dsl": messages } })),
+        DslError::TooLarge { limit, max, actual } => ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "WORKFLOW_TOO_LARGE",
+            format!("Workflow exceeds the limit of {max} {limit} ({actual})"),
+        )
+        .with_details(json!({ "limit": limit, "max": max, "actual": actual })),
         DslError::Graph {
             code,
             message,
@@ -103,23 +109,40 @@ fn many(rows: &[WorkflowRow]) -> Vec<WorkflowView> {
     rows.iter().map(WorkflowRow::view).collect()
 }
 
-/// The `dsl` field: schema failures are recorded on the form (they join the other field errors); a graph
-/// constraint failure is returned for the caller to answer at its place in the check order.
+/// The body's `dsl`, parsed (size limits first) on the blocking pool: a large document must not hold
+/// an HTTP worker thread. `None` when the body has no `dsl`.
+async fn parse_dsl(
+    workflows: &Workflows,
+    body: &Value,
+) -> Result<Option<Result<WorkflowDsl, DslError>>, ApiError> {
+    let Some(doc) = body.as_object().and_then(|o| o.get("dsl")).cloned() else {
+        return Ok(None);
+    };
+    let limits = workflows.limits();
+    web::block(move || dsl::parse_within(&doc, &limits))
+        .await
+        .map(Some)
+        .map_err(ApiError::internal_from)
+}
+
+/// The `dsl` field: schema failures are recorded on the form (they join the other field errors); a size
+/// or graph constraint failure is returned for the caller to answer at its place in the check order.
 fn dsl_field(
     f: &mut Form<'_>,
     body: &Value,
+    parsed: Option<Result<WorkflowDsl, DslError>>,
     required: bool,
 ) -> Option<Result<WorkflowDsl, DslError>> {
     if !body.is_object() {
         return None;
     }
-    let Some(doc) = body.get("dsl") else {
+    let Some(parsed) = parsed else {
         if required {
             f.invalid().field("dsl", "Required");
         }
         return None;
     };
-    match dsl::parse(doc) {
+    match parsed {
         Err(DslError::Invalid(messages)) => {
             for m in messages {
                 f.invalid().field("dsl", m);
@@ -138,7 +161,8 @@ async fn create(
     ctx.authorize()?;
     let mut f = Form::new(&body.0);
     let name = f.string("name", 2, 120);
-    let doc = dsl_field(&mut f, &body.0, true);
+    let parsed = parse_dsl(&workflows, &body.0).await?;
+    let doc = dsl_field(&mut f, &body.0, parsed, true);
     f.finish("Invalid workflow payload")?;
     let (Some(name), Some(doc)) = (name, doc) else {
         return Err(ApiError::bad_request("Invalid workflow payload"));
@@ -182,7 +206,8 @@ async fn update(
     let mut f = Form::new(&body.0);
     f.reject_unknown(&["name", "dsl", "editorState"]);
     let name = f.opt_string("name", 2, 120);
-    let doc = dsl_field(&mut f, &body.0, false);
+    let parsed = parse_dsl(&workflows, &body.0).await?;
+    let doc = dsl_field(&mut f, &body.0, parsed, false);
     let editor_state = body.0.get("editorState").cloned();
     f.finish("Invalid workflow update payload")?;
     let id = workflow_id(&req)?;

@@ -217,5 +217,21 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    workflow_run_steps (id) {
+        id -> Int8,
+        organization_id -> Uuid,
+        run_id -> Uuid,
+        node_id -> Text,
+        step -> Jsonb,
+        created_at -> Timestamptz,
+    }
+}
+
 diesel::joinable!(workflow_runs -> workflows (workflow_id));
-diesel::allow_tables_to_appear_in_same_query!(workflows, workflow_runs, workflow_run_events);
+diesel::allow_tables_to_appear_in_same_query!(
+    workflows,
+    workflow_runs,
+    workflow_run_events,
+    workflow_run_steps
+);

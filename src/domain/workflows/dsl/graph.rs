@@ -111,29 +111,7 @@ fn conditions(graph: &Graph, adjacency: &Adjacency<'_>) -> Result<(), DslError> 
 
 /// Kahn's algorithm: every node must be visited (self-loops count as cycles).
 fn acyclic(graph: &Graph, adjacency: &Adjacency<'_>) -> Result<(), DslError> {
-    let mut in_degree: HashMap<&str, usize> = graph.nodes.keys().map(|k| (k.as_str(), 0)).collect();
-    for edge in &graph.edges {
-        *in_degree.entry(edge.to.as_str()).or_default() += 1;
-    }
-    let mut queue: VecDeque<&str> = graph
-        .nodes
-        .keys()
-        .map(String::as_str)
-        .filter(|k| in_degree.get(k) == Some(&0))
-        .collect();
-    let mut visited = 0;
-    while let Some(key) = queue.pop_front() {
-        visited += 1;
-        for edge in adjacency.outgoing(key) {
-            if let Some(degree) = in_degree.get_mut(edge.to.as_str()) {
-                *degree = degree.saturating_sub(1);
-                if *degree == 0 {
-                    queue.push_back(edge.to.as_str());
-                }
-            }
-        }
-    }
-    if visited == graph.nodes.len() {
+    if topological_order(graph, adjacency).len() == graph.nodes.len() {
         Ok(())
     } else {
         let message = "Graph must be a DAG (cycles are not supported in v3 MVP)".to_owned();
@@ -206,38 +184,123 @@ fn reachable_from<'g>(adjacency: &Adjacency<'g>, start: &'g str) -> OrderedSet<'
 }
 
 /// No remote node between a fan-out (≥ 2 `always` edges) and a `parallel.join` it feeds.
+///
+/// A remote node K breaks the rule for join J when K is an ancestor of J and lies on a branch of a
+/// fan-out (reachable from the target of a fan-out's `always` edge); the fan-out is then an ancestor of J
+/// too. So the check is linear: mark the nodes on fan-out branches (one forward pass), find the first
+/// join in key order with such a remote ancestor (one pass in topological order), and only then walk that
+/// join's ancestors in the original's order to name the node it reported.
 fn parallel_regions(graph: &Graph, adjacency: &Adjacency<'_>) -> Result<(), DslError> {
-    let joins = graph
-        .nodes
+    let fan_out = |key: &str| -> Vec<&Edge> {
+        let always: Vec<&Edge> = adjacency
+            .outgoing(key)
+            .iter()
+            .copied()
+            .filter(|e| e.kind == EdgeKind::Always)
+            .collect();
+        if always.len() >= 2 {
+            always
+        } else {
+            Vec::new()
+        }
+    };
+    // Nodes on a fan-out branch.
+    let mut on_branch: HashSet<&str> = HashSet::new();
+    let mut stack: Vec<&str> = Vec::new();
+    for key in graph.nodes.keys() {
+        for edge in fan_out(key) {
+            if on_branch.insert(edge.to.as_str()) {
+                stack.push(edge.to.as_str());
+            }
+        }
+    }
+    while let Some(current) = stack.pop() {
+        for edge in adjacency.outgoing(current) {
+            if on_branch.insert(edge.to.as_str()) {
+                stack.push(edge.to.as_str());
+            }
+        }
+    }
+    let offending = |key: &str| {
+        on_branch.contains(key) && graph.nodes.get(key).is_some_and(is_remote_in_region)
+    };
+    // Which nodes have an offending ancestor (the graph is acyclic: Kahn's order settles each once).
+    let mut behind_offender: HashSet<&str> = HashSet::new();
+    for key in topological_order(graph, adjacency) {
+        for edge in adjacency.outgoing(key) {
+            if offending(key) || behind_offender.contains(key) {
+                behind_offender.insert(edge.to.as_str());
+            }
+        }
+    }
+    let first_join = graph.nodes.iter().find(|(key, node)| {
+        node.node_type() == NodeType::ParallelJoin && behind_offender.contains(key.as_str())
+    });
+    let Some((join, _)) = first_join else {
+        return Ok(());
+    };
+    // Name the node the original names: its walk order, skipping branches that cannot reach an offender.
+    let can_reach_join = ancestors(adjacency, join);
+    let hits: Vec<&str> = can_reach_join
+        .order
         .iter()
-        .filter(|(_, node)| node.node_type() == NodeType::ParallelJoin);
-    for (join, _) in joins {
-        let can_reach_join = ancestors(adjacency, join);
-        for &root in &can_reach_join.order {
-            let fan_out: Vec<_> = adjacency
-                .outgoing(root)
-                .iter()
-                .filter(|e| e.kind == EdgeKind::Always)
-                .collect();
-            if fan_out.len() < 2 {
+        .copied()
+        .filter(|key| *key != join.as_str() && offending(key))
+        .collect();
+    let mut leads_to_hit: HashSet<&str> = hits.iter().copied().collect();
+    let mut stack = hits;
+    while let Some(current) = stack.pop() {
+        for edge in adjacency.incoming(current) {
+            if leads_to_hit.insert(edge.from.as_str()) {
+                stack.push(edge.from.as_str());
+            }
+        }
+    }
+    for &root in &can_reach_join.order {
+        for edge in fan_out(root) {
+            if !leads_to_hit.contains(edge.to.as_str()) {
                 continue;
             }
-            for edge in fan_out {
-                let branch = reachable_from(adjacency, &edge.to);
-                let region = branch
-                    .order
-                    .iter()
-                    .filter(|&&key| key != join && can_reach_join.contains(key));
-                for &key in region {
-                    if graph.nodes.get(key).is_some_and(is_remote_in_region) {
-                        let message = format!(
-                            "Remote execution is not supported inside parallel regions in v3 MVP (node {key})"
-                        );
-                        return Err(node_failure("PARALLEL_REMOTE_NOT_SUPPORTED", message, key));
-                    }
-                }
+            let branch = reachable_from(adjacency, &edge.to);
+            let found = branch.order.iter().find(|&&key| {
+                key != join.as_str()
+                    && can_reach_join.contains(key)
+                    && graph.nodes.get(key).is_some_and(is_remote_in_region)
+            });
+            if let Some(key) = found {
+                let message = format!(
+                    "Remote execution is not supported inside parallel regions in v3 MVP (node {key})"
+                );
+                return Err(node_failure("PARALLEL_REMOTE_NOT_SUPPORTED", message, key));
             }
         }
     }
     Ok(())
+}
+
+/// Nodes in an order where every edge points forward; nodes on a cycle (and after one) are left out.
+fn topological_order<'g>(graph: &'g Graph, adjacency: &Adjacency<'g>) -> Vec<&'g str> {
+    let mut in_degree: HashMap<&str, usize> = graph.nodes.keys().map(|k| (k.as_str(), 0)).collect();
+    for edge in &graph.edges {
+        *in_degree.entry(edge.to.as_str()).or_default() += 1;
+    }
+    let mut queue: VecDeque<&str> = graph
+        .nodes
+        .keys()
+        .map(String::as_str)
+        .filter(|k| in_degree.get(k) == Some(&0))
+        .collect();
+    let mut order = Vec::with_capacity(graph.nodes.len());
+    while let Some(key) = queue.pop_front() {
+        order.push(key);
+        for edge in adjacency.outgoing(key) {
+            if let Some(degree) = in_degree.get_mut(edge.to.as_str()) {
+                *degree = degree.saturating_sub(1);
+                if *degree == 0 {
+                    queue.push_back(edge.to.as_str());
+                }
+            }
+        }
+    }
+    order
 }

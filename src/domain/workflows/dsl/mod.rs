@@ -9,17 +9,25 @@ mod fields;
 mod graph;
 pub mod model;
 mod nodes;
+mod size;
 pub mod spec;
 #[cfg(test)]
 mod tests;
 
 use serde_json::Value;
 
-pub use model::{DslError, Edge, EdgeKind, Graph, Node, Plan, WorkflowDsl};
+pub use model::{DslError, Edge, EdgeKind, Graph, Limits, Node, Plan, WorkflowDsl};
 pub use spec::{NodeSpec, NodeType};
 
-/// Parses and normalises a DSL document (v2 or v3).
+/// Parses and normalises a DSL document (v2 or v3) already known to fit (a stored one).
 pub fn parse(doc: &Value) -> Result<WorkflowDsl, DslError> {
+    document::parse_document(doc)
+}
+
+/// Parses a new document: first the size limits (nodes, edges, bytes), then as [`parse`]. Linear in the
+/// document's size.
+pub fn parse_within(doc: &Value, limits: &Limits) -> Result<WorkflowDsl, DslError> {
+    size::check(doc, limits)?;
     document::parse_document(doc)
 }
 

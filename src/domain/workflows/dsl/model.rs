@@ -76,6 +76,12 @@ pub enum DslError {
     /// Schema failure: human messages, each prefixed with the JSON path (e.g. `nodes[0].config.method: …`).
     /// Reported as 400 BAD_REQUEST with `details.fieldErrors.dsl = messages`.
     Invalid(Vec<String>),
+    /// Beyond a configured size limit (`limit` names it: `nodes`, `edges` or `bytes`).
+    TooLarge {
+        limit: &'static str,
+        max: usize,
+        actual: usize,
+    },
     /// A v3 graph constraint (spec 1.7): 400 with `code`, and `details.issues = [{code, message, nodeId?, edgeId?}]`.
     Graph {
         code: &'static str,
@@ -90,7 +96,27 @@ impl DslError {
     pub fn code(&self) -> &str {
         match self {
             DslError::Invalid(_) => "INVALID_WORKFLOW_DSL",
+            DslError::TooLarge { .. } => "WORKFLOW_TOO_LARGE",
             DslError::Graph { code, .. } => code,
         }
     }
+}
+
+/// How large a document may be. Checked before anything else is parsed, so an oversized document costs
+/// one pass over its JSON.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub max_nodes: usize,
+    pub max_edges: usize,
+    /// Size of the document as compact JSON.
+    pub max_bytes: usize,
+}
+
+impl Limits {
+    /// No limits (documents already stored were accepted under the limits of their time).
+    pub const NONE: Limits = Limits {
+        max_nodes: usize::MAX,
+        max_edges: usize::MAX,
+        max_bytes: usize::MAX,
+    };
 }

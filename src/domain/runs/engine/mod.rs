@@ -16,12 +16,16 @@
 //! `node_started` is durable before it runs and its result is durable before the next node, so it never
 //! runs twice unseen. Pure nodes (stubs, conditions, joins) ride along with the next commit.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+mod graph;
+mod plans;
+mod progress;
+
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use diesel_async::scoped_futures::ScopedFutureExt;
 use diesel_async::AsyncPgConnection;
 use futures_util::future::{BoxFuture, FutureExt};
@@ -33,16 +37,18 @@ use tracing::Instrument;
 
 use super::config::WorkflowsConfig;
 use super::executors::{self, ExecCtx, ExecDeps, Outcome};
-use super::model::{
-    summarize, EventKind, Level, NewEvent, Run, RunOutput, RunStatus, Step, StepStatus, Summary,
-};
+use super::model::{summarize, EventKind, Level, NewEvent, Run, RunStatus, Step, StepStatus};
 use super::store::{self, RunWrite};
 use crate::domain::common::ids::{OrgId, RunId};
 use crate::domain::orgs::Orgs;
-use crate::domain::workflows::dsl::{self, EdgeKind, Graph, Node, NodeSpec, Plan};
+use crate::domain::workflows::dsl::{Graph, Node, NodeSpec, Plan};
 use crate::domain::workflows::model::WorkflowStatus;
 use crate::platform::db::{self, DbError, OpenTx, PgPool, TenantCtx};
 use crate::platform::queue::WorkQueue;
+pub use graph::GraphIndex;
+use plans::Executable;
+pub use plans::Plans;
+use progress::{event, json_len, End, EndKind, Ended, Progress, Start};
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -77,151 +83,14 @@ pub enum Delivery {
 
 pub struct Engine {
     pub config: Arc<WorkflowsConfig>,
+    /// Workflows parsed for execution (see [`plans`]).
+    pub plans: Plans,
     pub db: PgPool,
     /// Org settings (cached) for every run.
     pub orgs: Arc<Orgs>,
     pub deps: ExecDeps,
     pub queue: WorkQueue,
     pub worker_id: String,
-}
-
-/// A workflow's DSL as parsed for execution, or the code of why it no longer parses.
-type ParsedPlan = Arc<Result<Plan, String>>;
-
-fn parse_plan(doc: &Value) -> ParsedPlan {
-    Arc::new(
-        dsl::parse(doc)
-            .map(|d| d.plan)
-            .map_err(|e| e.code().to_string()),
-    )
-}
-
-/// The mutable picture of one run while it executes.
-struct Progress {
-    run: Run,
-    steps: Vec<Step>,
-    runtime: Option<Value>,
-    /// Events of pure nodes not yet committed; they go out with the next commit (see [`is_pure`]).
-    pending: Vec<NewEvent>,
-    /// The resume cursor to store with the next commit.
-    cursor: i32,
-    /// The claim's transaction, still open: pure nodes run under it and the first commit closes it, so a
-    /// run of pure nodes costs one commit from claim to finish.
-    open: Option<OpenTx>,
-    /// Part of a batch: stop before a node with effects (the batch commits, then the run goes on alone).
-    batched: bool,
-}
-
-impl Progress {
-    fn new(run: Run, open: Option<OpenTx>, batched: bool) -> Self {
-        let output = run.output.as_ref();
-        Self {
-            steps: Step::succeeded_in(output),
-            runtime: output.and_then(|o| o.get("runtime")).cloned(),
-            pending: Vec::new(),
-            cursor: run.cursor_node_index,
-            open,
-            batched,
-            run,
-        }
-    }
-
-    fn succeeded_count(&self) -> usize {
-        self.steps.iter().filter(|s| s.succeeded()).count()
-    }
-
-    fn step_of(&self, node_id: &str) -> Option<&Step> {
-        step_output(&self.steps, node_id)
-    }
-
-    fn output(&self, status: StepStatus, failed_node: Option<&str>) -> Value {
-        let out = RunOutput {
-            status,
-            steps: &self.steps,
-            output: Summary {
-                completed_node_count: self.succeeded_count(),
-                failed_node_id: failed_node,
-            },
-            runtime: self.runtime.as_ref(),
-        };
-        // Plain data (strings, numbers, JSON values): serialization cannot fail.
-        serde_json::to_value(out).unwrap_or(Value::Null)
-    }
-
-    /// The progress so far as a write (steps, cursor; the run stays `running` under its lease).
-    fn checkpoint(&self) -> RunWrite {
-        RunWrite::checkpoint(
-            self.run.id,
-            self.output(StepStatus::Succeeded, None),
-            self.cursor,
-        )
-    }
-}
-
-fn event(run: &Run, kind: EventKind, level: Level, node: Option<&Node>) -> NewEvent {
-    NewEvent {
-        organization_id: run.organization_id,
-        workflow_id: run.workflow_id,
-        run_id: run.id,
-        attempt_count: run.attempt_count,
-        event_type: kind,
-        node_id: node.map(|n| n.id.clone()),
-        node_type: node.map(Node::node_type),
-        level,
-        message: None,
-        payload: None,
-    }
-}
-
-/// How an attempt ends.
-#[derive(Debug, Clone, Copy)]
-enum EndKind {
-    Succeeded,
-    /// Another attempt at this time.
-    Retry(DateTime<Utc>),
-    Failed,
-}
-
-/// The end of an attempt, decided but not yet written.
-struct End {
-    kind: EndKind,
-    error: Option<String>,
-    output: Value,
-    events: Vec<NewEvent>,
-}
-
-impl End {
-    /// The row write and the events, plus what to log once they are committed.
-    fn split(self, run: RunId) -> (RunWrite, Vec<NewEvent>, EndKind, Option<String>) {
-        let now = Utc::now();
-        let write = match self.kind {
-            EndKind::Succeeded => RunWrite::ended(
-                run,
-                RunStatus::Succeeded,
-                self.output,
-                None,
-                None,
-                Some(now),
-            ),
-            EndKind::Retry(due) => RunWrite::ended(
-                run,
-                RunStatus::Queued,
-                self.output,
-                self.error.clone(),
-                Some(due),
-                None,
-            ),
-            EndKind::Failed => RunWrite::ended(
-                run,
-                RunStatus::Failed,
-                self.output,
-                self.error.clone(),
-                None,
-                Some(now),
-            ),
-        };
-        (write, self.events, self.kind, self.error)
-    }
 }
 
 /// Where a stretch of execution stopped.
@@ -245,8 +114,8 @@ enum Next {
 pub struct Batch {
     pub org: OrgId,
     pub settled: Vec<(RunId, Delivery)>,
-    /// Runs that stopped before a node with effects, with their workflow's plan.
-    yielded: Vec<(Progress, ParsedPlan)>,
+    /// Runs that stopped before a node with effects.
+    yielded: Vec<Progress>,
     /// Ids the batch statement did not start: they take the single path.
     leftovers: Vec<RunId>,
     settings: Value,
@@ -260,13 +129,14 @@ impl Batch {
 }
 
 enum Claimed {
-    /// The run, its DSL, whether this resumes a dead worker's attempt, and the claim's open transaction.
-    Run(Box<Run>, Value, bool, OpenTx),
+    /// Where the run starts (with the claim's open transaction) and whether this resumes a dead
+    /// worker's attempt.
+    Run(Box<Start>, bool),
     Done(Delivery),
 }
 
 enum Decided {
-    Take(Box<Run>, Value, bool),
+    Take(Box<Start>, bool),
     Done(Delivery),
 }
 
@@ -342,23 +212,31 @@ impl Engine {
                 .collect(),
             settings,
         };
-        // Runs of a batch mostly share a workflow: parse each DSL once.
-        let mut plans: HashMap<crate::domain::common::ids::WorkflowId, ParsedPlan> = HashMap::new();
         let never_lost = AtomicBool::new(false);
         let (mut writes, mut events, mut ended) = (Vec::new(), Vec::new(), Vec::new());
         for row in claimed {
-            let plan = plans
-                .entry(row.run.workflow_id)
-                .or_insert_with(|| parse_plan(&row.dsl))
-                .clone();
+            let plan = self.plans.get(row.run.workflow_id, row.version, &row.dsl);
             log_started(&row.run, false);
-            let mut p = Progress::new(row.run, None, true);
+            let mut p = Progress::new(Start {
+                run: row.run,
+                plan,
+                rows: Vec::new(),
+                // `run_started`, appended by the claim.
+                events: 1,
+                open: None,
+                batched: true,
+            });
             match self
-                .drive(&mut p, &plan, &batch.settings, stop, &never_lost)
+                .drive(&mut p, &batch.settings, stop, &never_lost)
                 .await?
             {
                 Halt::End(end) => {
-                    let (write, evs, kind, error) = end.split(p.run.id);
+                    let Ended {
+                        write,
+                        events: evs,
+                        kind,
+                        error,
+                    } = end.split(p.run.id);
                     writes.push(write);
                     events.extend(evs);
                     ended.push((p.run, kind, error));
@@ -366,7 +244,7 @@ impl Engine {
                 Halt::Yield => {
                     writes.push(p.checkpoint());
                     events.append(&mut p.pending);
-                    batch.yielded.push((p, plan));
+                    batch.yielded.push(p);
                 }
                 Halt::Settled(d) => batch.settled.push((p.run.id, d)),
             }
@@ -389,7 +267,7 @@ impl Engine {
             };
             batch.settled.push((run.id, delivery));
         }
-        batch.yielded.retain(|(p, _)| {
+        batch.yielded.retain(|p| {
             let kept = applied.contains(&p.run.id);
             if !kept {
                 batch.settled.push((p.run.id, Delivery::LeaseLost));
@@ -416,7 +294,7 @@ impl Engine {
         } = batch;
         let settings = Arc::new(settings);
         let runs = FuturesUnordered::new();
-        for (mut p, plan) in yielded {
+        for mut p in yielded {
             let settings = settings.clone();
             runs.push(
                 async move {
@@ -429,7 +307,7 @@ impl Engine {
                     }
                     let span = tracing::info_span!("run", run_id = %id, org_id = %org);
                     let done = self
-                        .run_alone(&mut p, &plan, &settings, stop)
+                        .run_alone(&mut p, &settings, stop)
                         .instrument(span)
                         .await;
                     (id, done)
@@ -473,14 +351,13 @@ impl Engine {
         stop: &watch::Receiver<bool>,
     ) -> Result<Delivery, EngineError> {
         let settings = self.settings(org).await?;
-        let (run, dsl_doc, resumed, open) = match self.claim(org, run_id).await? {
-            Claimed::Run(run, dsl, resumed, open) => (*run, dsl, resumed, open),
+        let (start, resumed) = match self.claim(org, run_id).await? {
+            Claimed::Run(start, resumed) => (*start, resumed),
             Claimed::Done(d) => return Ok(d),
         };
-        log_started(&run, resumed);
-        let plan = parse_plan(&dsl_doc);
-        let mut p = Progress::new(run, Some(open), false);
-        self.run_alone(&mut p, &plan, &settings, stop).await
+        log_started(&start.run, resumed);
+        let mut p = Progress::new(start);
+        self.run_alone(&mut p, &settings, stop).await
     }
 
     /// Runs `p` to the end of its attempt on its own: with a lease heartbeat, committing around nodes with
@@ -488,7 +365,6 @@ impl Engine {
     async fn run_alone(
         &self,
         p: &mut Progress,
-        plan: &Result<Plan, String>,
         settings: &Value,
         stop: &watch::Receiver<bool>,
     ) -> Result<Delivery, EngineError> {
@@ -499,7 +375,7 @@ impl Engine {
         let result = async {
             // Not batched, so the run never yields; the loop only makes that a non-issue for the types.
             loop {
-                match self.drive(p, plan, settings, stop, &lost).await? {
+                match self.drive(p, settings, stop, &lost).await? {
                     Halt::End(end) => return self.write_end(p, end).await,
                     Halt::Settled(d) => return Ok(d),
                     Halt::Yield => continue,
@@ -515,21 +391,41 @@ impl Engine {
     async fn drive(
         &self,
         p: &mut Progress,
-        plan: &Result<Plan, String>,
         settings: &Value,
         stop: &watch::Receiver<bool>,
         lost: &AtomicBool,
     ) -> Result<Halt, EngineError> {
-        match plan {
+        let plan = p.plan.clone();
+        match &*plan {
             Err(code) => Ok(Halt::End(self.fail(p, None, code.clone(), false))),
-            Ok(Plan::Sequence(nodes)) => self.run_sequence(p, nodes, settings, stop, lost).await,
-            Ok(Plan::Graph(graph)) => self.run_graph(p, graph, settings, stop, lost).await,
+            Ok(Executable {
+                plan: Plan::Sequence(nodes),
+                ..
+            }) => self.run_sequence(p, nodes, settings, stop, lost).await,
+            Ok(Executable {
+                plan: Plan::Graph(graph),
+                graph: Some(index),
+            }) => self.run_graph(p, graph, index, settings, stop, lost).await,
+            Ok(Executable {
+                plan: Plan::Graph(_),
+                graph: None,
+            }) => Ok(Halt::End(self.fail(
+                p,
+                None,
+                "INVALID_WORKFLOW_DSL".into(),
+                false,
+            ))),
         }
     }
 
     /// Writes the end of a run that runs alone (lease checked) and logs it.
     async fn write_end(&self, p: &mut Progress, end: End) -> Result<Delivery, EngineError> {
-        let (write, events, kind, error) = end.split(p.run.id);
+        let Ended {
+            write,
+            events,
+            kind,
+            error,
+        } = end.split(p.run.id);
         let applied = self.commit_write(p, write, events).await?;
         if !applied {
             return Ok(Delivery::LeaseLost);
@@ -624,7 +520,10 @@ impl Engine {
             }
         };
         match decided {
-            Decided::Take(run, dsl_doc, resumed) => Ok(Claimed::Run(run, dsl_doc, resumed, tx)),
+            Decided::Take(mut start, resumed) => {
+                start.open = Some(tx);
+                Ok(Claimed::Run(start, resumed))
+            }
             Decided::Done(Delivery::Failed) => {
                 tx.commit().await?;
                 Ok(Claimed::Done(Delivery::Failed))
@@ -659,7 +558,8 @@ impl Engine {
                     && run.lease_expires_at.is_none_or(|t| t <= now) => {}
             _ => return Ok(Decided::Done(Delivery::Skipped)),
         }
-        let Some((wf_status, dsl_doc)) = store::workflow_state(c, run.workflow_id).await? else {
+        let Some((wf_status, version, dsl_doc)) = store::workflow_state(c, run.workflow_id).await?
+        else {
             tracing::warn!(event = "workflow_run_orphaned", reasonCode = "WORKFLOW_NOT_FOUND", runId = %run_id, workflowId = %run.workflow_id, orgId = %org, "workflow not found");
             return Ok(Decided::Done(Delivery::Skipped));
         };
@@ -687,11 +587,35 @@ impl Engine {
                 json!({"runId": run_id, "workflowId": started.workflow_id, "orgId": org, "attemptCount": started.attempt_count}),
             );
             store::append_events(c, &[e]).await?;
-            Ok(Decided::Take(Box::new(started), dsl_doc, false))
+            let plan = self.plans.get(started.workflow_id, version, &dsl_doc);
+            Ok(Decided::Take(
+                Box::new(Start {
+                    run: started,
+                    plan,
+                    rows: Vec::new(),
+                    events: 1,
+                    open: None,
+                    batched: false,
+                }),
+                false,
+            ))
         } else {
-            // The previous worker died: same attempt, from the last checkpoint.
+            // The previous worker died: same attempt, from the last checkpoint and the step rows since.
             let taken = store::take_over(c, run_id, &worker, lease).await?;
-            Ok(Decided::Take(Box::new(taken), dsl_doc, true))
+            let rows = store::step_rows(c, run_id).await?;
+            let events = store::attempt_events(c, run_id, taken.attempt_count).await?;
+            let plan = self.plans.get(taken.workflow_id, version, &dsl_doc);
+            Ok(Decided::Take(
+                Box::new(Start {
+                    run: taken,
+                    plan,
+                    rows,
+                    events: usize::try_from(events).unwrap_or(usize::MAX),
+                    open: None,
+                    batched: false,
+                }),
+                true,
+            ))
         }
     }
 
@@ -730,7 +654,7 @@ impl Engine {
 
     /// Runs a node through its executor (or inline for v3 condition/join via `inline`).
     async fn exec(&self, p: &Progress, node: &Node, settings: &Value) -> Outcome {
-        let input = p.run.input.clone().unwrap_or(Value::Null);
+        let input = p.run.input.as_ref().unwrap_or(&Value::Null);
         let ctx = ExecCtx {
             org_id: p.run.organization_id,
             workflow_id: p.run.workflow_id,
@@ -738,8 +662,8 @@ impl Engine {
             attempt: p.run.attempt_count,
             requested_by: p.run.requested_by_user_id,
             node,
-            run_input: &input,
-            steps: &p.steps,
+            run_input: input,
+            steps: p.steps.as_slice(),
             settings,
         };
         executors::execute(&self.deps, &ctx).await
@@ -775,24 +699,14 @@ impl Engine {
     /// pending) is committed, so that a re-execution after a crash is visible in the events; a batched run
     /// stops here instead and goes on alone after the batch's commit.
     async fn node_started(&self, p: &mut Progress, node: &Node) -> Result<Next, EngineError> {
-        if is_pure(node) {
-            p.pending.push(event(
-                &p.run,
-                EventKind::NodeStarted,
-                Level::Info,
-                Some(node),
-            ));
-            return Ok(Next::Run);
-        }
-        if p.batched {
+        if !is_pure(node) && p.batched {
             return Ok(Next::Yield);
         }
-        p.pending.push(event(
-            &p.run,
-            EventKind::NodeStarted,
-            Level::Info,
-            Some(node),
-        ));
+        let e = p.event(EventKind::NodeStarted, Level::Info, Some(node));
+        p.push_event(e);
+        if is_pure(node) {
+            return Ok(Next::Run);
+        }
         Ok(if self.flush(p).await? {
             Next::Run
         } else {
@@ -810,9 +724,9 @@ impl Engine {
         cursor: i32,
     ) -> Result<bool, EngineError> {
         let max = self.config.event_payload_max_chars;
-        let mut e = event(&p.run, EventKind::NodeSucceeded, Level::Info, Some(node));
+        let mut e = p.event(EventKind::NodeSucceeded, Level::Info, Some(node));
         e.payload = summarize(&output, max);
-        p.pending.push(e);
+        p.push_event(e);
         p.steps.push(Step {
             node_id: node.id.clone(),
             node_type: node.node_type(),
@@ -827,6 +741,22 @@ impl Engine {
         self.flush(p).await
     }
 
+    /// The outcome of a node, unless the run's caps refuse it: an output that would take the run's
+    /// outputs past `run_output_max_bytes`, or an attempt past `run_max_events` events.
+    fn within_caps(&self, p: &Progress, outcome: Outcome) -> Outcome {
+        if p.events > self.config.run_max_events {
+            return Outcome::fail("RUN_EVENT_LIMIT_EXCEEDED", false);
+        }
+        match outcome {
+            Outcome::Succeeded(out)
+                if p.steps.output_bytes() + json_len(&out) > self.config.run_output_max_bytes =>
+            {
+                Outcome::fail("RUN_OUTPUT_LIMIT_EXCEEDED", false)
+            }
+            other => other,
+        }
+    }
+
     async fn run_sequence(
         &self,
         p: &mut Progress,
@@ -836,7 +766,7 @@ impl Engine {
         lost: &AtomicBool,
     ) -> Result<Halt, EngineError> {
         for (index, node) in nodes.iter().enumerate() {
-            if p.step_of(&node.id).is_some() {
+            if p.steps.get(&node.id).is_some() {
                 continue; // succeeded in an earlier attempt or before a crash: never again
             }
             if let Some(d) = self.interrupted(p, stop, lost).await? {
@@ -847,9 +777,11 @@ impl Engine {
                 Next::Yield => return Ok(Halt::Yield),
                 Next::LeaseLost => return Ok(Halt::Settled(Delivery::LeaseLost)),
             }
-            match self.exec(p, node, settings).await {
+            let outcome = self.exec(p, node, settings).await;
+            match self.within_caps(p, outcome) {
                 Outcome::Succeeded(out) => {
-                    if !self.node_succeeded(p, node, out, index as i32 + 1).await? {
+                    let cursor = i32::try_from(index + 1).unwrap_or(i32::MAX);
+                    if !self.node_succeeded(p, node, out, cursor).await? {
                         return Ok(Halt::Settled(Delivery::LeaseLost));
                     }
                 }
@@ -871,42 +803,49 @@ impl Engine {
         &self,
         p: &mut Progress,
         graph: &Graph,
+        index: &GraphIndex,
         settings: &Value,
         stop: &watch::Receiver<bool>,
         lost: &AtomicBool,
     ) -> Result<Halt, EngineError> {
-        let input = p.run.input.clone().unwrap_or(Value::Null);
-        loop {
-            let ready = ready_nodes(graph, &p.steps);
-            p.runtime = Some(graph_runtime(p.runtime.take(), graph, &p.steps, &ready));
-            let Some(key) = ready.first() else { break };
-            let Some(node) = graph.nodes.get(key) else {
-                break;
+        while let Some(key) = p.graph.as_mut().and_then(|g| g.next()) {
+            let Some(node) = graph.nodes.get(&key) else {
+                continue;
             };
             if let Some(d) = self.interrupted(p, stop, lost).await? {
                 return Ok(Halt::Settled(d));
             }
             match self.node_started(p, node).await? {
                 Next::Run => {}
-                Next::Yield => return Ok(Halt::Yield),
+                Next::Yield => {
+                    // Not run yet: it is the first to run when the run goes on alone.
+                    if let Some(g) = p.graph.as_mut() {
+                        g.put_back(key);
+                    }
+                    return Ok(Halt::Yield);
+                }
                 Next::LeaseLost => return Ok(Halt::Settled(Delivery::LeaseLost)),
             }
             let outcome = match &node.spec {
                 NodeSpec::Condition(cfg) => {
-                    match executors::condition::evaluate(cfg.as_ref(), &input) {
+                    let input = p.run.input.as_ref().unwrap_or(&Value::Null);
+                    match executors::condition::evaluate(cfg.as_ref(), input) {
                         Ok(out) => Outcome::Succeeded(out),
                         Err(code) => Outcome::fail(code, false),
                     }
                 }
                 NodeSpec::ParallelJoin(_) => {
-                    Outcome::Succeeded(join_output(graph, &node.id, &p.steps))
+                    Outcome::Succeeded(graph::join_output(graph, index, &node.id, &p.steps))
                 }
                 _ => self.exec(p, node, settings).await,
             };
-            match outcome {
+            match self.within_caps(p, outcome) {
                 Outcome::Succeeded(out) => {
                     if !self.node_succeeded(p, node, out, 0).await? {
                         return Ok(Halt::Settled(Delivery::LeaseLost));
+                    }
+                    if let Some(g) = p.graph.as_mut() {
+                        g.succeeded(graph, index, &p.steps, &key);
                     }
                 }
                 Outcome::Failed {
@@ -925,24 +864,21 @@ impl Engine {
         let mut skipped = serde_json::Map::new();
         let mut events = Vec::new();
         for (key, node) in &graph.nodes {
-            if p.step_of(key).is_some() {
+            if p.steps.get(key).is_some() {
                 continue;
             }
-            let info = skip_reason(graph, key, &p.steps);
+            let info = graph::skip_reason(graph, index, key, &p.steps);
             if events.len() < 500 {
-                let mut e = event(&p.run, EventKind::NodeSkipped, Level::Info, Some(node));
+                let mut e = p.event(EventKind::NodeSkipped, Level::Info, Some(node));
                 e.payload = summarize(&info, max);
                 events.push(e);
             }
             skipped.insert(key.clone(), info);
         }
-        if let Some(Value::Object(rt)) = p.runtime.as_mut() {
-            if let Some(Value::Object(g)) = rt.get_mut("graphV3") {
-                g.insert("skipped".into(), Value::Object(skipped));
-            }
+        for e in events {
+            p.push_event(e);
         }
-        p.pending.extend(events);
-        Ok(Halt::End(self.succeed(p)))
+        Ok(Halt::End(self.succeed_graph(p, skipped)))
     }
 
     /// Between nodes: stop when the lease is gone or the process is shutting down (handing the run back).
@@ -975,8 +911,8 @@ impl Engine {
     }
 
     fn succeed(&self, p: &mut Progress) -> End {
-        let mut e = event(&p.run, EventKind::RunSucceeded, Level::Info, None);
-        e.payload = Some(json!({"completedNodeCount": p.succeeded_count()}));
+        let mut e = p.event(EventKind::RunSucceeded, Level::Info, None);
+        e.payload = Some(json!({"completedNodeCount": p.steps.succeeded_count()}));
         let mut events = std::mem::take(&mut p.pending);
         events.push(e);
         End {
@@ -985,6 +921,17 @@ impl Engine {
             output: p.output(StepStatus::Succeeded, None),
             events,
         }
+    }
+
+    /// A v3 success: the final snapshot says why each node without a step was skipped.
+    fn succeed_graph(&self, p: &mut Progress, skipped: serde_json::Map<String, Value>) -> End {
+        let mut end = self.succeed(p);
+        if let Some(Value::Object(rt)) = end.output.get_mut("runtime") {
+            if let Some(Value::Object(g)) = rt.get_mut("graphV3") {
+                g.insert("skipped".into(), Value::Object(skipped));
+            }
+        }
+        end
     }
 
     fn node_failed(
@@ -1003,7 +950,7 @@ impl Engine {
             output: output.clone(),
             error: Some(error.clone()),
         });
-        let mut e = event(&p.run, EventKind::NodeFailed, Level::Error, Some(node));
+        let mut e = p.event(EventKind::NodeFailed, Level::Error, Some(node));
         e.message = Some(error.clone());
         e.payload = output.as_ref().and_then(|o| summarize(o, max));
         let mut events = std::mem::take(&mut p.pending);
@@ -1087,141 +1034,4 @@ pub fn backoff(base_ms: u64, attempt: i32) -> chrono::Duration {
     let ms = base_ms.saturating_mul(1u64 << exp) as f64;
     let jitter = rand::thread_rng().gen_range(0.8..1.2);
     chrono::Duration::milliseconds((ms * jitter) as i64)
-}
-
-fn step_output<'a>(steps: &'a [Step], id: &str) -> Option<&'a Step> {
-    steps.iter().find(|s| s.node_id == id)
-}
-
-/// A field of a step's output (`Null` when absent).
-fn output_field<'a>(step: &'a Step, key: &str) -> &'a Value {
-    step.output
-        .as_ref()
-        .and_then(|o| o.get(key))
-        .unwrap_or(&Value::Null)
-}
-
-/// Why an edge is (not) satisfied: `OK`, `UPSTREAM_NOT_SUCCEEDED`, `CONDITION_RESULT_MISSING`, `CONDITION_NOT_MET`.
-fn edge_reason(steps: &[Step], from: &str, kind: EdgeKind) -> &'static str {
-    let Some(step) = step_output(steps, from).filter(|s| s.succeeded()) else {
-        return "UPSTREAM_NOT_SUCCEEDED";
-    };
-    let want = match kind {
-        EdgeKind::Always => return "OK",
-        EdgeKind::CondTrue => true,
-        EdgeKind::CondFalse => false,
-    };
-    match output_field(step, "result").as_bool() {
-        None => "CONDITION_RESULT_MISSING",
-        Some(r) if r == want => "OK",
-        Some(_) => "CONDITION_NOT_MET",
-    }
-}
-
-fn kind_name(kind: EdgeKind) -> &'static str {
-    match kind {
-        EdgeKind::Always => "always",
-        EdgeKind::CondTrue => "cond_true",
-        EdgeKind::CondFalse => "cond_false",
-    }
-}
-
-/// Ready = no step yet and every incoming edge satisfied; in key order (deterministic).
-fn ready_nodes(graph: &Graph, steps: &[Step]) -> Vec<String> {
-    let done: HashSet<&str> = steps.iter().map(|s| s.node_id.as_str()).collect();
-    graph
-        .nodes
-        .keys()
-        .filter(|k| !done.contains(k.as_str()))
-        .filter(|k| {
-            graph
-                .edges
-                .iter()
-                .filter(|e| &e.to == *k)
-                .all(|e| edge_reason(steps, &e.from, e.kind) == "OK")
-        })
-        .cloned()
-        .collect()
-}
-
-fn join_output(graph: &Graph, id: &str, steps: &[Step]) -> Value {
-    let incoming: Vec<&str> = graph
-        .edges
-        .iter()
-        .filter(|e| e.to == id)
-        .map(|e| e.from.as_str())
-        .collect();
-    let satisfied = graph
-        .edges
-        .iter()
-        .filter(|e| e.to == id && edge_reason(steps, &e.from, e.kind) == "OK")
-        .count();
-    json!({"joined": true, "requiredIncoming": incoming.len(), "satisfiedIncoming": satisfied, "incomingFrom": incoming})
-}
-
-fn skip_reason(graph: &Graph, id: &str, steps: &[Step]) -> Value {
-    let incoming: Vec<_> = graph.edges.iter().filter(|e| e.to == id).collect();
-    let reached = incoming
-        .iter()
-        .any(|e| step_output(steps, &e.from).is_some());
-    let blockers: Vec<Value> = incoming
-        .iter()
-        .filter_map(|e| {
-            let reason = edge_reason(steps, &e.from, e.kind);
-            (reason != "OK")
-                .then(|| json!({"from": e.from, "kind": kind_name(e.kind), "reasonCode": reason}))
-        })
-        .collect();
-    json!({
-        "reasonCode": if reached { "DEPENDENCIES_NOT_SATISFIED" } else { "NOT_REACHED" },
-        "blockers": blockers,
-    })
-}
-
-/// `runtime.graphV3`: what completed, what is ready, condition results and join states.
-fn graph_runtime(
-    previous: Option<Value>,
-    graph: &Graph,
-    steps: &[Step],
-    ready: &[String],
-) -> Value {
-    let mut conditions = BTreeMap::new();
-    let mut joins = BTreeMap::new();
-    for (key, node) in &graph.nodes {
-        match node.spec {
-            NodeSpec::Condition(_) => {
-                if let Some(s) = step_output(steps, key) {
-                    let explain = output_field(s, "explain");
-                    let field = |k: &str| explain.get(k).cloned().unwrap_or(Value::Null);
-                    conditions.insert(key.clone(), json!({
-                        "result": output_field(s, "result"), "path": field("path"), "op": field("op"), "expected": field("expected"),
-                    }));
-                }
-            }
-            NodeSpec::ParallelJoin(_) => {
-                let incoming: Vec<Value> = graph
-                    .edges
-                    .iter()
-                    .filter(|e| &e.to == key)
-                    .map(|e| {
-                        let reason = edge_reason(steps, &e.from, e.kind);
-                        json!({"from": e.from, "kind": kind_name(e.kind), "satisfied": reason == "OK", "reasonCode": reason})
-                    })
-                    .collect();
-                let satisfied = incoming.iter().filter(|i| i["satisfied"] == true).count();
-                joins.insert(key.clone(), json!({"requiredIncoming": incoming.len(), "satisfiedIncoming": satisfied, "incoming": incoming}));
-            }
-            _ => {}
-        }
-    }
-    let completed: Vec<&str> = steps.iter().map(|s| s.node_id.as_str()).collect();
-    let mut rt = match previous {
-        Some(Value::Object(m)) => m,
-        _ => serde_json::Map::new(),
-    };
-    rt.insert(
-        "graphV3".into(),
-        json!({"completedNodeIds": completed, "readyNodeIds": ready, "conditions": conditions, "joins": joins}),
-    );
-    Value::Object(rt)
 }
