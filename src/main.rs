@@ -74,6 +74,9 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // Work on the blocking pool (a large document being parsed, a password hash) must not keep the
+    // process alive past the grace period once the roles have stopped.
+    let grace = std::time::Duration::from_secs(config.server.shutdown_grace_secs + 5);
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Serve { role, no_migrate } => roles::serve(config, role, !no_migrate)
@@ -102,6 +105,7 @@ fn main() -> ExitCode {
                 .map_err(|e| e.to_string()),
         }
     });
+    runtime.shutdown_timeout(grace);
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

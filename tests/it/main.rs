@@ -12,6 +12,7 @@ mod basics;
 mod executors;
 mod fake_github;
 mod fake_oauth;
+mod hostile;
 mod oauth;
 mod orgs;
 mod process;

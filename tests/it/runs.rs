@@ -19,13 +19,13 @@ const BIN: &str = env!("CARGO_BIN_EXE_vespid");
 /// A local HTTP target: `/ok/{name}` counts hits, `/flaky/{name}` fails (500) the first `n` hits,
 /// `/slow/{name}` answers after 3 s.
 #[derive(Clone, Default)]
-struct Target {
+pub(crate) struct Target {
     hits: Arc<dashmap::DashMap<String, usize>>,
     fail_first: Arc<AtomicUsize>,
 }
 
 impl Target {
-    fn hits(&self, name: &str) -> usize {
+    pub(crate) fn hits(&self, name: &str) -> usize {
         self.hits.get(name).map(|v| *v).unwrap_or(0)
     }
 
@@ -43,7 +43,7 @@ impl Target {
     }
 }
 
-async fn start_target(fail_first: usize) -> (String, Target) {
+pub(crate) async fn start_target(fail_first: usize) -> (String, Target) {
     let target = Target::default();
     target.fail_first.store(fail_first, Ordering::SeqCst);
     let t = target.clone();
@@ -89,7 +89,7 @@ async fn start_target(fail_first: usize) -> (String, Target) {
     (addr, target)
 }
 
-fn opts() -> Options {
+pub(crate) fn opts() -> Options {
     Options::default()
         .env("HTTP_NODE_ALLOW_HOSTS", "127.0.0.1")
         .env("WORKFLOW_RETRY_BACKOFF_MS", "1000")
@@ -99,13 +99,13 @@ fn opts() -> Options {
 }
 
 /// Starts an in-process worker for this app; stopped when the returned sender is dropped or set.
-fn start_worker(app: &TestApp) -> watch::Sender<bool> {
+pub(crate) fn start_worker(app: &TestApp) -> watch::Sender<bool> {
     let (tx, rx) = watch::channel(false);
     vespid::domain::runs::worker::spawn(app.state.worker_parts(), rx).expect("worker");
     tx
 }
 
-async fn published(app: &TestApp, owner: &User, org: Uuid, dsl: Value) -> Uuid {
+pub(crate) async fn published(app: &TestApp, owner: &User, org: Uuid, dsl: Value) -> Uuid {
     let r = app
         .post(&format!("/v1/orgs/{org}/workflows"))
         .by(owner)
@@ -128,7 +128,13 @@ async fn published(app: &TestApp, owner: &User, org: Uuid, dsl: Value) -> Uuid {
     id
 }
 
-async fn start_run(app: &TestApp, user: &User, org: Uuid, wf: Uuid, input: Value) -> Uuid {
+pub(crate) async fn start_run(
+    app: &TestApp,
+    user: &User,
+    org: Uuid,
+    wf: Uuid,
+    input: Value,
+) -> Uuid {
     let r = app
         .post(&format!("/v1/orgs/{org}/workflows/{wf}/runs"))
         .by(user)
@@ -156,7 +162,7 @@ async fn run_json(app: &TestApp, user: &User, org: Uuid, wf: Uuid, run: Uuid) ->
     r.body["run"].clone()
 }
 
-async fn wait_terminal(
+pub(crate) async fn wait_terminal(
     app: &TestApp,
     user: &User,
     org: Uuid,
@@ -175,7 +181,13 @@ async fn wait_terminal(
     }
 }
 
-async fn events(app: &TestApp, user: &User, org: Uuid, wf: Uuid, run: Uuid) -> Vec<Value> {
+pub(crate) async fn events(
+    app: &TestApp,
+    user: &User,
+    org: Uuid,
+    wf: Uuid,
+    run: Uuid,
+) -> Vec<Value> {
     let mut all = Vec::new();
     let mut cursor: Option<String> = None;
     loop {
@@ -620,14 +632,28 @@ async fn a_stranded_queued_run_is_picked_up_by_the_sweeper() {
     )
     .await;
     let run = start_run(&app, &owner, org, wf, Value::Null).await;
-    // Simulate a crash between insert and enqueue: the queue entry is gone.
+    // Simulate a crash between insert and enqueue: the queue entry is gone. The queue must have held the
+    // run under these keys, and must not after: if the key names drift, this fails instead of passing
+    // without testing anything.
+    let queue = vespid::platform::queue::WorkQueue::new(&app.state.redis, "workflow-runs");
+    assert!(
+        queue.contains(org, run).await.expect("queue"),
+        "the run was enqueued"
+    );
     let q = format!("test:{}:workflow-runs:", app.db);
     let redis = app.state.redis.client.clone();
+    let mut deleted = 0;
     for key in ["pending", "orgs", &format!("org:{org}"), "signal"] {
-        let _: i64 = fred::interfaces::KeysInterface::del(&redis, format!("{q}{key}"))
+        let n: i64 = fred::interfaces::KeysInterface::del(&redis, format!("{q}{key}"))
             .await
-            .unwrap_or(0);
+            .expect("del");
+        deleted += n;
     }
+    assert!(deleted >= 2, "queue keys deleted: {deleted}");
+    assert!(
+        !queue.contains(org, run).await.expect("queue"),
+        "the queue entry is gone"
+    );
     let _worker = start_worker(&app);
     let done = wait_terminal(&app, &owner, org, wf, run, Duration::from_secs(15)).await;
     assert_eq!(done["status"], "succeeded");

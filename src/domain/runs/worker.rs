@@ -121,7 +121,13 @@ pub fn spawn(parts: WorkerParts, stop: watch::Receiver<bool>) -> reqwest::Result
                 Ok(None) => {
                     drop((held, claimer));
                     if blocking.is_none() {
-                        blocking = engine.queue.blocking_client().await.ok();
+                        blocking = match engine.queue.blocking_client().await {
+                            Ok(c) => Some(c),
+                            Err(e) => {
+                                tracing::warn!(error = %e, "no blocking Redis client; polling for work every 200 ms");
+                                None
+                            }
+                        };
                     }
                     match &blocking {
                         Some(client) => {
