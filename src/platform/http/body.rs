@@ -329,3 +329,47 @@ impl<'a> Form<'a> {
         Ok(self.invalid.finish(message)?)
     }
 }
+
+/// Fuzzing the body parser: any bytes under any content type get an answer (a value or an error), and
+/// NUL anywhere in a JSON body is found.
+#[cfg(test)]
+mod fuzz {
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    use super::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+        #[test]
+        fn any_bytes_are_answered(
+            body in proptest::collection::vec(any::<u8>(), 0..256),
+            ct in proptest::option::of(prop_oneof![Just("application/json"), Just("text/plain"), Just("application/x+json; charset=utf-8"), Just("")]),
+        ) {
+            let _ = parse_json_body(ct, &body);
+        }
+
+        #[test]
+        fn json_shaped_text_is_answered(text in r#"[\[\]{}",:0-9a-z\\u ]{0,200}"#) {
+            let _ = parse_json_body(Some("application/json"), text.as_bytes());
+        }
+
+        #[test]
+        fn nul_is_found_wherever_it_is(depth in 0usize..40, in_key in any::<bool>()) {
+            let mut v = if in_key { json!({"a\u{0}": 1}) } else { json!("x\u{0}") };
+            for i in 0..depth {
+                v = if i % 2 == 0 { json!([1, v]) } else { json!({"k": v}) };
+            }
+            let text = serde_json::to_vec(&v).unwrap();
+            let e = parse_json_body(Some("application/json"), &text).err();
+            prop_assert_eq!(e.map(|e| e.status.as_u16()), Some(400));
+        }
+    }
+
+    #[test]
+    fn deep_nesting_is_an_error_not_a_crash() {
+        let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+        assert!(parse_json_body(Some("application/json"), deep.as_bytes()).is_err());
+    }
+}

@@ -304,3 +304,127 @@ fn topological_order<'g>(graph: &'g Graph, adjacency: &Adjacency<'g>) -> Vec<&'g
     }
     order
 }
+
+/// Fuzzing the validator: random DAGs of joins, conditions, remote and local nodes. The linear
+/// parallel-region check must report exactly what the original's walk reports (kept here as the
+/// reference), and no document may take long.
+#[cfg(test)]
+mod fuzz {
+    use std::collections::BTreeMap;
+    use std::time::{Duration, Instant};
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::domain::workflows::dsl::spec::{AgentExecute, Join};
+
+    /// The original's walk: for every join, every ancestor with a fan-out, every fan-out edge, the first
+    /// remote node of that branch that can reach the join.
+    fn reference(graph: &Graph, adjacency: &Adjacency<'_>) -> Result<(), DslError> {
+        let joins = graph
+            .nodes
+            .iter()
+            .filter(|(_, node)| node.node_type() == NodeType::ParallelJoin);
+        for (join, _) in joins {
+            let can_reach_join = ancestors(adjacency, join);
+            for &root in &can_reach_join.order {
+                let fan_out: Vec<_> = adjacency
+                    .outgoing(root)
+                    .iter()
+                    .filter(|e| e.kind == EdgeKind::Always)
+                    .collect();
+                if fan_out.len() < 2 {
+                    continue;
+                }
+                for edge in fan_out {
+                    let branch = reachable_from(adjacency, &edge.to);
+                    let region = branch
+                        .order
+                        .iter()
+                        .filter(|&&key| key != join && can_reach_join.contains(key));
+                    for &key in region {
+                        if graph.nodes.get(key).is_some_and(is_remote_in_region) {
+                            let message = format!(
+                                "Remote execution is not supported inside parallel regions in v3 MVP (node {key})"
+                            );
+                            return Err(node_failure(
+                                "PARALLEL_REMOTE_NOT_SUPPORTED",
+                                message,
+                                key,
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn node(id: &str, kind: u8) -> Node {
+        let spec = match kind % 3 {
+            0 => NodeSpec::ParallelJoin(Join {
+                mode: "all".into(),
+                fail_fast: true,
+            }),
+            1 => NodeSpec::AgentExecute(None::<AgentExecute>),
+            _ => NodeSpec::HttpRequest(None),
+        };
+        Node {
+            id: id.into(),
+            spec,
+        }
+    }
+
+    /// A DAG: edges only go from a lower to a higher node number.
+    fn dag(max_nodes: usize) -> impl Strategy<Value = Graph> {
+        (2..max_nodes)
+            .prop_flat_map(|n| {
+                (
+                    proptest::collection::vec(any::<u8>(), n),
+                    proptest::collection::vec((0..n, 0..n, any::<bool>()), 0..n * 3),
+                )
+            })
+            .prop_map(|(kinds, pairs)| {
+                let mut nodes = BTreeMap::new();
+                for (i, k) in kinds.iter().enumerate() {
+                    let id = format!("n{i:04}");
+                    nodes.insert(id.clone(), node(&id, *k));
+                }
+                let mut edges = Vec::new();
+                for (a, b, cond) in pairs {
+                    if a >= b {
+                        continue;
+                    }
+                    let kind = if cond && edges.len() % 2 == 0 {
+                        EdgeKind::CondTrue
+                    } else {
+                        EdgeKind::Always
+                    };
+                    edges.push(Edge {
+                        id: format!("e{}", edges.len()),
+                        from: format!("n{a:04}"),
+                        to: format!("n{b:04}"),
+                        kind,
+                    });
+                }
+                Graph { nodes, edges }
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 400, ..ProptestConfig::default() })]
+
+        #[test]
+        fn parallel_regions_report_what_the_original_reports(graph in dag(40)) {
+            let adjacency = edges(&graph).expect("valid edges");
+            prop_assert_eq!(parallel_regions(&graph, &adjacency), reference(&graph, &adjacency));
+        }
+
+        #[test]
+        fn large_graphs_validate_quickly(graph in dag(3000)) {
+            let started = Instant::now();
+            let _ = validate(&graph);
+            prop_assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+        }
+    }
+}

@@ -1182,3 +1182,88 @@ fn graph_error_codes_are_exposed() {
     };
     assert_eq!(err.code(), "GRAPH_CYCLE_DETECTED");
 }
+
+/// Fuzzing the parser: arbitrary JSON, alone or in the places a document has, never panics and always
+/// answers (a valid document or its errors).
+mod fuzz {
+    use proptest::prelude::*;
+    use serde_json::{json, Value};
+
+    use super::super::{parse, parse_node, parse_within, Limits};
+
+    fn json_value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(|n| json!(n)),
+            any::<f64>().prop_map(|f| json!(f)),
+            "[a-z.$ ]{0,12}".prop_map(Value::String),
+            prop_oneof![
+                Just("v2"),
+                Just("v3"),
+                Just("http.request"),
+                Just("condition"),
+                Just("parallel.join"),
+                Just("agent.execute"),
+                Just("agent.run"),
+                Just("connector.action"),
+                Just("executor"),
+                Just("cond_true"),
+                Just("GET"),
+                Just("trigger.manual"),
+                Just("eq"),
+            ]
+            .prop_map(|s| Value::String(s.into())),
+        ];
+        leaf.prop_recursive(4, 64, 8, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                proptest::collection::btree_map(
+                    prop_oneof![
+                        Just("version".to_string()),
+                        Just("trigger".to_string()),
+                        Just("nodes".to_string()),
+                        Just("graph".to_string()),
+                        Just("edges".to_string()),
+                        Just("id".to_string()),
+                        Just("type".to_string()),
+                        Just("config".to_string()),
+                        Just("from".to_string()),
+                        Just("to".to_string()),
+                        Just("kind".to_string()),
+                        Just("execution".to_string()),
+                        Just("mode".to_string()),
+                        "[a-z]{1,6}",
+                    ],
+                    inner,
+                    0..6,
+                )
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+        #[test]
+        fn any_json_is_answered(doc in json_value()) {
+            let _ = parse(&doc);
+            let _ = parse_node(&doc);
+            let _ = parse_within(&doc, &Limits { max_nodes: 50, max_edges: 50, max_bytes: 10_000 });
+        }
+
+        #[test]
+        fn any_nodes_in_a_document_are_answered(nodes in proptest::collection::vec(json_value(), 0..8), edges in proptest::collection::vec(json_value(), 0..8)) {
+            let v2 = json!({"version": "v2", "trigger": {"type": "trigger.manual"}, "nodes": nodes});
+            let _ = parse(&v2);
+            let keyed: serde_json::Map<String, Value> = nodes
+                .iter()
+                .enumerate()
+                .map(|(i, n)| (format!("n{i}"), n.clone()))
+                .collect();
+            let v3 = json!({"version": "v3", "trigger": {"type": "trigger.manual"}, "graph": {"nodes": keyed, "edges": edges}});
+            let _ = parse(&v3);
+        }
+    }
+}
