@@ -2,7 +2,9 @@
 //! deadline for the whole exchange, a response size cap, redirects followed by hand (each hop re-checked)
 //! and `{{secret:<name>}}` references in header values that never reach the node output.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::{LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
 use reqwest::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -234,8 +236,18 @@ async fn send(mut req: Request, limits: &Limits<'_>) -> Result<Fetched, Outcome>
 }
 
 /// A client that can only connect to the checked addresses: the host name is pinned to them, proxies
-/// (which would resolve the name again) are off, and redirects are left to [`send`].
+/// (which would resolve the name again) are off, and redirects are left to [`send`]. Clients are kept per
+/// (host, addresses): building one (TLS roots and all) costs more than many requests, and a kept client
+/// reuses its connections. A changed DNS answer is a different key, so the pin always holds.
 fn client_for(pinned: &Pinned) -> reqwest::Result<reqwest::Client> {
+    static CLIENTS: LazyLock<Mutex<HashMap<(Option<String>, Vec<SocketAddr>), reqwest::Client>>> =
+        LazyLock::new(Mutex::default);
+    const KEEP: usize = 64;
+    let key = (pinned.domain.clone(), pinned.addrs.clone());
+    let mut clients = CLIENTS.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(c) = clients.get(&key) {
+        return Ok(c.clone());
+    }
     let mut builder = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .no_proxy()
@@ -243,7 +255,12 @@ fn client_for(pinned: &Pinned) -> reqwest::Result<reqwest::Client> {
     if let Some(domain) = &pinned.domain {
         builder = builder.resolve_to_addrs(domain, &pinned.addrs);
     }
-    builder.build()
+    let client = builder.build()?;
+    if clients.len() >= KEEP {
+        clients.clear();
+    }
+    clients.insert(key, client.clone());
+    Ok(client)
 }
 
 fn header_map(headers: &[Header]) -> HeaderMap {
