@@ -240,8 +240,8 @@ async fn send(mut req: Request, limits: &Limits<'_>) -> Result<Fetched, Outcome>
 /// (host, addresses): building one (TLS roots and all) costs more than many requests, and a kept client
 /// reuses its connections. A changed DNS answer is a different key, so the pin always holds.
 fn client_for(pinned: &Pinned) -> reqwest::Result<reqwest::Client> {
-    static CLIENTS: LazyLock<Mutex<HashMap<(Option<String>, Vec<SocketAddr>), reqwest::Client>>> =
-        LazyLock::new(Mutex::default);
+    type Key = (Option<String>, Vec<SocketAddr>);
+    static CLIENTS: LazyLock<Mutex<HashMap<Key, reqwest::Client>>> = LazyLock::new(Mutex::default);
     const KEEP: usize = 64;
     let key = (pinned.domain.clone(), pinned.addrs.clone());
     let mut clients = CLIENTS.lock().unwrap_or_else(|e| e.into_inner());
