@@ -288,10 +288,16 @@ impl WorkQueue {
     /// Blocks up to `timeout` for a wake-up, on `blocking` (a connection of its own: BLPOP would stall
     /// every other command multiplexed on a shared one).
     pub async fn wait(&self, blocking: &Client, timeout: Duration) -> Result<(), RedisError> {
-        let _: Option<(String, String)> = blocking
+        let waited: Result<Option<(String, String)>, _> = blocking
             .blpop(format!("{}signal", self.prefix), timeout.as_secs_f64())
-            .await?;
-        Ok(())
+            .await;
+        match waited {
+            Ok(_) => Ok(()),
+            // Nothing arrived within `timeout`: the client reports the blocking command's own timeout as
+            // an error, but it is the normal idle case.
+            Err(e) if *e.kind() == fred::error::ErrorKind::Timeout => Ok(()),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// A dedicated connection for [`WorkQueue::wait`].
