@@ -1,13 +1,20 @@
 #!/usr/bin/env bash
-# API benchmark: throughput and latency with wrk against `vespid serve --role=all` on loopback, plus idle RSS.
+# API benchmark: throughput and latency with wrk against `vespid serve --role=all` on loopback, plus memory:
+# RSS idle, after a burst of concurrent signups and after a batch of runs.
 #
-#   bench/api.sh                 # defaults: 64 connections, 1 wrk thread, 15 s per endpoint
+#   bench/api.sh                 # defaults: 64 connections, 1 wrk thread, 15 s per endpoint; 50 signups, 10k runs
 #   CONNS=64 DURATION=30s bench/api.sh
+#   PHASES=mem bench/api.sh      # only the memory phase (PHASES="wrk mem" is the default)
+#   SIGNUPS=50 SIGNUP_BURSTS=1 RUNS=10000 RUN_CLIENTS=32 MEM_SETTLE=2 PHASES=mem bench/api.sh
+#   VESPID_BIN=/tmp/vespid-old bench/api.sh   # measure a prebuilt binary instead of building this tree
 #
 # Endpoints: GET /v1/meta/capabilities (public), GET /v1/orgs/{org}/settings (bearer + X-Org-Id: the
 # org-scoped authenticated path; session, membership and settings come from the in-process caches),
 # GET /v1/orgs/{org}/secrets (same auth path plus a tenant transaction in PostgreSQL on every request),
 # POST /v1/auth/login (argon2id on purpose: it is CPU-bound by design).
+# The memory phase (bench/mem.py) runs on a fresh server after the wrk phase, so neither disturbs the other:
+# RSS idle; after SIGNUPS concurrent POST /v1/auth/signup (distinct emails, all in flight at once); after
+# RUNS runs of a 3-node workflow of cheap nodes created by RUN_CLIENTS clients and all finished.
 # Everything runs on this machine (wrk shares the cores with the server and PostgreSQL); traffic goes to
 # 127.0.0.1 only, and every run is bounded by DURATION.
 set -euo pipefail
@@ -16,20 +23,50 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 CONNS="${CONNS:-64}"
 THREADS="${THREADS:-1}"
 DURATION="${DURATION:-15s}"
+PHASES="${PHASES:-wrk mem}"
 PORT="${BENCH_PORT:-3901}"
 BASE="http://127.0.0.1:${PORT}"
 
 command -v wrk >/dev/null || { echo "installing wrk" >&2; apt-get install -y -qq wrk >/dev/null; }
 set -a; eval "$(bash scripts/deps.sh)"; set +a
 
-echo "==> building release binary" >&2
-cargo build --release --locked --quiet
+BIN="${VESPID_BIN:-}" # a prebuilt binary to measure instead of building this tree (to compare builds)
+if [[ -z "$BIN" ]]; then
+    echo "==> building release binary" >&2
+    cargo build --release --locked --quiet
+    BIN="${CARGO_TARGET_DIR:-target}/release/vespid"
+fi
 
 export API_PORT="$PORT" API_HOST=127.0.0.1 API_LOG_LEVEL=warn
-"${CARGO_TARGET_DIR:-target}/release/vespid" serve --role=all >/tmp/vespid-bench.log 2>&1 &
-PID=$!
-trap 'kill $PID 2>/dev/null || true' EXIT
-for _ in $(seq 1 100); do curl -fs "$BASE/healthz" >/dev/null 2>&1 && break; sleep 0.1; done
+PID=
+trap 'if [[ -n "$PID" ]]; then kill "$PID" 2>/dev/null || true; fi' EXIT
+start_server() { # log file
+    "$BIN" serve --role=all >"$1" 2>&1 &
+    PID=$!
+    for _ in $(seq 1 100); do curl -fs "$BASE/healthz" >/dev/null 2>&1 && return; sleep 0.1; done
+    echo "server did not start (see $1)" >&2
+    exit 1
+}
+stop_server() {
+    kill "$PID" 2>/dev/null || true
+    wait "$PID" 2>/dev/null || true
+    PID=
+}
+
+run() { # name, then wrk args
+    local name=$1; shift
+    local out
+    out=$(wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" --latency "$@")
+    local rps p50 p99 non2xx
+    rps=$(printf '%s\n' "$out" | awk '/Requests\/sec/ {print $2}')
+    p50=$(printf '%s\n' "$out" | awk '$1=="50%" {print $2}')
+    p99=$(printf '%s\n' "$out" | awk '$1=="99%" {print $2}')
+    non2xx=$(printf '%s\n' "$out" | awk '/Non-2xx/ {print $4}')
+    printf '%-28s %12s req/s   p50 %-9s p99 %-9s non-2xx %s\n' "$name" "$rps" "$p50" "$p99" "${non2xx:-0}"
+}
+
+if [[ " $PHASES " == *" wrk "* ]]; then
+start_server /tmp/vespid-bench.log
 sleep 1
 RSS_IDLE_KB=$(ps -o rss= -p "$PID" | tr -d ' ')
 
@@ -46,18 +83,6 @@ wrk.body = '{"email":"$EMAIL","password":"Password123"}'
 wrk.headers["Content-Type"] = "application/json"
 LUA
 
-run() { # name, then wrk args
-    local name=$1; shift
-    local out
-    out=$(wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" --latency "$@")
-    local rps p50 p99 non2xx
-    rps=$(printf '%s\n' "$out" | awk '/Requests\/sec/ {print $2}')
-    p50=$(printf '%s\n' "$out" | awk '$1=="50%" {print $2}')
-    p99=$(printf '%s\n' "$out" | awk '$1=="99%" {print $2}')
-    non2xx=$(printf '%s\n' "$out" | awk '/Non-2xx/ {print $4}')
-    printf '%-28s %12s req/s   p50 %-9s p99 %-9s non-2xx %s\n' "$name" "$rps" "$p50" "$p99" "${non2xx:-0}"
-}
-
 echo "== vespid api bench: $CONNS connections, $THREADS wrk thread(s), $DURATION each, $(nproc) cores"
 run "GET /v1/meta/capabilities" "$BASE/v1/meta/capabilities"
 run "GET org settings (authed)" -H "authorization: Bearer $TOKEN" -H "x-org-id: $ORG" "$BASE/v1/orgs/$ORG/settings"
@@ -66,3 +91,12 @@ run "POST /v1/auth/login" -s "$LUA" "$BASE/v1/auth/login"
 RSS_AFTER_KB=$(ps -o rss= -p "$PID" | tr -d ' ')
 echo "idle RSS of serve --role=all: $((RSS_IDLE_KB / 1024)) MiB (after load: $((RSS_AFTER_KB / 1024)) MiB)"
 rm -f "$LUA"
+stop_server
+fi
+
+if [[ " $PHASES " == *" mem "* ]]; then
+echo "== memory of serve --role=all (fresh process): ${SIGNUPS:-50} concurrent signups, then ${RUNS:-10000} runs"
+start_server /tmp/vespid-bench-mem.log
+timeout 900 python3 bench/mem.py "$PID" "$BASE" "$DATABASE_MIGRATE_URL"
+stop_server
+fi
