@@ -40,8 +40,10 @@ pub struct ServerConfig {
     pub workers: usize,
     pub shutdown_grace_secs: u64,
     pub body_read_timeout_ms: u64,
-    /// Reverse proxies (CIDRs, comma-separated) whose `X-Forwarded-For`/`Forwarded` are believed.
+    /// Reverse proxies (CIDRs, comma-separated) whose forwarding header is believed.
     pub trusted_proxies: String,
+    /// The header those proxies write: `x-forwarded-for` or `forwarded`.
+    pub trusted_proxy_header: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -122,6 +124,7 @@ const ENV_KEYS: &[(&str, &str)] = &[
     ("SHUTDOWN_GRACE_SEC", "server.shutdown_grace_secs"),
     ("BODY_READ_TIMEOUT_MS", "server.body_read_timeout_ms"),
     ("TRUSTED_PROXIES", "server.trusted_proxies"),
+    ("TRUSTED_PROXY_HEADER", "server.trusted_proxy_header"),
     ("DATABASE_URL", "database.url"),
     ("DATABASE_MIGRATE_URL", "database.migrate_url"),
     ("DATABASE_POOL_SIZE", "database.pool_size"),
@@ -309,6 +312,11 @@ impl Config {
             crate::platform::http::client_ip::TrustedProxies::parse(&self.server.trusted_proxies)
         {
             return Err(invalid("server.trusted_proxies", &e));
+        }
+        if let Err(e) = crate::platform::http::client_ip::ForwardedHeader::parse(
+            &self.server.trusted_proxy_header,
+        ) {
+            return Err(invalid("server.trusted_proxy_header", &e));
         }
         if self.database.pool_size == 0 {
             return Err(invalid("database.pool_size", "must be at least 1"));

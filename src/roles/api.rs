@@ -13,7 +13,7 @@ use crate::domain::common::access::{Authenticator, Memberships};
 use crate::domain::{auth, meta, orgs, runs, secrets, workflows};
 use crate::platform::db;
 use crate::platform::http::body::BodyConfig;
-use crate::platform::http::client_ip::TrustedProxies;
+use crate::platform::http::client_ip::{ForwardedHeader, TrustedProxies};
 use crate::platform::http::{self, CorsOrigin};
 
 /// All routes, for the server and for in-process tests.
@@ -36,7 +36,12 @@ fn services(state: &AppState) -> impl Fn(&mut web::ServiceConfig) + Clone {
     let access = web::Data::new(state.access_config());
     // Validated when the config was loaded.
     let proxies = web::Data::new(
-        TrustedProxies::parse(&state.config.server.trusted_proxies).unwrap_or_default(),
+        TrustedProxies::parse(&state.config.server.trusted_proxies)
+            .unwrap_or_default()
+            .with_header(
+                ForwardedHeader::parse(&state.config.server.trusted_proxy_header)
+                    .unwrap_or_default(),
+            ),
     );
     let body = web::Data::new(BodyConfig {
         read_timeout: Duration::from_millis(state.config.server.body_read_timeout_ms),

@@ -594,9 +594,14 @@ async fn login_rate_limit_per_ip_spans_accounts() {
     // Two IP failures so far: below the limit, a different account still logs in.
     assert_eq!(st(&login(&app, &d.email, PASSWORD).await), 200);
     assert_unauthorized(&login(&app, &c.email, "Wrong-password-1").await, "failure");
-    let r = login(&app, &d.email, PASSWORD).await;
+    // The address is now over its limit: an account it never logged in to is refused although the
+    // password is right...
+    let e = app.signup("ipe-first").await;
+    let r = login(&app, &e.email, PASSWORD).await;
     assert_eq!((st(&r), r.code()), (429, "RATE_LIMITED"), "{:?}", r.body);
     retry_after(&r);
+    // ...while the account that logged in from it before keeps working.
+    assert_eq!(st(&login(&app, &d.email, PASSWORD).await), 200);
     // Signing up is never throttled by the login limiter.
     let r = signup_raw(&app, &app.unique_email("ipe"), PASSWORD).await;
     assert_eq!(st(&r), 201, "{:?}", r.body);
@@ -648,8 +653,10 @@ async fn guessing_throttles_the_guesser_not_the_owner() {
         200
     );
 
-    // Guessing spread over addresses (each below the per-client limit) reaches the account ceiling (6).
-    for ip in ["203.0.113.2", "203.0.113.3", "203.0.113.4"] {
+    // Guessing spread over addresses (each below the per-client limit) reaches the account ceiling (6):
+    // 3 failures and the throttled attempt above, and two more here. Every attempt counts, successes
+    // take theirs back.
+    for ip in ["203.0.113.2", "203.0.113.3"] {
         let r = login_from(&app, ip, &u.email, "Wrong-password-1").await;
         assert_unauthorized(&r, ip);
     }
@@ -683,6 +690,24 @@ async fn guessing_throttles_the_guesser_not_the_owner() {
             .expect("ttl");
         assert!(ttl > 0, "{key} has TTL {ttl}");
     }
+}
+
+/// Parallel guesses cannot all slip past a check made while the counter was low: each attempt is counted
+/// before its password is checked.
+#[tokio::test]
+async fn parallel_guesses_are_counted_before_they_are_checked() {
+    let app = spawn_with(Options::default().env("LOGIN_MAX_FAILURES", "3")).await;
+    let u = app.signup("burst").await;
+    let answers =
+        futures_util::future::join_all((0..20).map(|_| login(&app, &u.email, "Wrong-password-1")))
+            .await;
+    let tried = answers.iter().filter(|r| st(r) == 401).count();
+    let throttled = answers.iter().filter(|r| st(r) == 429).count();
+    assert_eq!(
+        (tried, throttled),
+        (3, 17),
+        "only 3 guesses reach the password check"
+    );
 }
 
 /// X-Forwarded-For counts only from a trusted proxy: from anyone else it is ignored, so a guesser cannot

@@ -723,6 +723,88 @@ async fn worker_killed_mid_run_another_finishes_without_repeating_nodes() {
     assert_eq!(k.iter().filter(|e| *e == "run_started").count(), 1);
 }
 
+/// A long run keeps its progress between full writes of its output as step rows: a worker killed past
+/// them hands over to another that runs none of the recorded nodes again, and the finished run's output
+/// lists every node once, in order, with the rows gone.
+#[tokio::test]
+async fn a_long_run_resumes_from_its_step_rows_after_a_crash() {
+    const BEFORE: usize = 200;
+    let app = common::spawn_with(opts()).await;
+    let (target, hits) = start_target(0).await;
+    let owner = app.signup("owner").await;
+    let org = owner.personal_org;
+    let mut nodes: Vec<Value> = (0..BEFORE)
+        .map(|i| http_node(&format!("n{i:03}"), format!("{target}/ok/n{i:03}")))
+        .collect();
+    nodes.push(http_node("slow", format!("{target}/slow/slow")));
+    nodes.extend((0..20).map(|i| http_node(&format!("z{i:02}"), format!("{target}/ok/z{i:02}"))));
+    let wf = published(
+        &app,
+        &owner,
+        org,
+        json!({"version": "v2", "trigger": {"type": "trigger.manual"}, "nodes": nodes}),
+    )
+    .await;
+    let mut victim = worker_process(&app);
+    let run = start_run(&app, &owner, org, wf, Value::Null).await;
+    hits.wait_for("slow", 1).await;
+    let _ = victim.kill();
+    let _ = victim.wait();
+    // Past the first 64 steps, progress since the last full output write (at most about a second ago)
+    // lives in step rows.
+    let db = app.owner_db().await;
+    db.batch_execute(&format!(
+        "SELECT set_config('app.current_org_id', '{org}', false)"
+    ))
+    .await
+    .expect("ctx");
+    let rows: i64 = db
+        .query_one(
+            "SELECT count(*) FROM workflow_run_steps WHERE run_id = $1::text::uuid",
+            &[&run.to_string()],
+        )
+        .await
+        .expect("count")
+        .get(0);
+    // Usually some: unless a full output write happened to fall on the very last checkpoint.
+    eprintln!("step rows left by the crashed worker: {rows}");
+    let mut survivor = worker_process(&app);
+    let done = wait_terminal(&app, &owner, org, wf, run, Duration::from_secs(60)).await;
+    let _ = survivor.kill();
+    let _ = survivor.wait();
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(done["attemptCount"], 1);
+    for i in 0..BEFORE {
+        assert_eq!(hits.hits(&format!("n{i:03}")), 1, "n{i:03} ran again");
+    }
+    assert_eq!(
+        hits.hits("slow"),
+        2,
+        "the node in flight at the crash runs again"
+    );
+    let steps: Vec<String> = done["output"]["steps"]
+        .as_array()
+        .expect("steps")
+        .iter()
+        .map(|s| s["nodeId"].as_str().unwrap_or_default().to_string())
+        .collect();
+    let expected: Vec<String> = (0..BEFORE)
+        .map(|i| format!("n{i:03}"))
+        .chain(std::iter::once("slow".to_string()))
+        .chain((0..20).map(|i| format!("z{i:02}")))
+        .collect();
+    assert_eq!(steps, expected);
+    let left: i64 = db
+        .query_one(
+            "SELECT count(*) FROM workflow_run_steps WHERE run_id = $1::text::uuid",
+            &[&run.to_string()],
+        )
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(left, 0, "the end's full output made the rows redundant");
+}
+
 /// Restarts the shared PostgreSQL cluster, so it runs alone: `scripts/test.sh` runs the ignored tests
 /// after the rest, one at a time.
 #[tokio::test]

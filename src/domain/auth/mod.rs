@@ -137,7 +137,7 @@ impl AuthService {
         meta: &ClientMeta,
     ) -> Result<(User, IssuedSession), AuthError> {
         let email = email.trim().to_lowercase();
-        self.limiter.check(&email, meta.ip.as_deref()).await?;
+        self.limiter.attempt(&email, meta.ip.as_deref()).await?;
         let lookup = email.clone();
         let user = db::plain(&self.db, |c| {
             async move {
@@ -155,12 +155,8 @@ impl AuthService {
         let verdict = password::verify(password.clone(), stored).await;
         let (user, needs_rehash) = match (user, verdict) {
             (Some(u), password::Verdict::Ok { needs_rehash }) => (u, needs_rehash),
-            _ => {
-                self.limiter
-                    .record_failure(&email, meta.ip.as_deref())
-                    .await;
-                return Err(AuthError::InvalidCredentials);
-            }
+            // The attempt was counted as a failure already.
+            _ => return Err(AuthError::InvalidCredentials),
         };
         self.limiter
             .record_success(&email, meta.ip.as_deref())
@@ -310,9 +306,10 @@ impl AuthService {
         if let Some((s, false)) = self.cache.session(session_id) {
             return Ok((s.user_id == user_id).then_some(s.refresh_token_hash));
         }
+        let grace = self.config.refresh_reuse_grace_secs;
         let live = db::tenant_tx(&self.db, TenantCtx::user(user_id), |c| {
             async move {
-                store::touch_live_session(c, session_id, user_id)
+                store::touch_live_session(c, session_id, user_id, grace)
                     .await
                     .map_err(DbError::from)
             }

@@ -5,10 +5,12 @@
 //! - per account, over all addresses: a slower ceiling against distributed guessing. Clients that logged in
 //!   to that account successfully within the trust period are exempt, so the owner keeps working.
 //!
-//! A throttled client gets 429 `RATE_LIMITED` with `Retry-After`. Successful logins are never throttled by
-//! failures of others, and they clear their own account+client counter. Counting and checking are single
-//! Lua scripts (atomic), and a counter always gets its TTL (set whenever one is missing). If Redis is down
-//! the check fails open (logged): locking everyone out would be worse.
+//! A throttled client gets 429 `RATE_LIMITED` with `Retry-After`. Every attempt is counted before the
+//! password is checked, in one Lua script that also decides (so a burst of parallel guesses cannot all
+//! pass a check made while the counters were low); a success takes its count back, clears the client's
+//! failures on the account and makes the client trusted for it: a trusted client is held only to its own
+//! account+client limit. A counter always gets its TTL (set whenever one is missing). IPv6 clients count
+//! per /64. If Redis is down the limiter fails open (logged): locking everyone out would be worse.
 
 use fred::interfaces::LuaInterface;
 
@@ -23,40 +25,54 @@ pub struct Throttled {
     pub retry_after_secs: u64,
 }
 
-/// KEYS: account+client, client, account, trusted flag. ARGV: the three limits (0 = off). Returns 0 or the
-/// seconds until the first exceeded window ends.
-const CHECK: &str = r#"
-local function over(key, limit)
-  if tonumber(limit) == 0 then return 0 end
-  local n = tonumber(redis.call('GET', key) or '0')
-  if n < tonumber(limit) then return 0 end
-  local ttl = redis.call('TTL', key)
-  if ttl < 1 then ttl = 1 end
-  return ttl
-end
-local t = over(KEYS[1], ARGV[1])
-if t > 0 then return t end
-t = over(KEYS[2], ARGV[2])
-if t > 0 then return t end
-if redis.call('EXISTS', KEYS[4]) == 1 then return 0 end
-return over(KEYS[3], ARGV[3])
-"#;
-
-/// KEYS: account+client, client, account. ARGV: their windows in seconds. Counts one failure in each.
-const FAIL: &str = r#"
+/// One login attempt, counted before the password is checked (so parallel guesses cannot all pass a
+/// check made while the counters were low). KEYS: account+client, client, account, trusted flag. ARGV: the
+/// three limits (0 = off), then the three windows in seconds. Returns 0, or the seconds until the first
+/// exceeded window ends. A client trusted for the account is held only to its own account+client limit.
+const ATTEMPT: &str = r#"
+local trusted = redis.call('EXISTS', KEYS[4]) == 1
+local counts = {}
 for i = 1, 3 do
-  redis.call('INCR', KEYS[i])
-  if redis.call('TTL', KEYS[i]) < 0 then redis.call('EXPIRE', KEYS[i], ARGV[i]) end
+  counts[i] = redis.call('INCR', KEYS[i])
+  if redis.call('TTL', KEYS[i]) < 0 then redis.call('EXPIRE', KEYS[i], ARGV[3 + i]) end
 end
-return 1
+for i = 1, 3 do
+  local limit = tonumber(ARGV[i])
+  if (i == 1 or not trusted) and limit > 0 and counts[i] > limit then
+    local ttl = redis.call('TTL', KEYS[i])
+    if ttl < 1 then ttl = 1 end
+    return ttl
+  end
+end
+return 0
 "#;
 
-/// KEYS: account+client, trusted flag. ARGV: trust period in seconds.
+/// A successful login: it does not count as a failure anywhere, this client's failures on the account
+/// are forgotten, and the client is trusted for the account. KEYS: account+client, client, account,
+/// trusted flag. ARGV: trust period in seconds.
 const SUCCESS: &str = r#"
 redis.call('DEL', KEYS[1])
-redis.call('SET', KEYS[2], '1', 'EX', ARGV[1])
+for i = 2, 3 do
+  if tonumber(redis.call('GET', KEYS[i]) or '0') > 0 then redis.call('DECR', KEYS[i]) end
+end
+redis.call('SET', KEYS[4], '1', 'EX', ARGV[1])
 return 1
 "#;
+
+/// The client part of a key: an IPv6 client is its /64 (one subscriber's network; counting single
+/// addresses would give whoever holds a /64 billions of fresh budgets).
+fn client_key(ip: &str) -> String {
+    match ip.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V6(v6)) if v6.to_ipv4_mapped().is_none() => {
+            let mut segs = v6.segments();
+            for s in segs.iter_mut().skip(4) {
+                *s = 0;
+            }
+            format!("{}/64", std::net::Ipv6Addr::from(segs))
+        }
+        _ => ip.to_string(),
+    }
+}
 
 pub struct LoginLimiter {
     redis: Redis,
@@ -92,7 +108,7 @@ impl LoginLimiter {
     /// names; a missing client address counts as one shared "unknown" client.
     fn keys(&self, email: &str, ip: Option<&str>) -> [String; 4] {
         let account = crypto::sha256_hex(email.as_bytes());
-        let ip = ip.unwrap_or("unknown");
+        let ip = ip.map_or_else(|| "unknown".to_string(), client_key);
         [
             self.redis.key(&format!("rl:login:acctip:{account}:{ip}")),
             self.redis.key(&format!("rl:login:ip:{ip}")),
@@ -101,7 +117,9 @@ impl LoginLimiter {
         ]
     }
 
-    pub async fn check(&self, email: &str, ip: Option<&str>) -> Result<(), Throttled> {
+    /// Counts an attempt (a failure until [`LoginLimiter::record_success`] says otherwise) and answers
+    /// whether it may go on.
+    pub async fn attempt(&self, email: &str, ip: Option<&str>) -> Result<(), Throttled> {
         if self.off() {
             return Ok(());
         }
@@ -110,8 +128,11 @@ impl LoginLimiter {
             self.per_client.to_string(),
             self.per_ip.to_string(),
             self.per_account.to_string(),
+            self.window_secs.to_string(),
+            self.window_secs.to_string(),
+            self.account_window_secs.to_string(),
         ];
-        let wait: Result<i64, _> = self.redis.client.eval(CHECK, keys.to_vec(), args).await;
+        let wait: Result<i64, _> = self.redis.client.eval(ATTEMPT, keys.to_vec(), args).await;
         match wait {
             Ok(secs) if secs > 0 => {
                 tracing::warn!(
@@ -131,44 +152,33 @@ impl LoginLimiter {
         }
     }
 
-    pub async fn record_failure(&self, email: &str, ip: Option<&str>) {
-        if self.off() {
-            return;
-        }
-        let [pair, client, account, _] = self.keys(email, ip);
-        let args = vec![
-            self.window_secs.to_string(),
-            self.window_secs.to_string(),
-            self.account_window_secs.to_string(),
-        ];
-        let counted: Result<i64, _> = self
-            .redis
-            .client
-            .eval(FAIL, vec![pair, client, account], args)
-            .await;
-        if let Err(e) = counted {
-            tracing::warn!(error = %e, "login failure not counted");
-        }
-    }
-
     /// A successful login: this client's failures on the account are forgotten, and the client stays
     /// trusted for the account (exempt from the account-wide ceiling) for the trust period.
     pub async fn record_success(&self, email: &str, ip: Option<&str>) {
         if self.off() {
             return;
         }
-        let [pair, _, _, trusted] = self.keys(email, ip);
+        let keys = self.keys(email, ip);
         let done: Result<i64, _> = self
             .redis
             .client
-            .eval(
-                SUCCESS,
-                vec![pair, trusted],
-                vec![self.trusted_secs.to_string()],
-            )
+            .eval(SUCCESS, keys.to_vec(), vec![self.trusted_secs.to_string()])
             .await;
         if let Err(e) = done {
             tracing::warn!(error = %e, "successful login not recorded by the limiter");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv6_clients_count_per_64() {
+        assert_eq!(client_key("2001:db8:1:2:3:4:5:6"), "2001:db8:1:2::/64");
+        assert_eq!(client_key("2001:db8:1:2:ffff::1"), "2001:db8:1:2::/64");
+        assert_eq!(client_key("203.0.113.9"), "203.0.113.9");
+        assert_eq!(client_key("::ffff:203.0.113.9"), "::ffff:203.0.113.9");
     }
 }

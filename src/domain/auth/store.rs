@@ -73,13 +73,22 @@ pub async fn insert_session(conn: &mut AsyncPgConnection, new: NewSession<'_>) -
         .map(|_| ())
 }
 
-/// Marks a live session used and returns it; `None` when revoked, expired or unknown.
+/// Marks a live session used and returns it; `None` when revoked, expired or unknown. The sealed token of
+/// the last rotation is dropped once its grace window (`grace_secs`) is over: it is only there for a
+/// sibling refresh within the window.
 pub async fn touch_live_session(
     conn: &mut AsyncPgConnection,
     session_id: SessionId,
     user_id: UserId,
+    grace_secs: i64,
 ) -> QueryResult<Option<LiveSession>> {
     let now = Utc::now();
+    let window_start = now - chrono::Duration::seconds(grace_secs.max(0));
+    let grace_token = diesel::dsl::sql::<diesel::sql_types::Nullable<diesel::sql_types::Bytea>>(
+        "CASE WHEN rotated_at > ",
+    )
+    .bind::<diesel::sql_types::Timestamptz, _>(window_start)
+    .sql(" THEN grace_refresh_token END");
     diesel::update(
         auth_sessions::table
             .filter(auth_sessions::id.eq(session_id))
@@ -88,7 +97,10 @@ pub async fn touch_live_session(
             .filter(auth_sessions::expires_at.gt(now))
             .filter(auth_sessions::absolute_expires_at.gt(now)),
     )
-    .set(auth_sessions::last_used_at.eq(now))
+    .set((
+        auth_sessions::last_used_at.eq(now),
+        auth_sessions::grace_refresh_token.eq(grace_token),
+    ))
     .returning((
         auth_sessions::refresh_token_hash,
         auth_sessions::expires_at,

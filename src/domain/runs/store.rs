@@ -368,6 +368,9 @@ pub struct RunWrite {
     /// Steps written as rows with this write (only when `output` is not written).
     #[serde(skip)]
     steps: Vec<NewStepRow>,
+    /// The run's step rows are redundant once this write's full output is stored: delete them.
+    #[serde(skip)]
+    clear_rows: bool,
     error: Option<String>,
     cursor: Option<i32>,
     next_attempt_at: Option<DateTime<Utc>>,
@@ -386,11 +389,18 @@ impl RunWrite {
             status: RunStatus::Running,
             output,
             steps,
+            clear_rows: false,
             error: None,
             cursor: Some(cursor),
             next_attempt_at: None,
             finished_at: None,
         }
+    }
+
+    /// Deletes the run's step rows with this write (it carries the full output).
+    pub fn clearing_rows(mut self, clear: bool) -> Self {
+        self.clear_rows = clear;
+        self
     }
 
     pub fn ended(
@@ -406,6 +416,7 @@ impl RunWrite {
             status,
             output: Some(output),
             steps: Vec::new(),
+            clear_rows: false,
             error,
             cursor: None,
             next_attempt_at,
@@ -434,6 +445,16 @@ pub async fn write_runs(
         .filter(|w| applied.contains(&w.id))
         .flat_map(|w| &w.steps)
         .collect();
+    let cleared: Vec<RunId> = writes
+        .iter()
+        .filter(|w| w.clear_rows && applied.contains(&w.id))
+        .map(|w| w.id)
+        .collect();
+    if !cleared.is_empty() {
+        diesel::delete(rs::table.filter(rs::run_id.eq_any(&cleared)))
+            .execute(c)
+            .await?;
+    }
     for chunk in steps.chunks(1000) {
         diesel::insert_into(rs::table)
             .values(chunk.iter().copied().cloned().collect::<Vec<_>>())

@@ -118,7 +118,7 @@ pub fn parse_json_body(content_type: Option<&str>, body: &[u8]) -> Result<Value,
             )
         })?,
     };
-    if let Some(path) = nul_path(&value) {
+    if let Some(path) = may_hold_nul(body).then(|| nul_path(&value)).flatten() {
         let mut invalid = Invalid::default();
         invalid.field(&path, NUL_MESSAGE);
         invalid.finish("Invalid request body")?;
@@ -127,40 +127,61 @@ pub fn parse_json_body(content_type: Option<&str>, body: &[u8]) -> Result<Value,
 }
 
 /// The path (`a.b[2]`, `(root)` for the value itself) of the first string or key holding a NUL, if any.
-/// Iterative, so a deeply nested body cannot exhaust the stack.
+/// Iterative (a deeply nested body cannot exhaust the stack), and paths are built only for the one
+/// found: each visited value keeps a link to its parent, so memory stays linear in the body's size.
 pub fn nul_path(value: &Value) -> Option<String> {
-    let mut stack: Vec<(&Value, String)> = vec![(value, String::new())];
-    while let Some((v, path)) = stack.pop() {
-        match v {
-            Value::String(s) if s.contains('\0') => {
-                return Some(if path.is_empty() {
-                    "(root)".to_string()
-                } else {
-                    path
-                })
+    enum Seg<'a> {
+        Root,
+        Key(&'a str),
+        Index(usize),
+    }
+    // (parent position, segment) per visited value; the stack holds positions to visit.
+    let mut visited: Vec<(usize, Seg<'_>)> = vec![(0, Seg::Root)];
+    let mut stack: Vec<(&Value, usize)> = vec![(value, 0)];
+    let path_of = |visited: &[(usize, Seg<'_>)], mut at: usize| {
+        let mut segs = Vec::new();
+        while let Some((parent, seg)) = visited.get(at) {
+            match seg {
+                Seg::Root => break,
+                Seg::Key(k) => segs.push(format!(".{k}")),
+                Seg::Index(i) => segs.push(format!("[{i}]")),
             }
+            at = *parent;
+        }
+        let path: String = segs.into_iter().rev().collect();
+        match path.strip_prefix('.') {
+            Some(p) => p.to_string(),
+            None if path.is_empty() => "(root)".to_string(),
+            None => path,
+        }
+    };
+    while let Some((v, at)) = stack.pop() {
+        match v {
+            Value::String(s) if s.contains('\0') => return Some(path_of(&visited, at)),
             Value::Array(items) => {
                 for (i, item) in items.iter().enumerate().rev() {
-                    stack.push((item, format!("{path}[{i}]")));
+                    visited.push((at, Seg::Index(i)));
+                    stack.push((item, visited.len() - 1));
                 }
             }
             Value::Object(map) => {
                 for (k, item) in map.iter() {
-                    let child = if path.is_empty() {
-                        k.clone()
-                    } else {
-                        format!("{path}.{k}")
-                    };
+                    visited.push((at, Seg::Key(k)));
                     if k.contains('\0') {
-                        return Some(child);
+                        return Some(path_of(&visited, visited.len() - 1));
                     }
-                    stack.push((item, child));
+                    stack.push((item, visited.len() - 1));
                 }
             }
             _ => {}
         }
     }
     None
+}
+
+/// JSON can only carry a NUL as the escape `\u0000`: without one in the text there is nothing to find.
+fn may_hold_nul(body: &[u8]) -> bool {
+    body.windows(6).any(|w| w.eq_ignore_ascii_case(b"\\u0000"))
 }
 
 fn too_large() -> ApiError {
@@ -365,6 +386,22 @@ mod fuzz {
             let e = parse_json_body(Some("application/json"), &text).err();
             prop_assert_eq!(e.map(|e| e.status.as_u16()), Some(400));
         }
+    }
+
+    #[test]
+    fn nul_paths_are_named_and_wide_bodies_stay_cheap() {
+        let v = json!({"a": [1, {"b\u{0}": 2}], "c": "ok"});
+        assert_eq!(nul_path(&v).as_deref(), Some("a[1].b\u{0}"));
+        assert_eq!(nul_path(&json!("x\u{0}")).as_deref(), Some("(root)"));
+        assert_eq!(
+            nul_path(&json!([["ok", "n\u{0}"]])).as_deref(),
+            Some("[0][1]")
+        );
+        // A long key over many elements: linear memory (this would take gigabytes with a path per element).
+        let wide = json!({"k".repeat(100_000): vec![0; 100_000]});
+        assert_eq!(nul_path(&wide), None);
+        assert!(!may_hold_nul(br#"{"a":"b"}"#));
+        assert!(may_hold_nul(br#"{"a":"\u0000"}"#));
     }
 
     #[test]

@@ -7,11 +7,40 @@ use std::net::IpAddr;
 use actix_web::{web, HttpRequest};
 use ipnet::IpNet;
 
-/// `server.trusted_proxies`, parsed once; put into app data by the api role.
+/// Which header the trusted proxies write the client's address into. Only that one is read: a proxy
+/// passes the other through untouched, so a client could write it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ForwardedHeader {
+    #[default]
+    XForwardedFor,
+    Forwarded,
+}
+
+impl ForwardedHeader {
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        match raw.trim().to_ascii_lowercase().as_str() {
+            "x-forwarded-for" => Ok(Self::XForwardedFor),
+            "forwarded" => Ok(Self::Forwarded),
+            other => Err(format!("`{other}`: expected x-forwarded-for or forwarded")),
+        }
+    }
+}
+
+/// `server.trusted_proxies` and `server.trusted_proxy_header`, parsed once; put into app data by the api
+/// role.
 #[derive(Debug, Clone, Default)]
-pub struct TrustedProxies(Vec<IpNet>);
+pub struct TrustedProxies {
+    nets: Vec<IpNet>,
+    header: ForwardedHeader,
+}
 
 impl TrustedProxies {
+    /// The header the proxies write.
+    pub fn with_header(mut self, header: ForwardedHeader) -> Self {
+        self.header = header;
+        self
+    }
+
     /// Comma-separated CIDRs or single addresses.
     pub fn parse(raw: &str) -> Result<Self, String> {
         let mut nets = Vec::new();
@@ -25,12 +54,15 @@ impl TrustedProxies {
             };
             nets.push(net);
         }
-        Ok(Self(nets))
+        Ok(Self {
+            nets,
+            header: ForwardedHeader::default(),
+        })
     }
 
     fn trusts(&self, ip: IpAddr) -> bool {
         let ip = canonical(ip);
-        self.0.iter().any(|n| n.contains(&ip))
+        self.nets.iter().any(|n| n.contains(&ip))
     }
 }
 
@@ -53,7 +85,7 @@ pub fn client_ip(req: &HttpRequest) -> Option<IpAddr> {
     if !trusted.trusts(peer) {
         return Some(peer);
     }
-    let chain = forwarded_chain(req);
+    let chain = forwarded_chain(req, trusted.header);
     Some(
         chain
             .into_iter()
@@ -63,25 +95,20 @@ pub fn client_ip(req: &HttpRequest) -> Option<IpAddr> {
     )
 }
 
-/// The addresses a request passed through, client first: `Forwarded: for=…` when present, else
-/// `X-Forwarded-For`. Entries that are not addresses (`unknown`, obfuscated names) end the chain there:
-/// nothing left of them can be trusted.
-fn forwarded_chain(req: &HttpRequest) -> Vec<IpAddr> {
+/// The addresses a request passed through, client first, from the configured header. Entries that are
+/// not addresses (`unknown`, obfuscated names) end the chain there: nothing left of them can be trusted.
+fn forwarded_chain(req: &HttpRequest, header: ForwardedHeader) -> Vec<IpAddr> {
     let headers = req.headers();
-    let forwarded: Vec<&str> = headers
-        .get_all("forwarded")
-        .filter_map(|v| v.to_str().ok())
-        .collect();
-    let raw: Vec<String> = if forwarded.is_empty() {
-        headers
+    let raw: Vec<String> = match header {
+        ForwardedHeader::XForwardedFor => headers
             .get_all("x-forwarded-for")
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
             .map(|s| s.trim().to_string())
-            .collect()
-    } else {
-        forwarded
-            .iter()
+            .collect(),
+        ForwardedHeader::Forwarded => headers
+            .get_all("forwarded")
+            .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
             .filter_map(|element| {
                 element.split(';').find_map(|pair| {
@@ -91,7 +118,7 @@ fn forwarded_chain(req: &HttpRequest) -> Vec<IpAddr> {
                         .then(|| v.trim().to_string())
                 })
             })
-            .collect()
+            .collect(),
     };
     let mut chain = Vec::new();
     for entry in raw {
@@ -124,9 +151,19 @@ mod tests {
     use actix_web::test::TestRequest;
 
     fn req(peer: &str, headers: &[(&str, &str)], trusted: &str) -> HttpRequest {
+        req_with(peer, headers, trusted, ForwardedHeader::XForwardedFor)
+    }
+
+    fn req_with(
+        peer: &str,
+        headers: &[(&str, &str)],
+        trusted: &str,
+        header: ForwardedHeader,
+    ) -> HttpRequest {
+        let proxies = TrustedProxies::parse(trusted).unwrap().with_header(header);
         let mut r = TestRequest::default()
             .peer_addr(peer.parse().unwrap())
-            .app_data(web::Data::new(TrustedProxies::parse(trusted).unwrap()));
+            .app_data(web::Data::new(proxies));
         for (k, v) in headers {
             r = r.insert_header((*k, *v));
         }
@@ -158,15 +195,26 @@ mod tests {
             trusted,
         );
         assert_eq!(client_ip(&r), ip("198.51.100.7"));
-        let r = req(
+        let r = req_with(
             "10.0.0.5:5000",
             &[(
                 "forwarded",
                 "for=6.6.6.6, for=\"[2001:db8::1]:4711\";proto=https",
             )],
             trusted,
+            ForwardedHeader::Forwarded,
         );
         assert_eq!(client_ip(&r), ip("2001:db8::1"));
+        // The header the proxies do not write is the client's: never read.
+        let r = req(
+            "10.0.0.5:5000",
+            &[
+                ("forwarded", "for=1.2.3.4"),
+                ("x-forwarded-for", "198.51.100.7"),
+            ],
+            trusted,
+        );
+        assert_eq!(client_ip(&r), ip("198.51.100.7"));
         // Only proxies in the chain: the peer itself.
         let r = req("10.0.0.5:5000", &[("x-forwarded-for", "10.1.1.1")], trusted);
         assert_eq!(client_ip(&r), ip("10.0.0.5"));

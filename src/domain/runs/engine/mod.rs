@@ -727,7 +727,7 @@ impl Engine {
         let mut e = p.event(EventKind::NodeSucceeded, Level::Info, Some(node));
         e.payload = summarize(&output, max);
         p.push_event(e);
-        p.steps.push(Step {
+        p.record_success(Step {
             node_id: node.id.clone(),
             node_type: node.node_type(),
             status: StepStatus::Succeeded,
@@ -741,17 +741,31 @@ impl Engine {
         self.flush(p).await
     }
 
-    /// The outcome of a node, unless the run's caps refuse it: an output that would take the run's
-    /// outputs past `run_output_max_bytes`, or an attempt past `run_max_events` events.
-    fn within_caps(&self, p: &Progress, outcome: Outcome) -> Outcome {
-        if p.events > self.config.run_max_events {
-            return Outcome::fail("RUN_EVENT_LIMIT_EXCEEDED", false);
-        }
+    /// Before a node starts: an attempt that has written `run_max_events` events ends here, before the
+    /// node has any effect.
+    fn out_of_events(&self, p: &mut Progress) -> Option<Halt> {
+        (p.events >= self.config.run_max_events)
+            .then(|| Halt::End(self.fail(p, None, "RUN_EVENT_LIMIT_EXCEEDED".into(), false)))
+    }
+
+    /// The outcome of a node, unless its output would take the run's outputs past
+    /// `run_output_max_bytes`: then the node ran (its step says so), but its output is dropped and the
+    /// run fails.
+    fn within_output_cap(&self, p: &Progress, outcome: Outcome) -> Outcome {
         match outcome {
-            Outcome::Succeeded(out)
-                if p.steps.output_bytes() + json_len(&out) > self.config.run_output_max_bytes =>
-            {
-                Outcome::fail("RUN_OUTPUT_LIMIT_EXCEEDED", false)
+            Outcome::Succeeded(out) => {
+                let bytes = json_len(&out);
+                if p.steps.output_bytes() + bytes > self.config.run_output_max_bytes {
+                    Outcome::Failed {
+                        error: "RUN_OUTPUT_LIMIT_EXCEEDED".into(),
+                        output: Some(
+                            json!({"executed": true, "outputDropped": true, "outputBytes": bytes}),
+                        ),
+                        retryable: false,
+                    }
+                } else {
+                    Outcome::Succeeded(out)
+                }
             }
             other => other,
         }
@@ -772,13 +786,16 @@ impl Engine {
             if let Some(d) = self.interrupted(p, stop, lost).await? {
                 return Ok(Halt::Settled(d));
             }
+            if let Some(end) = self.out_of_events(p) {
+                return Ok(end);
+            }
             match self.node_started(p, node).await? {
                 Next::Run => {}
                 Next::Yield => return Ok(Halt::Yield),
                 Next::LeaseLost => return Ok(Halt::Settled(Delivery::LeaseLost)),
             }
             let outcome = self.exec(p, node, settings).await;
-            match self.within_caps(p, outcome) {
+            match self.within_output_cap(p, outcome) {
                 Outcome::Succeeded(out) => {
                     let cursor = i32::try_from(index + 1).unwrap_or(i32::MAX);
                     if !self.node_succeeded(p, node, out, cursor).await? {
@@ -815,6 +832,9 @@ impl Engine {
             if let Some(d) = self.interrupted(p, stop, lost).await? {
                 return Ok(Halt::Settled(d));
             }
+            if let Some(end) = self.out_of_events(p) {
+                return Ok(end);
+            }
             match self.node_started(p, node).await? {
                 Next::Run => {}
                 Next::Yield => {
@@ -839,13 +859,10 @@ impl Engine {
                 }
                 _ => self.exec(p, node, settings).await,
             };
-            match self.within_caps(p, outcome) {
+            match self.within_output_cap(p, outcome) {
                 Outcome::Succeeded(out) => {
                     if !self.node_succeeded(p, node, out, 0).await? {
                         return Ok(Halt::Settled(Delivery::LeaseLost));
-                    }
-                    if let Some(g) = p.graph.as_mut() {
-                        g.succeeded(graph, index, &p.steps, &key);
                     }
                 }
                 Outcome::Failed {
@@ -920,6 +937,7 @@ impl Engine {
             error: None,
             output: p.output(StepStatus::Succeeded, None),
             events,
+            clear_rows: p.take_rows_to_clear(),
         }
     }
 
@@ -1001,6 +1019,7 @@ impl Engine {
             output: p.output(StepStatus::Failed, failed_node.as_deref()),
             error: Some(error),
             events,
+            clear_rows: p.take_rows_to_clear(),
         }
     }
 }

@@ -133,6 +133,8 @@ pub struct Progress {
     persisted: usize,
     /// When the full output was last part of a write.
     output_written: Option<Instant>,
+    /// Step rows exist for this run that the next full output write makes redundant (it deletes them).
+    rows_written: bool,
 }
 
 /// Where a run starts from.
@@ -158,6 +160,7 @@ impl Progress {
             batched,
         } = start;
         let output = run.output.as_ref();
+        let rows_written = !rows.is_empty();
         let steps = StepLog::resumed(output, rows);
         let graph = match &*plan {
             Ok(Executable {
@@ -177,9 +180,33 @@ impl Progress {
             open,
             batched,
             output_written: None,
+            rows_written,
             plan,
             run,
         }
+    }
+
+    /// Records a succeeded step; in a graph, the edges it satisfies may make other nodes ready.
+    pub fn record_success(&mut self, step: Step) {
+        let key = step.node_id.clone();
+        self.steps.push(step);
+        let plan = self.plan.clone();
+        if let (
+            Ok(Executable {
+                plan: Plan::Graph(g),
+                graph: Some(index),
+            }),
+            Some(state),
+        ) = (&*plan, self.graph.as_mut())
+        {
+            state.succeeded(g, index, &self.steps, &key);
+        }
+    }
+
+    /// Whether the write that carries the full output should delete the run's step rows (and from then
+    /// on, none are left).
+    pub fn take_rows_to_clear(&mut self) -> bool {
+        std::mem::take(&mut self.rows_written)
     }
 
     pub fn push_event(&mut self, e: NewEvent) {
@@ -240,7 +267,8 @@ impl Progress {
                 .is_none_or(|t| t.elapsed() >= OUTPUT_EVERY);
         if full {
             let output = self.output(StepStatus::Succeeded, None);
-            return RunWrite::checkpoint(self.run.id, Some(output), self.cursor, Vec::new());
+            return RunWrite::checkpoint(self.run.id, Some(output), self.cursor, Vec::new())
+                .clearing_rows(self.take_rows_to_clear());
         }
         let rows = self
             .steps
@@ -254,6 +282,7 @@ impl Progress {
             })
             .collect();
         self.persisted = self.steps.len();
+        self.rows_written = true;
         RunWrite::checkpoint(self.run.id, None, self.cursor, rows)
     }
 }
@@ -288,6 +317,8 @@ pub struct End {
     pub error: Option<String>,
     pub output: Value,
     pub events: Vec<NewEvent>,
+    /// The run has step rows, now redundant with this full output.
+    pub clear_rows: bool,
 }
 
 impl End {
@@ -304,7 +335,8 @@ impl End {
             _ => self.error.clone(),
         };
         Ended {
-            write: RunWrite::ended(run, status, self.output, error, next, finished),
+            write: RunWrite::ended(run, status, self.output, error, next, finished)
+                .clearing_rows(self.clear_rows),
             events: self.events,
             kind: self.kind,
             error: self.error,
