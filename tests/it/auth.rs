@@ -654,9 +654,9 @@ async fn guessing_throttles_the_guesser_not_the_owner() {
     );
 
     // Guessing spread over addresses (each below the per-client limit) reaches the account ceiling (6):
-    // 3 failures and the throttled attempt above, and two more here. Every attempt counts, successes
-    // take theirs back.
-    for ip in ["203.0.113.2", "203.0.113.3"] {
+    // the 3 failures above and three more here. Attempts count, successes take theirs back, and a
+    // throttled attempt (it never reached the password check) is not a failure.
+    for ip in ["203.0.113.2", "203.0.113.3", "203.0.113.4"] {
         let r = login_from(&app, ip, &u.email, "Wrong-password-1").await;
         assert_unauthorized(&r, ip);
     }
@@ -708,6 +708,38 @@ async fn parallel_guesses_are_counted_before_they_are_checked() {
         (3, 17),
         "only 3 guesses reach the password check"
     );
+}
+
+/// A client that has logged in to the account from its address is not counted ahead: its own parallel
+/// logins never throttle each other, while its failures still meet its limit. Refused attempts are not
+/// failures.
+#[tokio::test]
+async fn a_trusted_clients_parallel_logins_do_not_throttle_each_other() {
+    let app = spawn_with(Options::default().env("LOGIN_MAX_FAILURES", "3")).await;
+    let u = app.signup("busy").await;
+    assert_eq!(st(&login(&app, &u.email, PASSWORD).await), 200);
+    let answers =
+        futures_util::future::join_all((0..20).map(|_| login(&app, &u.email, PASSWORD))).await;
+    let ok = answers.iter().filter(|r| st(r) == 200).count();
+    assert_eq!(ok, 20, "{:?}", answers.iter().map(st).collect::<Vec<_>>());
+
+    for i in 0..3 {
+        assert_unauthorized(
+            &login(&app, &u.email, "Wrong-password-1").await,
+            &format!("failure {i}"),
+        );
+    }
+    for _ in 0..4 {
+        let r = login(&app, &u.email, PASSWORD).await;
+        assert_eq!((st(&r), r.code()), (429, "RATE_LIMITED"), "{:?}", r.body);
+    }
+    let account = hex::encode(Sha256::digest(u.email.as_bytes()));
+    let redis = &app.state.redis;
+    let key = redis.key(&format!("rl:login:acctip:{account}:127.0.0.1"));
+    let n: i64 = fred::interfaces::KeysInterface::get(&redis.client, key)
+        .await
+        .expect("counter");
+    assert_eq!(n, 3, "refused attempts are not counted as failures");
 }
 
 /// X-Forwarded-For counts only from a trusted proxy: from anyone else it is ignored, so a guesser cannot

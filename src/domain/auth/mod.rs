@@ -137,7 +137,7 @@ impl AuthService {
         meta: &ClientMeta,
     ) -> Result<(User, IssuedSession), AuthError> {
         let email = email.trim().to_lowercase();
-        self.limiter.attempt(&email, meta.ip.as_deref()).await?;
+        let attempt = self.limiter.attempt(&email, meta.ip.as_deref()).await?;
         let lookup = email.clone();
         let user = db::plain(&self.db, |c| {
             async move {
@@ -155,11 +155,15 @@ impl AuthService {
         let verdict = password::verify(password.clone(), stored).await;
         let (user, needs_rehash) = match (user, verdict) {
             (Some(u), password::Verdict::Ok { needs_rehash }) => (u, needs_rehash),
-            // The attempt was counted as a failure already.
-            _ => return Err(AuthError::InvalidCredentials),
+            _ => {
+                self.limiter
+                    .record_failure(&email, meta.ip.as_deref(), attempt)
+                    .await;
+                return Err(AuthError::InvalidCredentials);
+            }
         };
         self.limiter
-            .record_success(&email, meta.ip.as_deref())
+            .record_success(&email, meta.ip.as_deref(), attempt)
             .await;
         if needs_rehash {
             self.upgrade_hash(user.id, password).await;

@@ -5,17 +5,21 @@
 //! - per account, over all addresses: a slower ceiling against distributed guessing. Clients that logged in
 //!   to that account successfully within the trust period are exempt, so the owner keeps working.
 //!
-//! A throttled client gets 429 `RATE_LIMITED` with `Retry-After`. Every attempt is counted before the
-//! password is checked, in one Lua script that also decides (so a burst of parallel guesses cannot all
-//! pass a check made while the counters were low); a success takes its count back, clears the client's
-//! failures on the account and makes the client trusted for it: a trusted client is held only to its own
-//! account+client limit. A counter always gets its TTL (set whenever one is missing). IPv6 clients count
-//! per /64. If Redis is down the limiter fails open (logged): locking everyone out would be worse.
+//! A throttled client gets 429 `RATE_LIMITED` with `Retry-After`. An attempt from an unknown client is
+//! counted before the password is checked, in one Lua script that also decides (so a burst of parallel
+//! guesses cannot all pass a check made while the counters were low); a success takes its count back,
+//! clears the client's failures on the account and makes the client trusted for it. A trusted client (it
+//! has shown the password from this address within the trust period) is held only to its own
+//! account+client limit, and its attempts are checked against its recorded failures and counted only when
+//! they fail: counting ahead would make a busy client's parallel logins throttle each other. A counter
+//! always gets its TTL (set whenever one is missing). IPv6 clients count per /64. If Redis is down the
+//! limiter fails open (logged): locking everyone out would be worse.
 
 use fred::interfaces::LuaInterface;
 
 use super::config::AuthConfig;
 use crate::platform::crypto;
+use crate::platform::http::client_ip::client_bucket;
 use crate::platform::redis::Redis;
 
 /// Too many failures: try again in this many seconds.
@@ -25,12 +29,23 @@ pub struct Throttled {
     pub retry_after_secs: u64,
 }
 
-/// One login attempt, counted before the password is checked (so parallel guesses cannot all pass a
-/// check made while the counters were low). KEYS: account+client, client, account, trusted flag. ARGV: the
-/// three limits (0 = off), then the three windows in seconds. Returns 0, or the seconds until the first
-/// exceeded window ends. A client trusted for the account is held only to its own account+client limit.
+/// One login attempt. KEYS: account+client, client, account, trusted flag. ARGV: the three limits
+/// (0 = off), then the three windows in seconds. Returns the seconds until the first exceeded window ends
+/// when throttled; else 0 when the attempt was counted ahead (an unknown client: parallel guesses cannot
+/// all pass a check made while the counters were low), or -1 for a trusted client, checked against its
+/// recorded failures only and counted if it fails.
 const ATTEMPT: &str = r#"
 local trusted = redis.call('EXISTS', KEYS[4]) == 1
+if trusted then
+  local limit = tonumber(ARGV[1])
+  local n = tonumber(redis.call('GET', KEYS[1]) or '0')
+  if limit > 0 and n >= limit then
+    local ttl = redis.call('TTL', KEYS[1])
+    if ttl < 1 then ttl = 1 end
+    return ttl
+  end
+  return -1
+end
 local counts = {}
 for i = 1, 3 do
   counts[i] = redis.call('INCR', KEYS[i])
@@ -38,9 +53,11 @@ for i = 1, 3 do
 end
 for i = 1, 3 do
   local limit = tonumber(ARGV[i])
-  if (i == 1 or not trusted) and limit > 0 and counts[i] > limit then
+  if limit > 0 and counts[i] > limit then
     local ttl = redis.call('TTL', KEYS[i])
     if ttl < 1 then ttl = 1 end
+    -- A refused attempt never reaches the password check: it is not a failure.
+    for j = 1, 3 do redis.call('DECR', KEYS[j]) end
     return ttl
   end
 end
@@ -49,29 +66,43 @@ return 0
 
 /// A successful login: it does not count as a failure anywhere, this client's failures on the account
 /// are forgotten, and the client is trusted for the account. KEYS: account+client, client, account,
-/// trusted flag. ARGV: trust period in seconds.
+/// trusted flag. ARGV: trust period in seconds, 1 if the attempt was counted ahead.
 const SUCCESS: &str = r#"
 redis.call('DEL', KEYS[1])
-for i = 2, 3 do
-  if tonumber(redis.call('GET', KEYS[i]) or '0') > 0 then redis.call('DECR', KEYS[i]) end
+if ARGV[2] == '1' then
+  for i = 2, 3 do
+    if tonumber(redis.call('GET', KEYS[i]) or '0') > 0 then redis.call('DECR', KEYS[i]) end
+  end
 end
 redis.call('SET', KEYS[4], '1', 'EX', ARGV[1])
 return 1
 "#;
 
-/// The client part of a key: an IPv6 client is its /64 (one subscriber's network; counting single
-/// addresses would give whoever holds a /64 billions of fresh budgets).
+/// A failed attempt of a trusted client (not counted ahead). KEYS: account+client, client, account.
+/// ARGV: the three windows in seconds.
+const FAILURE: &str = r#"
+for i = 1, 3 do
+  redis.call('INCR', KEYS[i])
+  if redis.call('TTL', KEYS[i]) < 0 then redis.call('EXPIRE', KEYS[i], ARGV[i]) end
+end
+return 1
+"#;
+
+/// How an attempt that may go on was counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attempt {
+    /// Counted as a failure ahead of the check; a success takes it back.
+    CountedAhead,
+    /// A trusted client's: counted only if it fails.
+    Trusted,
+    /// Not counted (limits off, or Redis unavailable).
+    Uncounted,
+}
+
+/// The client part of a key (an IPv6 client counts per /64).
 fn client_key(ip: &str) -> String {
-    match ip.parse::<std::net::IpAddr>() {
-        Ok(std::net::IpAddr::V6(v6)) if v6.to_ipv4_mapped().is_none() => {
-            let mut segs = v6.segments();
-            for s in segs.iter_mut().skip(4) {
-                *s = 0;
-            }
-            format!("{}/64", std::net::Ipv6Addr::from(segs))
-        }
-        _ => ip.to_string(),
-    }
+    ip.parse::<std::net::IpAddr>()
+        .map_or_else(|_| ip.to_string(), client_bucket)
 }
 
 pub struct LoginLimiter {
@@ -117,11 +148,11 @@ impl LoginLimiter {
         ]
     }
 
-    /// Counts an attempt (a failure until [`LoginLimiter::record_success`] says otherwise) and answers
-    /// whether it may go on.
-    pub async fn attempt(&self, email: &str, ip: Option<&str>) -> Result<(), Throttled> {
+    /// Answers whether an attempt may go on, counting it ahead unless the client is trusted (see
+    /// [`Attempt`]); the caller reports the outcome with `record_success` or `record_failure`.
+    pub async fn attempt(&self, email: &str, ip: Option<&str>) -> Result<Attempt, Throttled> {
         if self.off() {
-            return Ok(());
+            return Ok(Attempt::Uncounted);
         }
         let keys = self.keys(email, ip);
         let args = vec![
@@ -144,26 +175,54 @@ impl LoginLimiter {
                     retry_after_secs: secs.unsigned_abs(),
                 })
             }
-            Ok(_) => Ok(()),
+            Ok(-1) => Ok(Attempt::Trusted),
+            Ok(_) => Ok(Attempt::CountedAhead),
             Err(e) => {
                 tracing::warn!(error = %e, "login rate limiter unavailable; failing open");
-                Ok(())
+                Ok(Attempt::Uncounted)
             }
+        }
+    }
+
+    /// A failed attempt: only a trusted client's needs counting now (the others were counted ahead).
+    pub async fn record_failure(&self, email: &str, ip: Option<&str>, attempt: Attempt) {
+        if attempt != Attempt::Trusted {
+            return;
+        }
+        let keys = self.keys(email, ip);
+        let args = vec![
+            self.window_secs.to_string(),
+            self.window_secs.to_string(),
+            self.account_window_secs.to_string(),
+        ];
+        let done: Result<i64, _> = self
+            .redis
+            .client
+            .eval(
+                FAILURE,
+                keys.iter().take(3).cloned().collect::<Vec<_>>(),
+                args,
+            )
+            .await;
+        if let Err(e) = done {
+            tracing::warn!(error = %e, "failed login not counted by the limiter");
         }
     }
 
     /// A successful login: this client's failures on the account are forgotten, and the client stays
     /// trusted for the account (exempt from the account-wide ceiling) for the trust period.
-    pub async fn record_success(&self, email: &str, ip: Option<&str>) {
+    pub async fn record_success(&self, email: &str, ip: Option<&str>, attempt: Attempt) {
         if self.off() {
             return;
         }
         let keys = self.keys(email, ip);
-        let done: Result<i64, _> = self
-            .redis
-            .client
-            .eval(SUCCESS, keys.to_vec(), vec![self.trusted_secs.to_string()])
-            .await;
+        let counted = if attempt == Attempt::CountedAhead {
+            "1"
+        } else {
+            "0"
+        };
+        let args = vec![self.trusted_secs.to_string(), counted.to_string()];
+        let done: Result<i64, _> = self.redis.client.eval(SUCCESS, keys.to_vec(), args).await;
         if let Err(e) = done {
             tracing::warn!(error = %e, "successful login not recorded by the limiter");
         }
@@ -179,6 +238,6 @@ mod tests {
         assert_eq!(client_key("2001:db8:1:2:3:4:5:6"), "2001:db8:1:2::/64");
         assert_eq!(client_key("2001:db8:1:2:ffff::1"), "2001:db8:1:2::/64");
         assert_eq!(client_key("203.0.113.9"), "203.0.113.9");
-        assert_eq!(client_key("::ffff:203.0.113.9"), "::ffff:203.0.113.9");
+        assert_eq!(client_key("::ffff:203.0.113.9"), "203.0.113.9");
     }
 }

@@ -66,6 +66,21 @@ impl TrustedProxies {
     }
 }
 
+/// The unit a per-client limit counts: an IPv4 address, or an IPv6 client's /64 (one subscriber's
+/// network; counting single addresses would give whoever holds a /64 billions of fresh budgets).
+pub fn client_bucket(ip: IpAddr) -> String {
+    match canonical(ip) {
+        IpAddr::V6(v6) => {
+            let mut segs = v6.segments();
+            for s in segs.iter_mut().skip(4) {
+                *s = 0;
+            }
+            format!("{}/64", std::net::Ipv6Addr::from(segs))
+        }
+        v4 => v4.to_string(),
+    }
+}
+
 /// IPv4-mapped IPv6 addresses compare as IPv4.
 fn canonical(ip: IpAddr) -> IpAddr {
     match ip {
