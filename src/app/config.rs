@@ -4,6 +4,7 @@
 use serde::Deserialize;
 use toml::Value;
 
+pub use crate::domain::agents::config::AgentsConfig;
 pub use crate::domain::auth::config::{AuthConfig, CookieSecure};
 pub use crate::domain::auth::config::{GithubConfig, GoogleConfig, OAuthConfig};
 pub use crate::domain::common::access::Enforcement;
@@ -26,6 +27,7 @@ pub struct Config {
     pub oauth: OAuthConfig,
     pub secrets: SecretsConfig,
     pub workflows: WorkflowsConfig,
+    pub agents: AgentsConfig,
     pub enterprise: EnterpriseConfig,
 }
 
@@ -209,6 +211,16 @@ const ENV_KEYS: &[(&str, &str)] = &[
     (
         "WORKFLOW_RUN_OUTPUT_MAX_BYTES",
         "workflows.run_output_max_bytes",
+    ),
+    ("GATEWAY_WS_URL", "agents.gateway_ws_url"),
+    (
+        "EXECUTOR_PAIRING_TOKEN_TTL_SEC",
+        "agents.pairing_token_ttl_secs",
+    ),
+    ("EXECUTOR_PAIR_MAX_FAILURES", "agents.pair_max_failures"),
+    (
+        "EXECUTOR_PAIR_FAILURE_WINDOW_SEC",
+        "agents.pair_failure_window_secs",
     ),
     (
         "VESPID_ENTERPRISE_PROVIDER_MODULE",

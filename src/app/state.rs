@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use crate::app::config::Config;
 use crate::app::dev_kek;
+use crate::domain::agents::{Agents, AgentsParts};
 #[cfg(feature = "oidc")]
 use crate::domain::auth::oauth::{OAuthParts, OAuthService};
 use crate::domain::auth::{AuthParts, AuthService};
@@ -36,6 +37,7 @@ pub struct AppState {
     pub secrets: Arc<Secrets>,
     pub workflows: Arc<Workflows>,
     pub runs: Arc<Runs>,
+    pub agents: Arc<Agents>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -119,6 +121,11 @@ impl AppState {
             enqueue_timeout: Duration::from_millis(config.workflows.enqueue_timeout_ms),
             retry_attempts: config.workflows.retry_attempts,
         }));
+        let agents = Arc::new(Agents::new(AgentsParts {
+            config: config.agents.clone(),
+            db: db.clone(),
+            redis: redis.clone(),
+        }));
         Ok(Self {
             #[cfg(feature = "oidc")]
             oauth: Arc::new(OAuthService::new(OAuthParts {
@@ -144,6 +151,7 @@ impl AppState {
             orgs,
             secrets,
             runs,
+            agents,
         })
     }
 

@@ -1,5 +1,6 @@
 //! Domains: each folder owns its model, queries, service functions and routes.
 
+pub mod agents;
 pub mod auth;
 pub mod common;
 pub mod meta;

@@ -10,7 +10,7 @@ use serde_json::json;
 
 use crate::app::state::AppState;
 use crate::domain::common::access::{Authenticator, Memberships};
-use crate::domain::{auth, meta, orgs, runs, secrets, workflows};
+use crate::domain::{agents, auth, meta, orgs, runs, secrets, workflows};
 use crate::platform::db;
 use crate::platform::http::body::BodyConfig;
 use crate::platform::http::client_ip::{ForwardedHeader, TrustedProxies};
@@ -28,6 +28,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     secrets::routes::configure(cfg);
     runs::routes::configure(cfg);
     workflows::routes::configure(cfg);
+    agents::routes::configure(cfg);
 }
 
 /// Every service a handler or extractor may ask for, as app data.
@@ -62,7 +63,8 @@ fn services(state: &AppState) -> impl Fn(&mut web::ServiceConfig) + Clone {
             .app_data(web::Data::from(state.orgs.clone()))
             .app_data(web::Data::from(state.secrets.clone()))
             .app_data(web::Data::from(state.workflows.clone()))
-            .app_data(web::Data::from(state.runs.clone()));
+            .app_data(web::Data::from(state.runs.clone()))
+            .app_data(web::Data::from(state.agents.clone()));
         #[cfg(feature = "oidc")]
         cfg.app_data(web::Data::from(state.oauth.clone()));
     }

@@ -6,6 +6,7 @@
 
 mod common;
 
+mod agents;
 mod auth;
 mod authz;
 mod basics;

@@ -21,7 +21,7 @@ const ORG_TABLES: [(&str, &str); 6] = [
     ("organization_credit_ledger", "organization_id"),
 ];
 
-const ALL_TABLES: [&str; 7] = [
+const ALL_TABLES: [&str; 9] = [
     "organizations",
     "memberships",
     "organization_invitations",
@@ -29,6 +29,8 @@ const ALL_TABLES: [&str; 7] = [
     "connector_secrets",
     "organization_credit_balances",
     "organization_credit_ledger",
+    "organization_executors",
+    "executor_pairing_tokens",
 ];
 
 const SET_CTX: &str =

@@ -68,6 +68,8 @@ id_type! {
     RunId,
     /// A run event.
     EventId,
+    /// An org's paired executor (node agent).
+    ExecutorId,
 }
 
 impl RunId {

@@ -72,6 +72,7 @@ const fn admin(method: &'static str, path: &'static str, denied: &'static str) -
 
 const WORKFLOWS: &str = "Role is not allowed to manage workflows";
 const SECRETS: &str = "Role is not allowed to manage secrets";
+const EXECUTORS: &str = "Role is not allowed to manage executors";
 
 /// Every route of the API.
 pub const ROUTES: &[Rule] = &[
@@ -159,6 +160,34 @@ pub const ROUTES: &[Rule] = &[
         "/v1/orgs/{orgId}/workflows/{workflowId}/runs/{runId}/events",
         Access::Member,
     ),
+    // Executors (node agents); `agents` and `executors` name the same thing.
+    admin("GET", "/v1/orgs/{orgId}/agents", EXECUTORS),
+    admin("GET", "/v1/orgs/{orgId}/executors", EXECUTORS),
+    admin("POST", "/v1/orgs/{orgId}/agents/pairing-tokens", EXECUTORS),
+    admin(
+        "POST",
+        "/v1/orgs/{orgId}/executors/pairing-tokens",
+        EXECUTORS,
+    ),
+    admin(
+        "POST",
+        "/v1/orgs/{orgId}/agents/{agentId}/revoke",
+        EXECUTORS,
+    ),
+    admin(
+        "POST",
+        "/v1/orgs/{orgId}/executors/{executorId}/revoke",
+        EXECUTORS,
+    ),
+    admin(
+        "PUT",
+        "/v1/orgs/{orgId}/executors/{executorId}/labels",
+        EXECUTORS,
+    ),
+    admin("PUT", "/v1/orgs/{orgId}/agents/{agentId}/tags", EXECUTORS),
+    // The pairing token is the credential.
+    rule("POST", "/v1/agents/pair", Access::Public),
+    rule("POST", "/v1/executors/pair", Access::Public),
 ];
 
 /// Rules by path template (a few methods each).

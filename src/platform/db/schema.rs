@@ -235,3 +235,47 @@ diesel::allow_tables_to_appear_in_same_query!(
     workflow_run_events,
     workflow_run_steps
 );
+
+diesel::table! {
+    organization_executors (id) {
+        id -> Uuid,
+        organization_id -> Uuid,
+        name -> Text,
+        token_hash -> Text,
+        revoked_at -> Nullable<Timestamptz>,
+        last_seen_at -> Nullable<Timestamptz>,
+        capabilities -> Nullable<Jsonb>,
+        labels -> Array<Text>,
+        created_by_user_id -> Uuid,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    executor_pairing_tokens (id) {
+        id -> Uuid,
+        organization_id -> Uuid,
+        token_hash -> Text,
+        labels -> Array<Text>,
+        expires_at -> Timestamptz,
+        used_at -> Nullable<Timestamptz>,
+        created_by_user_id -> Uuid,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    managed_executors (id) {
+        id -> Uuid,
+        name -> Text,
+        labels -> Array<Text>,
+        capabilities -> Nullable<Jsonb>,
+        token_hash -> Nullable<Text>,
+        revoked_at -> Nullable<Timestamptz>,
+        last_seen_at -> Nullable<Timestamptz>,
+        max_in_flight -> Int4,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::allow_tables_to_appear_in_same_query!(organization_executors, executor_pairing_tokens);

@@ -342,6 +342,63 @@ impl<'a> Form<'a> {
         }
     }
 
+    /// A required array of at most `max_items` strings, each `min..=max` chars long.
+    pub fn string_list(
+        &mut self,
+        key: &str,
+        max_items: usize,
+        min: usize,
+        max: usize,
+    ) -> Option<Vec<String>> {
+        self.obj?;
+        match self.get(key) {
+            None => {
+                self.invalid.field(key, "Required");
+                None
+            }
+            Some(v) => self.check_string_list(key, v, max_items, min, max),
+        }
+    }
+
+    /// An optional array of strings (absent is fine, `null` or a wrong type is not).
+    pub fn opt_string_list(
+        &mut self,
+        key: &str,
+        max_items: usize,
+        min: usize,
+        max: usize,
+    ) -> Option<Vec<String>> {
+        let v = self.get(key)?;
+        self.check_string_list(key, v, max_items, min, max)
+    }
+
+    fn check_string_list(
+        &mut self,
+        key: &str,
+        v: &Value,
+        max_items: usize,
+        min: usize,
+        max: usize,
+    ) -> Option<Vec<String>> {
+        let Value::Array(items) = v else {
+            self.invalid
+                .field(key, format!("Expected array, received {}", type_name(v)));
+            return None;
+        };
+        if items.len() > max_items {
+            self.invalid.field(
+                key,
+                format!("Array must contain at most {max_items} element(s)"),
+            );
+            return None;
+        }
+        let out: Vec<String> = items
+            .iter()
+            .filter_map(|item| self.check_string(key, item, min, max))
+            .collect();
+        (out.len() == items.len()).then_some(out)
+    }
+
     pub fn invalid(&mut self) -> &mut Invalid {
         &mut self.invalid
     }
