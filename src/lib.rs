@@ -3,5 +3,6 @@
 
 pub mod app;
 pub mod domain;
+pub mod node_agent;
 pub mod platform;
 pub mod roles;

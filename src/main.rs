@@ -5,6 +5,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use vespid::app::config::Config;
 use vespid::app::telemetry;
+use vespid::domain::agents::identity::Pool;
+use vespid::node_agent;
 use vespid::platform::db::migrate;
 use vespid::roles::{self, Roles};
 
@@ -31,6 +33,8 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once per process: the size of the agent's flags does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Run one or more roles in this process.
@@ -54,6 +58,152 @@ enum Command {
         #[command(subcommand)]
         command: SecretsCommand,
     },
+    /// The node agent: pair this machine with an org and run it as an executor.
+    Agent {
+        #[command(subcommand)]
+        command: AgentCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AgentCommand {
+    /// Pair with a pairing token (from `POST /v1/orgs/{org}/agents/pairing-tokens`), write the config
+    /// file (0600) and run.
+    Connect {
+        #[arg(long)]
+        pairing_token: String,
+        /// The API's base URL.
+        #[arg(long, default_value = "http://localhost:3001")]
+        api_base: String,
+        /// This executor's name (default: the host name).
+        #[arg(long)]
+        name: Option<String>,
+        /// Comma-separated labels this agent reports about itself (else VESPID_AGENT_TAGS); routing
+        /// uses the labels an admin sets.
+        #[arg(long)]
+        tags: Option<String>,
+        /// Where the config is written (else VESPID_AGENT_CONFIG_PATH, else ~/.vespid/agent.json).
+        #[arg(long)]
+        config_path: Option<String>,
+    },
+    /// Run from the config file, or from flags when --executor-id, --executor-token and
+    /// --gateway-ws-url are all given.
+    Start {
+        #[arg(long)]
+        config_path: Option<String>,
+        /// `byon` or `managed` (with flags; default managed).
+        #[arg(long)]
+        pool: Option<String>,
+        #[arg(long)]
+        executor_id: Option<uuid::Uuid>,
+        #[arg(long)]
+        executor_token: Option<String>,
+        #[arg(long)]
+        organization_id: Option<uuid::Uuid>,
+        #[arg(long)]
+        gateway_ws_url: Option<String>,
+        #[arg(long)]
+        api_base: Option<String>,
+        #[arg(long)]
+        name: Option<String>,
+        /// Comma-separated (else --tags, else VESPID_AGENT_TAGS).
+        #[arg(long)]
+        labels: Option<String>,
+        #[arg(long)]
+        tags: Option<String>,
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=200))]
+        max_in_flight: Option<u32>,
+    },
+}
+
+/// `vespid agent …`: needs none of the server's configuration; logs to stderr (`VESPID_AGENT_LOG`).
+fn run_agent(command: AgentCommand) -> ExitCode {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("VESPID_AGENT_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("vespid agent: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            vespid::app::shutdown::signal().await;
+            let _ = stop_tx.send(true);
+        });
+        match command {
+            AgentCommand::Connect {
+                pairing_token,
+                api_base,
+                name,
+                tags,
+                config_path,
+            } => {
+                let args = node_agent::ConnectArgs {
+                    pairing_token,
+                    api_base,
+                    name,
+                    tags,
+                    config_path,
+                };
+                node_agent::connect(args, stop_rx).await
+            }
+            AgentCommand::Start {
+                config_path,
+                pool,
+                executor_id,
+                executor_token,
+                organization_id,
+                gateway_ws_url,
+                api_base,
+                name,
+                labels,
+                tags,
+                max_in_flight,
+            } => {
+                let pool = match pool.as_deref() {
+                    None => None,
+                    Some("byon") => Some(Pool::Byon),
+                    Some("managed") => Some(Pool::Managed),
+                    Some(other) => {
+                        return Err(node_agent::AgentError::Flag(format!(
+                            "--pool {other}: expected byon or managed"
+                        )))
+                    }
+                };
+                let args = node_agent::StartArgs {
+                    config_path,
+                    pool,
+                    executor_id,
+                    executor_token,
+                    organization_id,
+                    gateway_ws_url,
+                    api_base,
+                    name,
+                    labels: labels.or(tags),
+                    max_in_flight,
+                };
+                node_agent::start(args, stop_rx).await
+            }
+        }
+    });
+    runtime.shutdown_timeout(std::time::Duration::from_secs(5));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("vespid agent: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -65,6 +215,10 @@ enum SecretsCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let cli = match cli.command {
+        Command::Agent { command } => return run_agent(command),
+        command => Cli { command, ..cli },
+    };
     let config = match Config::load(cli.config.as_deref()) {
         Ok(c) => c,
         Err(e) => {
@@ -112,6 +266,8 @@ fn main() -> ExitCode {
             } => roles::rotate_secrets(config)
                 .await
                 .map_err(|e| e.to_string()),
+            // Handled before the server's configuration is loaded.
+            Command::Agent { .. } => Ok(()),
         }
     });
     runtime.shutdown_timeout(grace);

@@ -8,6 +8,7 @@ pub use crate::domain::agents::config::AgentsConfig;
 pub use crate::domain::auth::config::{AuthConfig, CookieSecure};
 pub use crate::domain::auth::config::{GithubConfig, GoogleConfig, OAuthConfig};
 pub use crate::domain::common::access::Enforcement;
+pub use crate::domain::gateway::config::GatewayConfig;
 pub use crate::domain::orgs::config::OrgsConfig;
 pub use crate::domain::runs::config::WorkflowsConfig;
 pub use crate::domain::secrets::config::SecretsConfig;
@@ -28,6 +29,7 @@ pub struct Config {
     pub secrets: SecretsConfig,
     pub workflows: WorkflowsConfig,
     pub agents: AgentsConfig,
+    pub gateway: GatewayConfig,
     pub enterprise: EnterpriseConfig,
 }
 
@@ -213,6 +215,12 @@ const ENV_KEYS: &[(&str, &str)] = &[
         "workflows.run_output_max_bytes",
     ),
     ("GATEWAY_WS_URL", "agents.gateway_ws_url"),
+    ("GATEWAY_HOST", "gateway.host"),
+    ("GATEWAY_PORT", "gateway.port"),
+    ("GATEWAY_EDGE_ID", "gateway.edge_id"),
+    ("GATEWAY_AGENT_STALE_MS", "gateway.executor_stale_ms"),
+    ("GATEWAY_PING_INTERVAL_MS", "gateway.ping_interval_ms"),
+    ("GATEWAY_MAX_FRAME_BYTES", "gateway.max_frame_bytes"),
     (
         "EXECUTOR_PAIRING_TOKEN_TTL_SEC",
         "agents.pairing_token_ttl_secs",

@@ -11,6 +11,7 @@ use crate::domain::agents::{Agents, AgentsParts};
 use crate::domain::auth::oauth::{OAuthParts, OAuthService};
 use crate::domain::auth::{AuthParts, AuthService};
 use crate::domain::common::access::AccessConfig;
+use crate::domain::gateway::{Gateway, GatewayParts};
 use crate::domain::meta::provider::{self, EnterpriseProvider};
 use crate::domain::meta::Meta;
 use crate::domain::orgs::{Orgs, OrgsParts};
@@ -38,6 +39,7 @@ pub struct AppState {
     pub workflows: Arc<Workflows>,
     pub runs: Arc<Runs>,
     pub agents: Arc<Agents>,
+    pub gateway: Arc<Gateway>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -126,6 +128,11 @@ impl AppState {
             db: db.clone(),
             redis: redis.clone(),
         }));
+        let gateway = Arc::new(Gateway::new(GatewayParts {
+            config: config.gateway.clone(),
+            agents: agents.clone(),
+            redis: redis.clone(),
+        }));
         Ok(Self {
             #[cfg(feature = "oidc")]
             oauth: Arc::new(OAuthService::new(OAuthParts {
@@ -152,6 +159,7 @@ impl AppState {
             secrets,
             runs,
             agents,
+            gateway,
         })
     }
 

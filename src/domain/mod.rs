@@ -3,6 +3,7 @@
 pub mod agents;
 pub mod auth;
 pub mod common;
+pub mod gateway;
 pub mod meta;
 pub mod orgs;
 pub mod runs;

@@ -2,6 +2,7 @@
 
 pub mod api;
 pub mod background;
+pub mod gateway;
 pub mod role;
 
 use std::net::TcpListener;
@@ -100,10 +101,32 @@ pub async fn serve(config: Config, roles: Roles, run_migrations: bool) -> Result
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut background = Vec::new();
     for role in &roles.0 {
-        if *role != Role::Api {
+        if !matches!(*role, Role::Api | Role::Gateway) {
             background.push(background::spawn(*role, state.clone(), stop_rx.clone())?);
         }
     }
+    let gateway = if roles.0.contains(&Role::Gateway) {
+        let addr = format!(
+            "{}:{}",
+            state.config.gateway.host, state.config.gateway.port
+        );
+        let listener = TcpListener::bind(&addr).map_err(|source| ServeError::Listen {
+            addr: addr.clone(),
+            source,
+        })?;
+        let bound = listener.local_addr().map_or(addr, |a| a.to_string());
+        tracing::info!(addr = %bound, edge_id = state.gateway.edge_id(), "gateway listening");
+        let server = gateway::server(&state, listener).map_err(ServeError::Server)?;
+        let handle = server.handle();
+        tokio::spawn(async move {
+            if let Err(e) = server.await {
+                tracing::error!(error = %e, "gateway server failed");
+            }
+        });
+        Some(handle)
+    } else {
+        None
+    };
     if roles.0.contains(&Role::Api) {
         let addr = format!("{}:{}", state.config.server.host, state.config.server.port);
         let listener = TcpListener::bind(&addr).map_err(|source| ServeError::Listen {
@@ -120,6 +143,9 @@ pub async fn serve(config: Config, roles: Roles, run_migrations: bool) -> Result
         crate::app::shutdown::signal().await;
     }
     tracing::info!("shutting down");
+    if let Some(handle) = gateway {
+        handle.stop(true).await;
+    }
     // Background roles stop taking work and hand back what they hold, within the grace period.
     let _ = stop_tx.send(true);
     let grace = std::time::Duration::from_secs(state.config.server.shutdown_grace_secs + 2);

@@ -313,7 +313,11 @@ fn every_registered_route_is_in_the_access_table() {
             let path = entry.path();
             if path.is_dir() {
                 dirs.push(path.to_string_lossy().to_string());
-            } else if path.file_name().is_some_and(|n| n == "routes.rs") {
+            } else if path.file_name().is_some_and(|n| n == "routes.rs")
+                // The gateway's routes are served on its own listener and authenticated by executor
+                // token, not by the API's access table.
+                && !path.to_string_lossy().contains("/domain/gateway/")
+            {
                 sources.push(path.to_string_lossy().to_string());
             }
         }

@@ -13,6 +13,7 @@ mod basics;
 mod executors;
 mod fake_github;
 mod fake_oauth;
+mod gateway;
 mod hostile;
 mod oauth;
 mod orgs;

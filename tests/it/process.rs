@@ -45,6 +45,9 @@ impl Served {
             .env("REDIS_KEY_PREFIX", format!("test:{db}:"))
             .env("API_HOST", "127.0.0.1")
             .env("API_PORT", port.to_string())
+            // Any free port: parallel tests each run a gateway too.
+            .env("GATEWAY_HOST", "127.0.0.1")
+            .env("GATEWAY_PORT", "0")
             .env("LOG_FORMAT", "json")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());

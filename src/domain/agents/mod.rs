@@ -5,6 +5,7 @@
 
 pub mod config;
 pub mod error;
+pub mod identity;
 pub mod model;
 pub mod presence;
 pub mod routes;

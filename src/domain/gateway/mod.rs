@@ -1,0 +1,349 @@
+//! The gateway's executor edge: node agents connect over `/ws/executor` with their executor token; the
+//! gateway keeps one live connection per executor, a route record per connection in Redis (what makes an
+//! executor `online` and, with dispatch, routable from any instance), pings it, re-reads its revocation
+//! and labels on every hello, and closes it at once when it is revoked anywhere.
+//!
+//! Routing labels are the control plane's only: labels in the hello are reported, never routed on.
+
+pub mod config;
+pub mod error;
+pub mod protocol;
+pub mod routes;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use dashmap::DashMap;
+use fred::interfaces::{KeysInterface, LuaInterface};
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+use crate::domain::agents::identity::{ExecutorIdentity, Pool, ToolKind};
+use crate::domain::agents::presence::{self, Revoked};
+use crate::domain::agents::Agents;
+use crate::domain::common::ids::{ExecutorId, OrgId};
+use crate::platform::redis::Redis;
+use config::GatewayConfig;
+pub use error::GatewayError;
+use protocol::{AgentFrame, HelloV2};
+
+/// What the gateway service is built from.
+pub struct GatewayParts {
+    pub config: GatewayConfig,
+    pub agents: Arc<Agents>,
+    pub redis: Redis,
+}
+
+/// Why the gateway closes a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseWhy {
+    /// The executor was revoked.
+    Revoked,
+    /// A newer connection of the same executor took over.
+    Replaced,
+    /// The hello named another executor, pool or org than the token.
+    HelloMismatch,
+    /// Two pings went unanswered.
+    Unresponsive,
+}
+
+impl CloseWhy {
+    pub fn reason(self) -> &'static str {
+        match self {
+            CloseWhy::Revoked => "EXECUTOR_REVOKED",
+            CloseWhy::Replaced => "REPLACED_BY_NEWER_CONNECTION",
+            CloseWhy::HelloMismatch => "HELLO_MISMATCH",
+            CloseWhy::Unresponsive => "PING_TIMEOUT",
+        }
+    }
+}
+
+/// What the gateway asks a connection's socket loop to do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outbound {
+    Text(String),
+    Close(CloseWhy),
+}
+
+/// One live connection, as the registry holds it.
+struct Live {
+    conn: String,
+    /// The in-flight limit the token's record allows; a hello can only lower it.
+    configured_max_in_flight: u32,
+    identity: ExecutorIdentity,
+    tx: mpsc::UnboundedSender<Outbound>,
+}
+
+/// A connection, as its socket loop holds it.
+pub struct Connection {
+    pub executor: ExecutorId,
+    /// Unique per connection (edge id + sequence): a newer connection's route is never removed by an
+    /// older one closing.
+    pub conn: String,
+    pub outbound: mpsc::UnboundedReceiver<Outbound>,
+}
+
+/// What the socket loop does after a frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Continue,
+    Close(CloseWhy),
+}
+
+/// The route record of a connected executor (what a dispatching instance reads).
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Route<'a> {
+    edge_id: &'a str,
+    executor_id: ExecutorId,
+    pool: Pool,
+    organization_id: Option<OrgId>,
+    labels: &'a [String],
+    max_in_flight: u32,
+    kinds: &'a [ToolKind],
+    last_seen_at_ms: i64,
+    conn: &'a str,
+}
+
+/// Deletes a route record only if it still belongs to the given connection.
+const DELETE_OWN_ROUTE: &str = r#"
+local v = redis.call('GET', KEYS[1])
+if not v then return 0 end
+local ok, route = pcall(cjson.decode, v)
+if ok and type(route) == 'table' and route.conn == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"#;
+
+pub struct Gateway {
+    config: GatewayConfig,
+    agents: Arc<Agents>,
+    redis: Redis,
+    edge_id: String,
+    seq: AtomicU64,
+    live: DashMap<ExecutorId, Live>,
+}
+
+impl Gateway {
+    pub fn new(parts: GatewayParts) -> Self {
+        let edge_id = if parts.config.edge_id.is_empty() {
+            format!("edge-{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
+        } else {
+            parts.config.edge_id.clone()
+        };
+        Self {
+            config: parts.config,
+            agents: parts.agents,
+            redis: parts.redis,
+            edge_id,
+            seq: AtomicU64::new(0),
+            live: DashMap::new(),
+        }
+    }
+
+    pub fn edge_id(&self) -> &str {
+        &self.edge_id
+    }
+
+    pub fn config(&self) -> &GatewayConfig {
+        &self.config
+    }
+
+    /// How many executors hold a connection to this instance.
+    pub fn connected(&self) -> usize {
+        self.live.len()
+    }
+
+    /// Closes the sockets of executors revoked anywhere, as soon as the revocation is announced; after
+    /// a lost subscription, re-checks every local connection. Called once by the gateway role.
+    pub fn listen(self: &Arc<Self>) {
+        let on_revoked = Arc::clone(self);
+        let on_reconnect = Arc::clone(self);
+        self.redis.listen(
+            presence::REVOKED_CHANNEL,
+            move |text| match serde_json::from_str::<Revoked>(text) {
+                Ok(r) => on_revoked.close(r.executor_id, CloseWhy::Revoked),
+                Err(e) => tracing::warn!(error = %e, "unreadable revocation notice"),
+            },
+            move || {
+                let gateway = Arc::clone(&on_reconnect);
+                tokio::spawn(async move { gateway.recheck_all().await });
+            },
+        );
+    }
+
+    fn close(&self, id: ExecutorId, why: CloseWhy) {
+        if let Some(live) = self.live.get(&id) {
+            tracing::info!(executor_id = %id, reason = why.reason(), "closing executor connection");
+            let _ = live.tx.send(Outbound::Close(why));
+        }
+    }
+
+    async fn recheck_all(&self) {
+        let identities: Vec<ExecutorIdentity> =
+            self.live.iter().map(|l| l.identity.clone()).collect();
+        for who in identities {
+            if let Ok(None) = self.agents.current_labels(&who).await {
+                self.close(who.id, CloseWhy::Revoked);
+            }
+        }
+    }
+
+    /// The live executor holding `token`.
+    pub async fn authenticate(&self, token: &str) -> Result<ExecutorIdentity, GatewayError> {
+        self.agents
+            .authenticate(token)
+            .await?
+            .ok_or(GatewayError::InvalidToken)
+    }
+
+    /// Registers a new connection (a previous one of the same executor is told to close), publishes its
+    /// route and records that it was seen.
+    pub async fn connect(&self, identity: ExecutorIdentity) -> Connection {
+        let n = self.seq.fetch_add(1, Ordering::Relaxed);
+        let conn = format!("{}:{n}", self.edge_id);
+        let (tx, outbound) = mpsc::unbounded_channel();
+        let executor = identity.id;
+        let previous = self.live.insert(
+            executor,
+            Live {
+                conn: conn.clone(),
+                configured_max_in_flight: identity.max_in_flight,
+                identity: identity.clone(),
+                tx,
+            },
+        );
+        if let Some(old) = previous {
+            let _ = old.tx.send(Outbound::Close(CloseWhy::Replaced));
+        }
+        tracing::info!(executor_id = %executor, org_id = ?identity.org, conn = %conn, "executor connected");
+        self.write_route(&identity, &conn).await;
+        self.agents.touch(&identity).await;
+        Connection {
+            executor,
+            conn,
+            outbound,
+        }
+    }
+
+    /// Handles one text frame of `conn`.
+    pub async fn on_text(&self, conn: &Connection, text: &str) -> Verdict {
+        match protocol::parse_agent_frame(text) {
+            Some(AgentFrame::Hello(hello)) => self.on_hello(conn, hello).await,
+            Some(AgentFrame::ToolResult(result)) => {
+                // Nothing is dispatched to executors yet, so no result can be awaited: a result is
+                // accepted only for a request sent to this very executor.
+                tracing::warn!(executor_id = %conn.executor, request_id = %result.request_id, "result for a request this executor was not sent; ignored");
+                Verdict::Continue
+            }
+            Some(AgentFrame::ToolEvent(_)) | None => Verdict::Continue,
+        }
+    }
+
+    async fn on_hello(&self, conn: &Connection, hello: HelloV2) -> Verdict {
+        let Some((current, configured)) = self
+            .live
+            .get(&conn.executor)
+            .filter(|l| l.conn == conn.conn)
+            .map(|l| (l.identity.clone(), l.configured_max_in_flight))
+        else {
+            return Verdict::Close(CloseWhy::Replaced);
+        };
+        let org_ok = match current.pool {
+            Pool::Byon => hello.organization_id == current.org.map(OrgId::uuid),
+            Pool::Managed => true,
+        };
+        if hello.executor_id != current.id.uuid() || hello.pool != current.pool || !org_ok {
+            tracing::warn!(executor_id = %current.id, "hello does not match the executor's token; closing");
+            return Verdict::Close(CloseWhy::HelloMismatch);
+        }
+        // Revocation and routing labels are re-read from the control plane on every hello.
+        let labels = match self.agents.current_labels(&current).await {
+            Ok(Some(labels)) => labels,
+            Ok(None) => return Verdict::Close(CloseWhy::Revoked),
+            Err(e) => {
+                tracing::warn!(executor_id = %current.id, error = %e, "executor state not re-read; keeping the connection as it was");
+                current.labels.clone()
+            }
+        };
+        let updated = ExecutorIdentity {
+            labels,
+            max_in_flight: hello.max_in_flight.min(configured).max(1),
+            kinds: hello.kinds.clone(),
+            name: hello.name.clone().unwrap_or(current.name.clone()),
+            ..current
+        };
+        if let Some(mut live) = self.live.get_mut(&conn.executor) {
+            if live.conn == conn.conn {
+                live.identity = updated.clone();
+            }
+        }
+        self.write_route(&updated, &conn.conn).await;
+        self.agents.touch(&updated).await;
+        Verdict::Continue
+    }
+
+    fn identity_of(&self, conn: &Connection) -> Option<ExecutorIdentity> {
+        self.live
+            .get(&conn.executor)
+            .filter(|l| l.conn == conn.conn)
+            .map(|l| l.identity.clone())
+    }
+
+    /// Keeps the route record alive (on each answered ping).
+    pub async fn still_alive(&self, conn: &Connection) {
+        if let Some(identity) = self.identity_of(conn) {
+            self.write_route(&identity, &conn.conn).await;
+        }
+    }
+
+    /// The connection ended: forget it, and its route record if it is still this connection's.
+    pub async fn disconnect(&self, conn: &Connection) {
+        self.live
+            .remove_if(&conn.executor, |_, live| live.conn == conn.conn);
+        let key = self.redis.key(&presence::route_key(conn.executor));
+        let done: Result<i64, _> = self
+            .redis
+            .client
+            .eval(DELETE_OWN_ROUTE, vec![key], vec![conn.conn.clone()])
+            .await;
+        if let Err(e) = done {
+            tracing::warn!(executor_id = %conn.executor, error = %e, "route record not removed (it expires on its own)");
+        }
+        tracing::info!(executor_id = %conn.executor, conn = %conn.conn, "executor disconnected");
+    }
+
+    async fn write_route(&self, identity: &ExecutorIdentity, conn: &str) {
+        let route = Route {
+            edge_id: &self.edge_id,
+            executor_id: identity.id,
+            pool: identity.pool,
+            organization_id: identity.org,
+            labels: &identity.labels,
+            max_in_flight: identity.max_in_flight,
+            kinds: &identity.kinds,
+            last_seen_at_ms: chrono::Utc::now().timestamp_millis(),
+            conn,
+        };
+        let Ok(value) = serde_json::to_string(&route) else {
+            return;
+        };
+        let key = self.redis.key(&presence::route_key(identity.id));
+        let ttl = i64::try_from(self.config.executor_stale_ms.max(1000)).unwrap_or(60_000);
+        let done: Result<(), _> = self
+            .redis
+            .client
+            .set(
+                key,
+                value,
+                Some(fred::types::Expiration::PX(ttl)),
+                None,
+                false,
+            )
+            .await;
+        if let Err(e) = done {
+            tracing::warn!(executor_id = %identity.id, error = %e, "route record not written");
+        }
+    }
+}

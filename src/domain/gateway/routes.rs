@@ -1,0 +1,121 @@
+//! The gateway's HTTP edge (its own listener): `/ws/executor` for node agents, authenticated by their
+//! executor token before the upgrade (a refusal is a plain 401, so an agent can tell it from a network
+//! failure), and `/healthz`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix_web::http::header;
+use actix_web::{web, HttpRequest, HttpResponse};
+use actix_ws::{CloseCode, CloseReason, Message, MessageStream, Session};
+use futures_util::StreamExt;
+use serde_json::json;
+
+use super::{CloseWhy, Connection, Gateway, GatewayError, Outbound, Verdict};
+use crate::platform::http::ApiError;
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/ws/executor", web::get().to(executor_socket))
+        .route("/healthz", web::get().to(healthz));
+}
+
+impl From<GatewayError> for ApiError {
+    fn from(e: GatewayError) -> Self {
+        match e {
+            GatewayError::InvalidToken => ApiError::unauthorized("Invalid executor token"),
+            GatewayError::Agents(e) => e.into(),
+        }
+    }
+}
+
+async fn healthz(gateway: web::Data<Gateway>) -> HttpResponse {
+    HttpResponse::Ok().json(json!({ "ok": true, "edgeId": gateway.edge_id() }))
+}
+
+/// `Authorization: Bearer <token>`, the scheme in any case.
+fn bearer(req: &HttpRequest) -> Option<String> {
+    let value = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then(|| token.to_string())
+}
+
+async fn executor_socket(
+    gateway: web::Data<Gateway>,
+    req: HttpRequest,
+    body: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let token = bearer(&req).ok_or_else(|| ApiError::unauthorized("Invalid executor token"))?;
+    let identity = gateway.authenticate(&token).await?;
+    let (response, session, stream) = actix_ws::handle(&req, body)
+        .map_err(|_| ApiError::bad_request("Expected a WebSocket upgrade"))?;
+    let stream = stream.max_frame_size(gateway.config().max_frame_bytes);
+    let conn = gateway.connect(identity).await;
+    actix_web::rt::spawn(serve_socket(gateway.into_inner(), conn, session, stream));
+    Ok(response)
+}
+
+/// One executor's socket until it closes: frames in, frames and closes out, a ping every interval and
+/// a close after two unanswered ones.
+async fn serve_socket(
+    gateway: Arc<Gateway>,
+    mut conn: Connection,
+    mut session: Session,
+    mut stream: MessageStream,
+) {
+    let interval = Duration::from_millis(gateway.config().ping_interval_ms.max(100));
+    let mut ticker = tokio::time::interval(interval);
+    ticker.tick().await;
+    let mut last_pong = Instant::now();
+    let why: Option<CloseWhy> = loop {
+        tokio::select! {
+            msg = stream.next() => match msg {
+                Some(Ok(Message::Text(text))) => {
+                    if let Verdict::Close(why) = gateway.on_text(&conn, &text).await {
+                        break Some(why);
+                    }
+                }
+                Some(Ok(Message::Ping(bytes))) => {
+                    if session.pong(&bytes).await.is_err() {
+                        break None;
+                    }
+                }
+                Some(Ok(Message::Pong(_))) => {
+                    last_pong = Instant::now();
+                    gateway.still_alive(&conn).await;
+                }
+                Some(Ok(Message::Close(_))) | None => break None,
+                Some(Ok(_)) => {}
+                Some(Err(e)) => {
+                    tracing::info!(executor_id = %conn.executor, error = %e, "executor socket error");
+                    break None;
+                }
+            },
+            out = conn.outbound.recv() => match out {
+                Some(Outbound::Text(text)) => {
+                    if session.text(text).await.is_err() {
+                        break None;
+                    }
+                }
+                Some(Outbound::Close(why)) => break Some(why),
+                None => break None,
+            },
+            _ = ticker.tick() => {
+                if last_pong.elapsed() > interval * 2 + interval / 2 {
+                    break Some(CloseWhy::Unresponsive);
+                }
+                if session.ping(b"").await.is_err() {
+                    break None;
+                }
+            }
+        }
+    };
+    gateway.disconnect(&conn).await;
+    let reason = why.map(|w| CloseReason {
+        code: match w {
+            CloseWhy::Revoked | CloseWhy::HelloMismatch => CloseCode::Policy,
+            CloseWhy::Replaced | CloseWhy::Unresponsive => CloseCode::Normal,
+        },
+        description: Some(w.reason().to_string()),
+    });
+    let _ = session.close(reason).await;
+}

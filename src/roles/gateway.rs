@@ -1,0 +1,32 @@
+//! The gateway role: the executor WebSocket edge on its own listener (`GATEWAY_HOST`/`GATEWAY_PORT`), so
+//! that only `/ws/*` needs exposing, and the revocation listener that closes revoked executors' sockets.
+
+use std::net::TcpListener;
+use std::time::Duration;
+
+use actix_web::dev::Server;
+use actix_web::middleware::from_fn;
+use actix_web::{web, App, HttpServer};
+
+use crate::app::state::AppState;
+use crate::domain::gateway;
+use crate::platform::http;
+
+/// The gateway's HTTP server. Signals are handled by `serve`, which stops it with the other roles.
+pub fn server(state: &AppState, listener: TcpListener) -> std::io::Result<Server> {
+    state.gateway.listen();
+    let data = web::Data::from(state.gateway.clone());
+    let grace = state.config.server.shutdown_grace_secs;
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(data.clone())
+            .wrap(from_fn(http::edge))
+            .configure(gateway::routes::configure)
+            .default_service(web::to(http::not_found))
+    })
+    .listen(listener)?
+    .disable_signals()
+    .shutdown_timeout(grace)
+    .client_request_timeout(Duration::from_secs(10));
+    Ok(server.run())
+}
