@@ -144,6 +144,10 @@ pub async fn serve(config: Config, roles: Roles, run_migrations: bool) -> Result
     }
     tracing::info!("shutting down");
     if let Some(handle) = gateway {
+        // Executor sockets never end by themselves: close them, then stop the server gracefully.
+        state
+            .gateway
+            .close_all(crate::domain::gateway::CloseWhy::Shutdown);
         handle.stop(true).await;
     }
     // Background roles stop taking work and hand back what they hold, within the grace period.

@@ -8,7 +8,21 @@ use uuid::Uuid;
 
 use crate::common::{spawn, spawn_with, Options, Resp, TestApp, User};
 
-async fn pairing_token(app: &TestApp, by: &User, org: Uuid, body: Option<Value>) -> Resp {
+/// `POST …/agents/{id}/revoke` (or the `executors` alias) by `by` in `org`.
+pub(crate) async fn revoke(app: &TestApp, by: &User, org: Uuid, alias: &str, id: &str) -> Resp {
+    app.post(&format!("/v1/orgs/{org}/{alias}/{id}/revoke"))
+        .by(by)
+        .org(org)
+        .send()
+        .await
+}
+
+pub(crate) async fn pairing_token(
+    app: &TestApp,
+    by: &User,
+    org: Uuid,
+    body: Option<Value>,
+) -> Resp {
     let req = app
         .post(&format!("/v1/orgs/{org}/agents/pairing-tokens"))
         .by(by)
@@ -19,7 +33,7 @@ async fn pairing_token(app: &TestApp, by: &User, org: Uuid, body: Option<Value>)
     }
 }
 
-async fn new_token(app: &TestApp, by: &User, org: Uuid) -> String {
+pub(crate) async fn new_token(app: &TestApp, by: &User, org: Uuid) -> String {
     let r = pairing_token(app, by, org, None).await;
     assert_eq!(r.status, 201, "{:?}", r.body);
     r.body["token"].as_str().unwrap().to_string()
@@ -103,12 +117,7 @@ async fn pairing_lifecycle_matches_the_original() {
     assert_eq!(r.code(), "PAIRING_TOKEN_INVALID");
     assert_eq!(r.body["message"], "Pairing token has already been used");
 
-    let r = app
-        .post(&format!("/v1/orgs/{org}/agents/{id}/revoke"))
-        .by(&owner)
-        .org(org)
-        .send()
-        .await;
+    let r = revoke(&app, &owner, org, "agents", &id.to_string()).await;
     assert_eq!(r.status, 200);
     assert_eq!(r.body, json!({ "ok": true }));
     let listed = list(&app, &owner, org, "executors").await;
@@ -116,12 +125,7 @@ async fn pairing_lifecycle_matches_the_original() {
     assert_eq!(e["status"], "revoked");
     assert!(e["revokedAt"].is_string());
     // Revoking again just sets it again.
-    let r = app
-        .post(&format!("/v1/orgs/{org}/executors/{id}/revoke"))
-        .by(&owner)
-        .org(org)
-        .send()
-        .await;
+    let r = revoke(&app, &owner, org, "executors", &id.to_string()).await;
     assert_eq!(r.status, 200);
 
     // Only hashes are stored.
@@ -368,12 +372,7 @@ async fn only_the_orgs_admins_manage_its_executors() {
     // Another org's admin cannot see, revoke or relabel it through their own org.
     let theirs = other.personal_org;
     assert!(list(&app, &other, theirs, "executors").await.is_empty());
-    let r = app
-        .post(&format!("/v1/orgs/{theirs}/executors/{id}/revoke"))
-        .by(&other)
-        .org(theirs)
-        .send()
-        .await;
+    let r = revoke(&app, &other, theirs, "executors", &id.to_string()).await;
     assert_eq!(r.status, 404);
     assert_eq!(r.code(), "AGENT_NOT_FOUND");
     let r = app
@@ -390,12 +389,7 @@ async fn only_the_orgs_admins_manage_its_executors() {
     );
 
     // A non-UUID id is not found, not a 500.
-    let r = app
-        .post(&format!("/v1/orgs/{org}/agents/not-a-uuid/revoke"))
-        .by(&owner)
-        .org(org)
-        .send()
-        .await;
+    let r = revoke(&app, &owner, org, "agents", "not-a-uuid").await;
     assert_eq!(r.status, 404);
     assert_eq!(r.code(), "AGENT_NOT_FOUND");
 }
@@ -493,12 +487,7 @@ async fn revocation_drops_presence_and_is_announced() {
         || {},
     );
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let r = app
-        .post(&format!("/v1/orgs/{org}/agents/{id}/revoke"))
-        .by(&owner)
-        .org(org)
-        .send()
-        .await;
+    let r = revoke(&app, &owner, org, "agents", &id.to_string()).await;
     assert_eq!(r.status, 200);
     let msg = tokio::time::timeout(Duration::from_secs(5), rx.recv())
         .await

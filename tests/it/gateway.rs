@@ -36,13 +36,7 @@ async fn edge(opts: Options) -> Edge {
 /// Pairs an executor in `owner`'s personal org with `labels` chosen at pairing; (id, token).
 async fn paired(app: &TestApp, owner: &User, labels: Value) -> (Uuid, String) {
     let org = owner.personal_org;
-    let r = app
-        .post(&format!("/v1/orgs/{org}/agents/pairing-tokens"))
-        .by(owner)
-        .org(org)
-        .json(json!({ "labels": labels }))
-        .send()
-        .await;
+    let r = crate::agents::pairing_token(app, owner, org, Some(json!({ "labels": labels }))).await;
     assert_eq!(r.status, 201, "{:?}", r.body);
     let r = app
         .post("/v1/agents/pair")
@@ -248,13 +242,7 @@ async fn wrong_foreign_or_revoked_tokens_are_refused_before_the_upgrade() {
     );
 
     let org = owner.personal_org;
-    let r = e
-        .app
-        .post(&format!("/v1/orgs/{org}/executors/{id}/revoke"))
-        .by(&owner)
-        .org(org)
-        .send()
-        .await;
+    let r = crate::agents::revoke(&e.app, &owner, org, "executors", &id.to_string()).await;
     assert_eq!(r.status, 200);
     assert_eq!(refused_status(connect(&e.ws_url, Some(&token)).await), 401);
 }
@@ -268,13 +256,7 @@ async fn revocation_closes_a_live_socket_at_once() {
     let mut ws = connect(&e.ws_url, Some(&token)).await.expect("connect");
     // The subscription is made when the gateway starts; give it a moment.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let r = e
-        .app
-        .post(&format!("/v1/orgs/{org}/agents/{id}/revoke"))
-        .by(&owner)
-        .org(org)
-        .send()
-        .await;
+    let r = crate::agents::revoke(&e.app, &owner, org, "agents", &id.to_string()).await;
     assert_eq!(r.status, 200);
     assert_eq!(closed_with(&mut ws).await, "EXECUTOR_REVOKED");
     assert_eq!(status_of(&e.app, &owner, id).await["status"], "revoked");
@@ -422,14 +404,7 @@ async fn vespid_agent_connect_pairs_and_runs_in_one_command() {
     let e = edge(Options::default()).await;
     let owner = e.app.signup("gw-agent").await;
     let org = owner.personal_org;
-    let r = e
-        .app
-        .post(&format!("/v1/orgs/{org}/agents/pairing-tokens"))
-        .by(&owner)
-        .org(org)
-        .send()
-        .await;
-    let token = r.body["token"].as_str().unwrap().to_string();
+    let token = crate::agents::new_token(&e.app, &owner, org).await;
     let dir = std::env::temp_dir().join(format!("vespid-agent-{}", Uuid::new_v4().simple()));
     let config_path = dir.join("agent.json");
     let config_arg = config_path.to_string_lossy().to_string();
@@ -490,13 +465,7 @@ async fn vespid_agent_connect_pairs_and_runs_in_one_command() {
     // `start` from the file.
     let agent = AgentProc::spawn(&["start", "--config-path", &config_arg]);
     wait_status(&e.app, &owner, id, "online").await;
-    let r = e
-        .app
-        .post(&format!("/v1/orgs/{org}/agents/{id}/revoke"))
-        .by(&owner)
-        .org(org)
-        .send()
-        .await;
+    let r = crate::agents::revoke(&e.app, &owner, org, "agents", &id.to_string()).await;
     assert_eq!(r.status, 200);
     let (status, stderr) = agent.exited(15).await;
     assert!(!status.success());
@@ -524,4 +493,22 @@ async fn vespid_agent_connect_with_a_bad_token_says_why() {
     assert!(!status.success());
     assert!(stderr.contains("PAIRING_TOKEN_INVALID"), "{stderr}");
     assert!(!dir.join("agent.json").exists());
+}
+
+/// On shutdown the gateway closes its executors' sockets (they reconnect elsewhere or later) instead of
+/// holding the process for the grace period.
+#[tokio::test]
+async fn shutdown_closes_every_executor_socket() {
+    let e = edge(Options::default()).await;
+    let owner = e.app.signup("gw-shutdown").await;
+    let (id, token) = paired(&e.app, &owner, json!([])).await;
+    let mut ws = connect(&e.ws_url, Some(&token)).await.expect("connect");
+    assert_eq!(e.app.state.gateway.connected(), 1);
+    e.app
+        .state
+        .gateway
+        .close_all(vespid::domain::gateway::CloseWhy::Shutdown);
+    assert_eq!(closed_with(&mut ws).await, "GATEWAY_SHUTDOWN");
+    wait_status(&e.app, &owner, id, "offline").await;
+    assert_eq!(e.app.state.gateway.connected(), 0);
 }

@@ -45,6 +45,9 @@ pub enum CloseWhy {
     HelloMismatch,
     /// Two pings went unanswered.
     Unresponsive,
+    /// This gateway instance is stopping: the agent reconnects (to another instance, or to this one
+    /// when it is back).
+    Shutdown,
 }
 
 impl CloseWhy {
@@ -54,6 +57,7 @@ impl CloseWhy {
             CloseWhy::Replaced => "REPLACED_BY_NEWER_CONNECTION",
             CloseWhy::HelloMismatch => "HELLO_MISMATCH",
             CloseWhy::Unresponsive => "PING_TIMEOUT",
+            CloseWhy::Shutdown => "GATEWAY_SHUTDOWN",
         }
     }
 }
@@ -176,6 +180,14 @@ impl Gateway {
     fn close(&self, id: ExecutorId, why: CloseWhy) {
         if let Some(live) = self.live.get(&id) {
             tracing::info!(executor_id = %id, reason = why.reason(), "closing executor connection");
+            let _ = live.tx.send(Outbound::Close(why));
+        }
+    }
+
+    /// Closes every connection this instance holds (on shutdown, so the HTTP server's graceful stop
+    /// does not wait out the grace period for sockets that never end by themselves).
+    pub fn close_all(&self, why: CloseWhy) {
+        for live in &self.live {
             let _ = live.tx.send(Outbound::Close(why));
         }
     }

@@ -114,6 +114,7 @@ async fn serve_socket(
         code: match w {
             CloseWhy::Revoked | CloseWhy::HelloMismatch => CloseCode::Policy,
             CloseWhy::Replaced | CloseWhy::Unresponsive => CloseCode::Normal,
+            CloseWhy::Shutdown => CloseCode::Away,
         },
         description: Some(w.reason().to_string()),
     });
