@@ -70,6 +70,18 @@ pub fn hostname() -> String {
         .unwrap_or_else(|| "vespid-agent".to_string())
 }
 
+/// Labels as the gateway accepts them in a hello: at most 50, each 1..=64 characters.
+fn check_labels(labels: Option<&Vec<String>>) -> Result<(), AgentError> {
+    if labels
+        .is_some_and(|l| l.len() > 50 || l.iter().any(|t| t.is_empty() || t.chars().count() > 64))
+    {
+        return Err(AgentError::Flag(
+            "labels: at most 50, each of 1 to 64 characters".into(),
+        ));
+    }
+    Ok(())
+}
+
 fn csv(raw: Option<String>) -> Option<Vec<String>> {
     let raw = raw.or_else(|| std::env::var("VESPID_AGENT_TAGS").ok())?;
     let items: Vec<String> = raw
@@ -106,14 +118,7 @@ pub async fn connect(args: ConnectArgs, shutdown: watch::Receiver<bool>) -> Resu
         return Err(AgentError::Flag("--name must be 1..120 characters".into()));
     }
     let labels = csv(args.tags.clone());
-    if labels
-        .as_ref()
-        .is_some_and(|l| l.len() > 50 || l.iter().any(|t| t.chars().count() > 64))
-    {
-        return Err(AgentError::Flag(
-            "--tags: at most 50 labels of at most 64 characters".into(),
-        ));
-    }
+    check_labels(labels.as_ref())?;
     let capabilities = match &labels {
         Some(l) => json!({ "kinds": ["connector.action", "agent.execute"], "labels": l }),
         None => json!({ "kinds": ["connector.action", "agent.execute"] }),
@@ -199,6 +204,7 @@ pub async fn start(args: StartArgs, shutdown: watch::Receiver<bool>) -> Result<(
             AgentConfig::load(&path)?
         }
     };
+    check_labels(Some(&config.reported_labels()))?;
     if config.pool == Pool::Byon && config.organization_id.is_none() {
         return Err(AgentError::Config(ConfigError::Invalid(
             "a byon executor needs --organization-id".into(),

@@ -10,6 +10,7 @@ use rand::Rng;
 use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 use super::config::AgentConfig;
@@ -52,6 +53,8 @@ fn hello(config: &AgentConfig) -> Result<String, AgentError> {
 enum Ended {
     /// Closed or failed: reconnect.
     Lost,
+    /// Closed by the gateway for policy (revoked, or a hello it refuses): reconnecting cannot help.
+    Refused(String),
     /// Shutdown asked for: the socket was closed cleanly.
     Shutdown,
 }
@@ -91,8 +94,17 @@ pub async fn run(
                     executor_id = %config.executor_id,
                     "connected to the gateway"
                 );
-                if let Ended::Shutdown = connected(ws, &hello, &mut shutdown).await {
-                    return Ok(());
+                match connected(ws, &hello, &mut shutdown).await {
+                    Ended::Shutdown => return Ok(()),
+                    Ended::Refused(reason) if reason == "EXECUTOR_REVOKED" => {
+                        return Err(AgentError::TokenRefused)
+                    }
+                    Ended::Refused(reason) => {
+                        return Err(AgentError::Protocol(format!(
+                            "the gateway refused this agent ({reason}): check the config's executorId, pool and organizationId"
+                        )))
+                    }
+                    Ended::Lost => {}
                 }
                 tracing::warn!(executor_id = %config.executor_id, "connection to the gateway lost; reconnecting");
             }
@@ -136,9 +148,10 @@ where
                     }
                 }
                 Some(Ok(Message::Close(frame))) => {
+                    let policy = frame.as_ref().is_some_and(|f| f.code == CloseCode::Policy);
                     let reason = frame.map(|f| f.reason.to_string()).unwrap_or_default();
                     tracing::warn!(reason = %reason, "the gateway closed the connection");
-                    return Ended::Lost;
+                    return if policy { Ended::Refused(reason) } else { Ended::Lost };
                 }
                 Some(Ok(Message::Text(text))) => {
                     // Tool invocations arrive with remote execution; until then nothing else is sent.

@@ -87,24 +87,39 @@ impl Redis {
         &self,
         channel: &str,
         on_message: impl Fn(&str) + Send + 'static,
-        on_reconnect: impl Fn() + Send + 'static,
+        on_reconnect: impl Fn() + Send + Sync + 'static,
     ) {
         let channel = self.key(channel);
         let mut rx = self.subscriber.message_rx();
         let wanted = channel.clone();
+        let on_reconnect = std::sync::Arc::new(on_reconnect);
+        let on_lag = on_reconnect.clone();
         tokio::spawn(async move {
-            while let Ok(msg) = rx.recv().await {
-                if &*msg.channel != wanted.as_str() {
-                    continue;
-                }
-                if let Some(text) = msg.value.as_string() {
-                    on_message(&text);
+            loop {
+                match rx.recv().await {
+                    Ok(msg) => {
+                        if &*msg.channel != wanted.as_str() {
+                            continue;
+                        }
+                        if let Some(text) = msg.value.as_string() {
+                            on_message(&text);
+                        }
+                    }
+                    // Messages arrived faster than they were read and some were dropped: the listener
+                    // goes on, and is told it may have missed some (as after a reconnect).
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        tracing::warn!(channel = %wanted, missed = n, "subscriber lagged; messages missed");
+                        on_lag();
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
                 }
             }
         });
         let mut reconnects = self.subscriber.reconnect_rx();
         tokio::spawn(async move {
-            while reconnects.recv().await.is_ok() {
+            while let Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) =
+                reconnects.recv().await
+            {
                 on_reconnect();
             }
         });

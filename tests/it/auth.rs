@@ -742,6 +742,26 @@ async fn a_trusted_clients_parallel_logins_do_not_throttle_each_other() {
     assert_eq!(n, 3, "refused attempts are not counted as failures");
 }
 
+/// A burst of guesses from a trusted client's address cannot all slip past one check: at most 64 are
+/// in flight at once, so the failures stay bounded by the limit plus that.
+#[tokio::test]
+async fn a_burst_of_guesses_from_a_trusted_address_stays_bounded() {
+    let app = spawn_with(Options::default().env("LOGIN_MAX_FAILURES", "3")).await;
+    let u = app.signup("nat").await;
+    assert_eq!(st(&login(&app, &u.email, PASSWORD).await), 200);
+    let answers =
+        futures_util::future::join_all((0..100).map(|_| login(&app, &u.email, "Wrong-password-1")))
+            .await;
+    let tried = answers.iter().filter(|r| st(r) == 401).count();
+    let throttled = answers.iter().filter(|r| st(r) == 429).count();
+    assert_eq!(tried + throttled, 100);
+    assert!(
+        tried <= 3 + 64,
+        "{tried} guesses reached the password check"
+    );
+    assert!(throttled >= 33, "{throttled}");
+}
+
 /// X-Forwarded-For counts only from a trusted proxy: from anyone else it is ignored, so a guesser cannot
 /// dodge the per-client limit by inventing addresses.
 #[tokio::test]

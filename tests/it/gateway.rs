@@ -163,8 +163,7 @@ async fn a_connected_executor_is_online_and_routed_on_control_plane_labels() {
 
     let mut ws = connect(&e.ws_url, Some(&token)).await.expect("connect");
     // Online from the upgrade on, before any hello; seen now.
-    let listed = status_of(&e.app, &owner, id).await;
-    assert_eq!(listed["status"], "online");
+    let listed = wait_status(&e.app, &owner, id, "online").await;
     assert!(listed["lastSeenAt"].is_string());
     let r = route(&e.app, id).await.expect("route record");
     assert_eq!(r["labels"], json!(["gpu"]));
@@ -254,6 +253,7 @@ async fn revocation_closes_a_live_socket_at_once() {
     let org = owner.personal_org;
     let (id, token) = paired(&e.app, &owner, json!([])).await;
     let mut ws = connect(&e.ws_url, Some(&token)).await.expect("connect");
+    wait_status(&e.app, &owner, id, "online").await;
     // The subscription is made when the gateway starts; give it a moment.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let r = crate::agents::revoke(&e.app, &owner, org, "agents", &id.to_string()).await;
@@ -291,7 +291,7 @@ async fn an_executor_that_stops_answering_pings_is_dropped() {
     let (id, token) = paired(&e.app, &owner, json!([])).await;
     // A client that never reads never answers a ping.
     let ws = connect(&e.ws_url, Some(&token)).await.expect("connect");
-    assert_eq!(status_of(&e.app, &owner, id).await["status"], "online");
+    wait_status(&e.app, &owner, id, "online").await;
     wait_status(&e.app, &owner, id, "offline").await;
     drop(ws);
 
@@ -313,6 +313,7 @@ async fn a_newer_connection_replaces_the_older_and_keeps_its_route() {
     let owner = e.app.signup("gw-replace").await;
     let (id, token) = paired(&e.app, &owner, json!([])).await;
     let mut first = connect(&e.ws_url, Some(&token)).await.expect("connect");
+    wait_status(&e.app, &owner, id, "online").await;
     let first_conn = route(&e.app, id).await.expect("route")["conn"].clone();
     let mut second = connect(&e.ws_url, Some(&token)).await.expect("connect");
     assert_eq!(
@@ -503,6 +504,7 @@ async fn shutdown_closes_every_executor_socket() {
     let owner = e.app.signup("gw-shutdown").await;
     let (id, token) = paired(&e.app, &owner, json!([])).await;
     let mut ws = connect(&e.ws_url, Some(&token)).await.expect("connect");
+    wait_status(&e.app, &owner, id, "online").await;
     assert_eq!(e.app.state.gateway.connected(), 1);
     e.app
         .state
@@ -511,4 +513,25 @@ async fn shutdown_closes_every_executor_socket() {
     assert_eq!(closed_with(&mut ws).await, "GATEWAY_SHUTDOWN");
     wait_status(&e.app, &owner, id, "offline").await;
     assert_eq!(e.app.state.gateway.connected(), 0);
+}
+
+/// A revocation whose announcement never came (here: written straight to the database) still closes
+/// the socket: revocation is re-read every few pings, hello or not.
+#[tokio::test]
+async fn a_missed_revocation_still_closes_the_socket() {
+    let e = edge(Options::default().env("GATEWAY_PING_INTERVAL_MS", "200")).await;
+    let owner = e.app.signup("gw-missed").await;
+    let org = owner.personal_org;
+    let (id, token) = paired(&e.app, &owner, json!([])).await;
+    let mut ws = connect(&e.ws_url, Some(&token)).await.expect("connect");
+    wait_status(&e.app, &owner, id, "online").await;
+    let db = e.app.owner_db().await;
+    db.batch_execute(&format!(
+        "SELECT set_config('app.current_org_id', '{org}', false); \
+         UPDATE organization_executors SET revoked_at = now() WHERE id = '{id}'"
+    ))
+    .await
+    .unwrap();
+    assert_eq!(closed_with(&mut ws).await, "EXECUTOR_REVOKED");
+    assert!(route(&e.app, id).await.is_none());
 }

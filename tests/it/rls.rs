@@ -12,13 +12,15 @@ use uuid::Uuid;
 use crate::common::{spawn, spawn_with, Options, TestApp, User, PASSWORD};
 
 /// Tenant tables keyed by organization, with their org column.
-const ORG_TABLES: [(&str, &str); 6] = [
+const ORG_TABLES: [(&str, &str); 8] = [
     ("organizations", "id"),
     ("memberships", "organization_id"),
     ("organization_invitations", "organization_id"),
     ("connector_secrets", "organization_id"),
     ("organization_credit_balances", "organization_id"),
     ("organization_credit_ledger", "organization_id"),
+    ("organization_executors", "organization_id"),
+    ("executor_pairing_tokens", "organization_id"),
 ];
 
 const ALL_TABLES: [&str; 9] = [
@@ -141,6 +143,15 @@ async fn fixture() -> Fixture {
             .send()
             .await;
         assert_eq!(r.status, 201, "{:?}", r.body);
+        // An executor paired (its token used) and a pairing token left unused.
+        let token = crate::agents::new_token(&app, owner, org).await;
+        let r = app
+            .post("/v1/agents/pair")
+            .json(json!({ "pairingToken": token, "name": "box", "agentVersion": "1" }))
+            .send()
+            .await;
+        assert_eq!(r.status, 201, "{:?}", r.body);
+        crate::agents::new_token(&app, owner, org).await;
         // No API writes ledger rows of a created org yet: one through the owner role, in the org's context.
         let mut db = app.owner_db().await;
         let tx = db.transaction().await.expect("begin");

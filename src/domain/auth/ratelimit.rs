@@ -29,11 +29,12 @@ pub struct Throttled {
     pub retry_after_secs: u64,
 }
 
-/// One login attempt. KEYS: account+client, client, account, trusted flag. ARGV: the three limits
-/// (0 = off), then the three windows in seconds. Returns the seconds until the first exceeded window ends
+/// One login attempt. KEYS: account+client, client, account, trusted flag, the trusted client's
+/// attempts in flight. ARGV: the three limits (0 = off), the three windows in seconds, the in-flight cap. Returns the seconds until the first exceeded window ends
 /// when throttled; else 0 when the attempt was counted ahead (an unknown client: parallel guesses cannot
 /// all pass a check made while the counters were low), or -1 for a trusted client, checked against its
-/// recorded failures only and counted if it fails.
+/// recorded failures and held to at most the cap in flight (so a burst of guesses from its address
+/// cannot all slip past one check), and counted if it fails.
 const ATTEMPT: &str = r#"
 local trusted = redis.call('EXISTS', KEYS[4]) == 1
 if trusted then
@@ -43,6 +44,12 @@ if trusted then
     local ttl = redis.call('TTL', KEYS[1])
     if ttl < 1 then ttl = 1 end
     return ttl
+  end
+  local inflight = redis.call('INCR', KEYS[5])
+  if redis.call('TTL', KEYS[5]) < 0 then redis.call('EXPIRE', KEYS[5], 60) end
+  if inflight > tonumber(ARGV[7]) then
+    redis.call('DECR', KEYS[5])
+    return 1
   end
   return -1
 end
@@ -66,7 +73,8 @@ return 0
 
 /// A successful login: it does not count as a failure anywhere, this client's failures on the account
 /// are forgotten, and the client is trusted for the account. KEYS: account+client, client, account,
-/// trusted flag. ARGV: trust period in seconds, 1 if the attempt was counted ahead.
+/// trusted flag, in flight. ARGV: trust period in seconds, how the attempt was counted (`1` ahead, `t`
+/// trusted, `0` not).
 const SUCCESS: &str = r#"
 redis.call('DEL', KEYS[1])
 if ARGV[2] == '1' then
@@ -74,19 +82,26 @@ if ARGV[2] == '1' then
     if tonumber(redis.call('GET', KEYS[i]) or '0') > 0 then redis.call('DECR', KEYS[i]) end
   end
 end
+if ARGV[2] == 't' and tonumber(redis.call('GET', KEYS[5]) or '0') > 0 then redis.call('DECR', KEYS[5]) end
 redis.call('SET', KEYS[4], '1', 'EX', ARGV[1])
 return 1
 "#;
 
-/// A failed attempt of a trusted client (not counted ahead). KEYS: account+client, client, account.
-/// ARGV: the three windows in seconds.
+/// A failed attempt of a trusted client (not counted ahead). KEYS: account+client, client, account,
+/// trusted flag, in flight. ARGV: the three windows in seconds.
 const FAILURE: &str = r#"
 for i = 1, 3 do
   redis.call('INCR', KEYS[i])
   if redis.call('TTL', KEYS[i]) < 0 then redis.call('EXPIRE', KEYS[i], ARGV[i]) end
 end
+if tonumber(redis.call('GET', KEYS[5]) or '0') > 0 then redis.call('DECR', KEYS[5]) end
 return 1
 "#;
+
+/// Attempts a trusted client may have in flight at once: enough for a busy client's parallel logins
+/// (64 wrk connections in `bench/api.sh`), few enough that guesses from a shared address stay bounded
+/// (at most the failure limit plus this many per window).
+const TRUSTED_MAX_IN_FLIGHT: u32 = 64;
 
 /// How an attempt that may go on was counted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -137,7 +152,7 @@ impl LoginLimiter {
 
     /// `[account+client, client, account, trusted]`. The email is hashed so Redis never holds account
     /// names; a missing client address counts as one shared "unknown" client.
-    fn keys(&self, email: &str, ip: Option<&str>) -> [String; 4] {
+    fn keys(&self, email: &str, ip: Option<&str>) -> [String; 5] {
         let account = crypto::sha256_hex(email.as_bytes());
         let ip = ip.map_or_else(|| "unknown".to_string(), client_key);
         [
@@ -145,6 +160,7 @@ impl LoginLimiter {
             self.redis.key(&format!("rl:login:ip:{ip}")),
             self.redis.key(&format!("rl:login:acct:{account}")),
             self.redis.key(&format!("rl:login:trusted:{account}:{ip}")),
+            self.redis.key(&format!("rl:login:inflight:{account}:{ip}")),
         ]
     }
 
@@ -162,6 +178,7 @@ impl LoginLimiter {
             self.window_secs.to_string(),
             self.window_secs.to_string(),
             self.account_window_secs.to_string(),
+            TRUSTED_MAX_IN_FLIGHT.to_string(),
         ];
         let wait: Result<i64, _> = self.redis.client.eval(ATTEMPT, keys.to_vec(), args).await;
         match wait {
@@ -195,15 +212,7 @@ impl LoginLimiter {
             self.window_secs.to_string(),
             self.account_window_secs.to_string(),
         ];
-        let done: Result<i64, _> = self
-            .redis
-            .client
-            .eval(
-                FAILURE,
-                keys.iter().take(3).cloned().collect::<Vec<_>>(),
-                args,
-            )
-            .await;
+        let done: Result<i64, _> = self.redis.client.eval(FAILURE, keys.to_vec(), args).await;
         if let Err(e) = done {
             tracing::warn!(error = %e, "failed login not counted by the limiter");
         }
@@ -216,10 +225,10 @@ impl LoginLimiter {
             return;
         }
         let keys = self.keys(email, ip);
-        let counted = if attempt == Attempt::CountedAhead {
-            "1"
-        } else {
-            "0"
+        let counted = match attempt {
+            Attempt::CountedAhead => "1",
+            Attempt::Trusted => "t",
+            Attempt::Uncounted => "0",
         };
         let args = vec![self.trusted_secs.to_string(), counted.to_string()];
         let done: Result<i64, _> = self.redis.client.eval(SUCCESS, keys.to_vec(), args).await;

@@ -10,7 +10,7 @@ pub mod error;
 pub mod protocol;
 pub mod routes;
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use dashmap::DashMap;
@@ -81,9 +81,11 @@ struct Live {
 /// A connection, as its socket loop holds it.
 pub struct Connection {
     pub executor: ExecutorId,
-    /// Unique per connection (edge id + sequence): a newer connection's route is never removed by an
-    /// older one closing.
+    /// Unique per connection (edge id + a random part).
     pub conn: String,
+    /// The executor's connection number, from Redis: increasing across every gateway instance, it fences
+    /// the route record (an older connection never overwrites or removes a newer one's).
+    pub seq: i64,
     pub outbound: mpsc::UnboundedReceiver<Outbound>,
 }
 
@@ -107,14 +109,30 @@ struct Route<'a> {
     kinds: &'a [ToolKind],
     last_seen_at_ms: i64,
     conn: &'a str,
+    seq: i64,
 }
 
-/// Deletes a route record only if it still belongs to the given connection.
+/// Writes a route record unless a newer connection's is there. KEYS: the route. ARGV: the record,
+/// its connection number, the TTL in ms.
+const WRITE_ROUTE: &str = r#"
+local v = redis.call('GET', KEYS[1])
+if v then
+  local ok, route = pcall(cjson.decode, v)
+  if ok and type(route) == 'table' and tonumber(route.seq) and tonumber(route.seq) > tonumber(ARGV[2]) then
+    return 0
+  end
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
+return 1
+"#;
+
+/// Deletes a route record only if it is the given connection's. KEYS: the route. ARGV: the connection
+/// number.
 const DELETE_OWN_ROUTE: &str = r#"
 local v = redis.call('GET', KEYS[1])
 if not v then return 0 end
 local ok, route = pcall(cjson.decode, v)
-if ok and type(route) == 'table' and route.conn == ARGV[1] then
+if ok and type(route) == 'table' and tonumber(route.seq) == tonumber(ARGV[1]) then
   return redis.call('DEL', KEYS[1])
 end
 return 0
@@ -127,6 +145,8 @@ pub struct Gateway {
     edge_id: String,
     seq: AtomicU64,
     live: DashMap<ExecutorId, Live>,
+    /// Set on shutdown: new connections are closed as soon as they register.
+    closing: AtomicBool,
 }
 
 impl Gateway {
@@ -143,6 +163,7 @@ impl Gateway {
             edge_id,
             seq: AtomicU64::new(0),
             live: DashMap::new(),
+            closing: AtomicBool::new(false),
         }
     }
 
@@ -167,7 +188,7 @@ impl Gateway {
         self.redis.listen(
             presence::REVOKED_CHANNEL,
             move |text| match serde_json::from_str::<Revoked>(text) {
-                Ok(r) => on_revoked.close(r.executor_id, CloseWhy::Revoked),
+                Ok(r) => on_revoked.close_revoked(&r),
                 Err(e) => tracing::warn!(error = %e, "unreadable revocation notice"),
             },
             move || {
@@ -175,6 +196,18 @@ impl Gateway {
                 tokio::spawn(async move { gateway.recheck_all().await });
             },
         );
+    }
+
+    /// A revocation names the executor and its org: a managed executor (no org) or another org's never
+    /// matches.
+    fn close_revoked(&self, r: &Revoked) {
+        let ours = self
+            .live
+            .get(&r.executor_id)
+            .is_some_and(|l| l.identity.org == Some(r.organization_id));
+        if ours {
+            self.close(r.executor_id, CloseWhy::Revoked);
+        }
     }
 
     fn close(&self, id: ExecutorId, why: CloseWhy) {
@@ -187,8 +220,21 @@ impl Gateway {
     /// Closes every connection this instance holds (on shutdown, so the HTTP server's graceful stop
     /// does not wait out the grace period for sockets that never end by themselves).
     pub fn close_all(&self, why: CloseWhy) {
+        self.closing.store(true, Ordering::SeqCst);
         for live in &self.live {
             let _ = live.tx.send(Outbound::Close(why));
+        }
+    }
+
+    /// Re-reads the executor's revocation (periodically, whether or not it sends hellos): a revocation
+    /// whose announcement was missed still closes the socket within one period.
+    pub async fn recheck(&self, conn: &Connection) -> Verdict {
+        let Some(who) = self.identity_of(conn) else {
+            return Verdict::Close(CloseWhy::Replaced);
+        };
+        match self.agents.current_labels(&who).await {
+            Ok(None) => Verdict::Close(CloseWhy::Revoked),
+            Ok(Some(_)) | Err(_) => Verdict::Continue,
         }
     }
 
@@ -211,10 +257,26 @@ impl Gateway {
     }
 
     /// Registers a new connection (a previous one of the same executor is told to close), publishes its
-    /// route and records that it was seen.
+    /// route and records that it was seen. Revocation is read again once registered: a revocation
+    /// announced between the token check and the registration found nothing to close.
     pub async fn connect(&self, identity: ExecutorIdentity) -> Connection {
         let n = self.seq.fetch_add(1, Ordering::Relaxed);
-        let conn = format!("{}:{n}", self.edge_id);
+        let conn = format!(
+            "{}:{}:{n}",
+            self.edge_id,
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        );
+        let seq_key = self
+            .redis
+            .key(&format!("executor:conn_seq:{}", identity.id));
+        let seq: i64 = match self.redis.client.incr(&seq_key).await {
+            Ok(seq) => seq,
+            Err(e) => {
+                // Without Redis there is no route to fence either; the connection still works locally.
+                tracing::warn!(executor_id = %identity.id, error = %e, "connection number unavailable");
+                0
+            }
+        };
         let (tx, outbound) = mpsc::unbounded_channel();
         let executor = identity.id;
         let previous = self.live.insert(
@@ -223,20 +285,30 @@ impl Gateway {
                 conn: conn.clone(),
                 configured_max_in_flight: identity.max_in_flight,
                 identity: identity.clone(),
-                tx,
+                tx: tx.clone(),
             },
         );
         if let Some(old) = previous {
             let _ = old.tx.send(Outbound::Close(CloseWhy::Replaced));
         }
         tracing::info!(executor_id = %executor, org_id = ?identity.org, conn = %conn, "executor connected");
-        self.write_route(&identity, &conn).await;
-        self.agents.touch(&identity).await;
-        Connection {
+        let connection = Connection {
             executor,
             conn,
+            seq,
             outbound,
+        };
+        if self.closing.load(Ordering::SeqCst) {
+            let _ = tx.send(Outbound::Close(CloseWhy::Shutdown));
+            return connection;
         }
+        if let Ok(None) = self.agents.current_labels(&identity).await {
+            let _ = tx.send(Outbound::Close(CloseWhy::Revoked));
+            return connection;
+        }
+        self.write_route(&identity, &connection).await;
+        self.agents.touch(&identity).await;
+        connection
     }
 
     /// Handles one text frame of `conn`.
@@ -286,12 +358,17 @@ impl Gateway {
             name: hello.name.clone().unwrap_or(current.name.clone()),
             ..current
         };
-        if let Some(mut live) = self.live.get_mut(&conn.executor) {
-            if live.conn == conn.conn {
+        let current = match self.live.get_mut(&conn.executor) {
+            Some(mut live) if live.conn == conn.conn => {
                 live.identity = updated.clone();
+                true
             }
+            _ => false,
+        };
+        if !current {
+            return Verdict::Close(CloseWhy::Replaced);
         }
-        self.write_route(&updated, &conn.conn).await;
+        self.write_route(&updated, conn).await;
         self.agents.touch(&updated).await;
         Verdict::Continue
     }
@@ -306,7 +383,7 @@ impl Gateway {
     /// Keeps the route record alive (on each answered ping).
     pub async fn still_alive(&self, conn: &Connection) {
         if let Some(identity) = self.identity_of(conn) {
-            self.write_route(&identity, &conn.conn).await;
+            self.write_route(&identity, conn).await;
         }
     }
 
@@ -318,7 +395,7 @@ impl Gateway {
         let done: Result<i64, _> = self
             .redis
             .client
-            .eval(DELETE_OWN_ROUTE, vec![key], vec![conn.conn.clone()])
+            .eval(DELETE_OWN_ROUTE, vec![key], vec![conn.seq.to_string()])
             .await;
         if let Err(e) = done {
             tracing::warn!(executor_id = %conn.executor, error = %e, "route record not removed (it expires on its own)");
@@ -326,7 +403,8 @@ impl Gateway {
         tracing::info!(executor_id = %conn.executor, conn = %conn.conn, "executor disconnected");
     }
 
-    async fn write_route(&self, identity: &ExecutorIdentity, conn: &str) {
+    /// Writes (or refreshes) the connection's route record, unless a newer connection's is there.
+    async fn write_route(&self, identity: &ExecutorIdentity, conn: &Connection) {
         let route = Route {
             edge_id: &self.edge_id,
             executor_id: identity.id,
@@ -336,22 +414,21 @@ impl Gateway {
             max_in_flight: identity.max_in_flight,
             kinds: &identity.kinds,
             last_seen_at_ms: chrono::Utc::now().timestamp_millis(),
-            conn,
+            conn: &conn.conn,
+            seq: conn.seq,
         };
         let Ok(value) = serde_json::to_string(&route) else {
             return;
         };
         let key = self.redis.key(&presence::route_key(identity.id));
-        let ttl = i64::try_from(self.config.executor_stale_ms.max(1000)).unwrap_or(60_000);
-        let done: Result<(), _> = self
+        let ttl = self.config.executor_stale_ms.max(1000);
+        let done: Result<i64, _> = self
             .redis
             .client
-            .set(
-                key,
-                value,
-                Some(fred::types::Expiration::PX(ttl)),
-                None,
-                false,
+            .eval(
+                WRITE_ROUTE,
+                vec![key],
+                vec![value, conn.seq.to_string(), ttl.to_string()],
             )
             .await;
         if let Err(e) = done {

@@ -49,13 +49,20 @@ async fn executor_socket(
     let (response, session, stream) = actix_ws::handle(&req, body)
         .map_err(|_| ApiError::bad_request("Expected a WebSocket upgrade"))?;
     let stream = stream.max_frame_size(gateway.config().max_frame_bytes);
-    let conn = gateway.connect(identity).await;
-    actix_web::rt::spawn(serve_socket(gateway.into_inner(), conn, session, stream));
+    // Registered inside the socket's own task: nothing is left registered if this handler is dropped.
+    let gateway = gateway.into_inner();
+    actix_web::rt::spawn(async move {
+        let conn = gateway.connect(identity).await;
+        serve_socket(gateway, conn, session, stream).await;
+    });
     Ok(response)
 }
 
+/// Every this many pings the executor's revocation is read again, hello or not.
+const RECHECK_EVERY_PINGS: u32 = 3;
+
 /// One executor's socket until it closes: frames in, frames and closes out, a ping every interval and
-/// a close after two unanswered ones.
+/// a close when nothing (a pong or any frame) has come for two and a half intervals.
 async fn serve_socket(
     gateway: Arc<Gateway>,
     mut conn: Connection,
@@ -64,11 +71,19 @@ async fn serve_socket(
 ) {
     let interval = Duration::from_millis(gateway.config().ping_interval_ms.max(100));
     let mut ticker = tokio::time::interval(interval);
+    // A stall (a slow database answer inside the loop) must not be followed by a burst of ticks that
+    // would judge every healthy socket dead at once.
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticker.tick().await;
-    let mut last_pong = Instant::now();
+    let mut last_heard = Instant::now();
+    let mut pings: u32 = 0;
     let why: Option<CloseWhy> = loop {
         tokio::select! {
-            msg = stream.next() => match msg {
+            msg = stream.next() => {
+                if matches!(msg, Some(Ok(_))) {
+                    last_heard = Instant::now();
+                }
+                match msg {
                 Some(Ok(Message::Text(text))) => {
                     if let Verdict::Close(why) = gateway.on_text(&conn, &text).await {
                         break Some(why);
@@ -79,17 +94,14 @@ async fn serve_socket(
                         break None;
                     }
                 }
-                Some(Ok(Message::Pong(_))) => {
-                    last_pong = Instant::now();
-                    gateway.still_alive(&conn).await;
-                }
+                Some(Ok(Message::Pong(_))) => gateway.still_alive(&conn).await,
                 Some(Ok(Message::Close(_))) | None => break None,
                 Some(Ok(_)) => {}
                 Some(Err(e)) => {
                     tracing::info!(executor_id = %conn.executor, error = %e, "executor socket error");
                     break None;
                 }
-            },
+            }},
             out = conn.outbound.recv() => match out {
                 Some(Outbound::Text(text)) => {
                     if session.text(text).await.is_err() {
@@ -100,11 +112,17 @@ async fn serve_socket(
                 None => break None,
             },
             _ = ticker.tick() => {
-                if last_pong.elapsed() > interval * 2 + interval / 2 {
+                if last_heard.elapsed() > interval * 2 + interval / 2 {
                     break Some(CloseWhy::Unresponsive);
                 }
                 if session.ping(b"").await.is_err() {
                     break None;
+                }
+                pings = pings.wrapping_add(1);
+                if pings % RECHECK_EVERY_PINGS == 0 {
+                    if let Verdict::Close(why) = gateway.recheck(&conn).await {
+                        break Some(why);
+                    }
                 }
             }
         }
