@@ -4,6 +4,7 @@
 //! and config keys are kept.
 
 pub mod config;
+pub mod sandbox;
 pub mod session;
 
 use std::path::PathBuf;
