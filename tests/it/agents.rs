@@ -502,3 +502,24 @@ async fn revocation_drops_presence_and_is_announced() {
     let listed = list(&app, &owner, org, "agents").await;
     assert_eq!(find(&listed, &id.to_string())["status"], "revoked");
 }
+
+/// Parallel bad pairings cannot all slip past a check made while the count was low: each is counted
+/// before its token is looked up.
+#[tokio::test]
+async fn parallel_bad_pairings_are_counted_before_they_are_checked() {
+    let app = spawn_with(Options::default().env("EXECUTOR_PAIR_MAX_FAILURES", "3")).await;
+    let owner = app.signup("agents-burst").await;
+    let bad = format!("{}.guess", owner.personal_org);
+    let answers = futures_util::future::join_all((0..20).map(|_| pair(&app, &bad, None))).await;
+    let tried = answers.iter().filter(|r| r.status == 401).count();
+    let throttled = answers.iter().filter(|r| r.status == 429).count();
+    assert_eq!((tried, throttled), (3, 17));
+    // A valid pairing from the same client is refused while it is over the limit; the count holds.
+    let token = new_token(&app, &owner, owner.personal_org).await;
+    assert_eq!(pair(&app, &token, None).await.status, 429);
+    let key = app.state.redis.key("rl:pair:127.0.0.1");
+    let n: i64 = fred::interfaces::KeysInterface::get(&app.state.redis.client, key)
+        .await
+        .unwrap();
+    assert_eq!(n, 3, "refused attempts are not counted");
+}

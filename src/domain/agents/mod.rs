@@ -85,25 +85,26 @@ impl Agents {
 
     /// Trades a pairing token for an executor and its token. The token is consumed and the executor
     /// created in one transaction (a failed insert does not burn the token); a client whose pairings keep
-    /// failing is throttled, valid pairings never are.
+    /// failing is throttled, valid pairings never count.
     pub async fn pair(
         &self,
         req: PairRequest,
         client: Option<IpAddr>,
     ) -> Result<Paired, AgentError> {
         self.limiter
-            .check(client)
+            .attempt(client)
             .await
             .map_err(|retry_after_secs| AgentError::Throttled { retry_after_secs })?;
         let result = self.pair_unthrottled(req).await;
-        if matches!(
+        let clients_fault = matches!(
             result,
             Err(AgentError::PairingTokenMalformed
                 | AgentError::PairingTokenInvalid
                 | AgentError::PairingTokenUsed
                 | AgentError::PairingTokenExpired)
-        ) {
-            self.limiter.record_failure(client).await;
+        );
+        if !clients_fault {
+            self.limiter.not_a_failure(client).await;
         }
         result
     }

@@ -1,7 +1,10 @@
 //! Throttling of failed pairings per client address. `POST /v1/agents/pair` is unauthenticated, so a
 //! client that keeps presenting bad tokens is slowed down (429 once over the limit, until its window
-//! ends); valid pairings never count. A counter always gets its TTL. If Redis is down the limiter fails
-//! open (logged): pairing tokens are 192-bit random secrets, guessing is not the risk, load is.
+//! ends). Each attempt is counted before the token is looked up, in one script that also decides (a
+//! parallel burst cannot all pass a check made while the count was low); an attempt that was not the
+//! client's failure (a valid pairing) takes its count back, so valid pairings never count, and a refused
+//! attempt is not counted. A counter always gets its TTL. If Redis is down the limiter fails open
+//! (logged): pairing tokens are 192-bit random secrets, guessing is not the risk, load is.
 
 use std::net::IpAddr;
 
@@ -10,11 +13,13 @@ use fred::interfaces::LuaInterface;
 use crate::platform::http::client_ip::client_bucket;
 use crate::platform::redis::Redis;
 
-/// KEYS: the client's counter. ARGV: the limit. Returns 0, or the seconds until the window ends.
-const CHECK: &str = r#"
-local limit = tonumber(ARGV[1])
-local n = tonumber(redis.call('GET', KEYS[1]) or '0')
-if limit > 0 and n >= limit then
+/// One attempt, counted ahead. KEYS: the client's counter. ARGV: the limit, the window in seconds.
+/// Returns 0, or (refused, and not counted) the seconds until the window ends.
+const ATTEMPT: &str = r#"
+local n = redis.call('INCR', KEYS[1])
+if redis.call('TTL', KEYS[1]) < 0 then redis.call('EXPIRE', KEYS[1], ARGV[2]) end
+if n > tonumber(ARGV[1]) then
+  redis.call('DECR', KEYS[1])
   local ttl = redis.call('TTL', KEYS[1])
   if ttl < 1 then ttl = 1 end
   return ttl
@@ -22,10 +27,9 @@ end
 return 0
 "#;
 
-/// KEYS: the client's counter. ARGV: the window in seconds.
-const FAIL: &str = r#"
-redis.call('INCR', KEYS[1])
-if redis.call('TTL', KEYS[1]) < 0 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
+/// An attempt that was not a failure takes its count back. KEYS: the client's counter.
+const UNDO: &str = r#"
+if tonumber(redis.call('GET', KEYS[1]) or '0') > 0 then redis.call('DECR', KEYS[1]) end
 return 1
 "#;
 
@@ -49,19 +53,17 @@ impl PairLimiter {
         self.redis.key(&format!("rl:pair:{client}"))
     }
 
+    /// Counts an attempt (a failure until [`PairLimiter::not_a_failure`] says otherwise);
     /// `Err(seconds)` when the client is over its failure limit.
-    pub async fn check(&self, client: Option<IpAddr>) -> Result<(), u64> {
+    pub async fn attempt(&self, client: Option<IpAddr>) -> Result<(), u64> {
         if self.max_failures == 0 {
             return Ok(());
         }
+        let args = vec![self.max_failures.to_string(), self.window_secs.to_string()];
         let wait: Result<i64, _> = self
             .redis
             .client
-            .eval(
-                CHECK,
-                vec![self.key(client)],
-                vec![self.max_failures.to_string()],
-            )
+            .eval(ATTEMPT, vec![self.key(client)], args)
             .await;
         match wait {
             Ok(secs) if secs > 0 => {
@@ -76,21 +78,18 @@ impl PairLimiter {
         }
     }
 
-    pub async fn record_failure(&self, client: Option<IpAddr>) {
+    /// The attempt paired (or failed for a reason of ours, not the client's): it takes its count back.
+    pub async fn not_a_failure(&self, client: Option<IpAddr>) {
         if self.max_failures == 0 {
             return;
         }
         let done: Result<i64, _> = self
             .redis
             .client
-            .eval(
-                FAIL,
-                vec![self.key(client)],
-                vec![self.window_secs.to_string()],
-            )
+            .eval(UNDO, vec![self.key(client)], Vec::<String>::new())
             .await;
         if let Err(e) = done {
-            tracing::warn!(error = %e, "failed pairing could not be counted");
+            tracing::warn!(error = %e, "pairing attempt not taken back by the limiter");
         }
     }
 }
