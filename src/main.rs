@@ -5,7 +5,6 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use vespid::app::config::Config;
 use vespid::app::telemetry;
-use vespid::domain::agents::identity::Pool;
 use vespid::node_agent;
 use vespid::platform::db::migrate;
 use vespid::roles::{self, Roles};
@@ -69,51 +68,10 @@ enum Command {
 enum AgentCommand {
     /// Pair with a pairing token (from `POST /v1/orgs/{org}/agents/pairing-tokens`), write the config
     /// file (0600) and run.
-    Connect {
-        #[arg(long)]
-        pairing_token: String,
-        /// The API's base URL.
-        #[arg(long, default_value = "http://localhost:3001")]
-        api_base: String,
-        /// This executor's name (default: the host name).
-        #[arg(long)]
-        name: Option<String>,
-        /// Comma-separated labels this agent reports about itself (else VESPID_AGENT_TAGS); routing
-        /// uses the labels an admin sets.
-        #[arg(long)]
-        tags: Option<String>,
-        /// Where the config is written (else VESPID_AGENT_CONFIG_PATH, else ~/.vespid/agent.json).
-        #[arg(long)]
-        config_path: Option<String>,
-    },
+    Connect(node_agent::ConnectArgs),
     /// Run from the config file, or from flags when --executor-id, --executor-token and
     /// --gateway-ws-url are all given.
-    Start {
-        #[arg(long)]
-        config_path: Option<String>,
-        /// `byon` or `managed` (with flags; default managed).
-        #[arg(long)]
-        pool: Option<String>,
-        #[arg(long)]
-        executor_id: Option<uuid::Uuid>,
-        #[arg(long)]
-        executor_token: Option<String>,
-        #[arg(long)]
-        organization_id: Option<uuid::Uuid>,
-        #[arg(long)]
-        gateway_ws_url: Option<String>,
-        #[arg(long)]
-        api_base: Option<String>,
-        #[arg(long)]
-        name: Option<String>,
-        /// Comma-separated (else --tags, else VESPID_AGENT_TAGS).
-        #[arg(long)]
-        labels: Option<String>,
-        #[arg(long)]
-        tags: Option<String>,
-        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=200))]
-        max_in_flight: Option<u32>,
-    },
+    Start(node_agent::StartArgs),
 }
 
 /// `vespid agent …`: needs none of the server's configuration; logs to stderr (`VESPID_AGENT_LOG`).
@@ -141,59 +99,8 @@ fn run_agent(command: AgentCommand) -> ExitCode {
             let _ = stop_tx.send(true);
         });
         match command {
-            AgentCommand::Connect {
-                pairing_token,
-                api_base,
-                name,
-                tags,
-                config_path,
-            } => {
-                let args = node_agent::ConnectArgs {
-                    pairing_token,
-                    api_base,
-                    name,
-                    tags,
-                    config_path,
-                };
-                node_agent::connect(args, stop_rx).await
-            }
-            AgentCommand::Start {
-                config_path,
-                pool,
-                executor_id,
-                executor_token,
-                organization_id,
-                gateway_ws_url,
-                api_base,
-                name,
-                labels,
-                tags,
-                max_in_flight,
-            } => {
-                let pool = match pool.as_deref() {
-                    None => None,
-                    Some("byon") => Some(Pool::Byon),
-                    Some("managed") => Some(Pool::Managed),
-                    Some(other) => {
-                        return Err(node_agent::AgentError::Flag(format!(
-                            "--pool {other}: expected byon or managed"
-                        )))
-                    }
-                };
-                let args = node_agent::StartArgs {
-                    config_path,
-                    pool,
-                    executor_id,
-                    executor_token,
-                    organization_id,
-                    gateway_ws_url,
-                    api_base,
-                    name,
-                    labels: labels.or(tags),
-                    max_in_flight,
-                };
-                node_agent::start(args, stop_rx).await
-            }
+            AgentCommand::Connect(args) => node_agent::connect(args, stop_rx).await,
+            AgentCommand::Start(args) => node_agent::start(args, stop_rx).await,
         }
     });
     runtime.shutdown_timeout(std::time::Duration::from_secs(5));

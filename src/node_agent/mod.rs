@@ -35,30 +35,61 @@ pub enum AgentError {
     TokenRefused,
 }
 
-/// `vespid agent connect`.
-#[derive(Debug, Clone)]
+/// `vespid agent connect`: pair with a pairing token (from `POST /v1/orgs/{org}/agents/pairing-tokens`),
+/// write the config file (0600) and run.
+#[derive(Debug, Clone, clap::Args)]
 pub struct ConnectArgs {
+    #[arg(long)]
     pub pairing_token: String,
+    /// The API's base URL.
+    #[arg(long, default_value = "http://localhost:3001")]
     pub api_base: String,
+    /// This executor's name (default: the host name).
+    #[arg(long)]
     pub name: Option<String>,
-    /// Comma-separated labels the agent reports about itself (else `VESPID_AGENT_TAGS`).
+    /// Comma-separated labels this agent reports about itself (else VESPID_AGENT_TAGS); routing uses
+    /// the labels an admin sets.
+    #[arg(long)]
     pub tags: Option<String>,
+    /// Where the config is written (else VESPID_AGENT_CONFIG_PATH, else ~/.vespid/agent.json).
+    #[arg(long)]
     pub config_path: Option<String>,
 }
 
-/// `vespid agent start`: the config file, or a config given whole by flags (id, token and URL).
-#[derive(Debug, Clone, Default)]
+/// `vespid agent start`: run from the config file, or from flags when --executor-id, --executor-token
+/// and --gateway-ws-url are all given.
+#[derive(Debug, Clone, Default, clap::Args)]
 pub struct StartArgs {
+    #[arg(long)]
     pub config_path: Option<String>,
+    /// `byon` or `managed` (with flags; default managed).
+    #[arg(long, value_parser = parse_pool)]
     pub pool: Option<Pool>,
+    #[arg(long)]
     pub executor_id: Option<Uuid>,
+    #[arg(long)]
     pub executor_token: Option<String>,
+    #[arg(long)]
     pub organization_id: Option<Uuid>,
+    #[arg(long)]
     pub gateway_ws_url: Option<String>,
+    #[arg(long)]
     pub api_base: Option<String>,
+    #[arg(long)]
     pub name: Option<String>,
+    /// Comma-separated (`--tags` is the same; else VESPID_AGENT_TAGS).
+    #[arg(long, alias = "tags")]
     pub labels: Option<String>,
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=200))]
     pub max_in_flight: Option<u32>,
+}
+
+fn parse_pool(raw: &str) -> Result<Pool, String> {
+    match raw {
+        "byon" => Ok(Pool::Byon),
+        "managed" => Ok(Pool::Managed),
+        other => Err(format!("`{other}`: expected byon or managed")),
+    }
 }
 
 /// This machine's name (the default executor name).

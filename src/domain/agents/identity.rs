@@ -16,7 +16,6 @@ use crate::domain::common::ids::{ExecutorId, OrgId};
 use crate::platform::crypto;
 use crate::platform::db::schema::{managed_executors as me, organization_executors as ex};
 use crate::platform::db::{self, TenantCtx};
-use crate::platform::validation::parse_uuid;
 
 /// Which executors a node may be routed to: an org's own (`byon`) or the operator's shared ones.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -114,17 +113,14 @@ struct ManagedRow {
 impl Agents {
     /// The live executor `token` belongs to; `None` for an unknown, malformed or revoked token.
     pub async fn authenticate(&self, token: &str) -> Result<Option<ExecutorIdentity>, AgentError> {
-        let Some((prefix, _)) = token.split_once('.') else {
-            return Ok(None);
-        };
-        let Some(prefix) = parse_uuid(prefix) else {
+        // The prefix: the org of a BYON token, the executor itself for a managed one.
+        let Some(org) = super::model::token_org(token) else {
             return Ok(None);
         };
         let hash = super::model::token_hash(token);
-        if let Some(found) = self.managed_by_token(prefix, &hash).await? {
+        if let Some(found) = self.managed_by_token(org.uuid(), &hash).await? {
             return Ok(Some(found));
         }
-        let org = OrgId::from(prefix);
         let row = db::tenant_tx(&self.db, TenantCtx::org(org), |c| {
             let hash = hash.clone();
             async move {

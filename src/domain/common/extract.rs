@@ -26,7 +26,8 @@ impl std::ops::Deref for AuthUser {
     }
 }
 
-fn bearer(req: &HttpRequest) -> Option<String> {
+/// `Authorization: Bearer <token>`, the scheme in any case (also read by the gateway's executor edge).
+pub fn bearer(req: &HttpRequest) -> Option<String> {
     let value = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.split_once(' ')?;
     (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then(|| token.to_string())

@@ -62,10 +62,9 @@ impl CloseWhy {
     }
 }
 
-/// What the gateway asks a connection's socket loop to do.
+/// What the gateway asks a connection's socket loop to do (frames to send join it with dispatch).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outbound {
-    Text(String),
     Close(CloseWhy),
 }
 

@@ -5,13 +5,13 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 use actix_ws::{CloseCode, CloseReason, Message, MessageStream, Session};
 use futures_util::StreamExt;
 use serde_json::json;
 
 use super::{CloseWhy, Connection, Gateway, GatewayError, Outbound, Verdict};
+use crate::domain::common::extract::bearer;
 use crate::platform::http::ApiError;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -30,13 +30,6 @@ impl From<GatewayError> for ApiError {
 
 async fn healthz(gateway: web::Data<Gateway>) -> HttpResponse {
     HttpResponse::Ok().json(json!({ "ok": true, "edgeId": gateway.edge_id() }))
-}
-
-/// `Authorization: Bearer <token>`, the scheme in any case.
-fn bearer(req: &HttpRequest) -> Option<String> {
-    let value = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = value.split_once(' ')?;
-    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then(|| token.to_string())
 }
 
 async fn executor_socket(
@@ -103,11 +96,6 @@ async fn serve_socket(
                 }
             }},
             out = conn.outbound.recv() => match out {
-                Some(Outbound::Text(text)) => {
-                    if session.text(text).await.is_err() {
-                        break None;
-                    }
-                }
                 Some(Outbound::Close(why)) => break Some(why),
                 None => break None,
             },
