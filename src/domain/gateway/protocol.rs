@@ -93,6 +93,112 @@ pub struct ToolEventV2 {
     pub event: Value,
 }
 
+/// What the gateway sends an agent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type")]
+pub enum GatewayFrame {
+    #[serde(rename = "invoke_tool_v2")]
+    Invoke(InvokeToolV2),
+}
+
+/// One tool call for an executor (spec 2.8). `requestId` is what its `tool_result_v2` must name.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InvokeToolV2 {
+    pub request_id: String,
+    pub organization_id: Uuid,
+    pub user_id: Uuid,
+    pub kind: ToolKind,
+    pub payload: Value,
+    /// Only for `connector.action`, and only when the action has one; never on a shell task.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+    pub tool_policy: ToolPolicy,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workspace: Option<WorkspaceRef>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workspace_access: Option<WorkspaceAccess>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ToolPolicy {
+    pub network_mode_default_deny: bool,
+    /// `none` or `enabled`.
+    pub network_mode: String,
+    pub timeout_ms: u64,
+    pub output_max_chars: u64,
+    pub mounts_allowlist: Vec<Mount>,
+}
+
+impl ToolPolicy {
+    /// The policy of every call today: no network, `/work` and `/tmp` writable.
+    pub fn default_deny(timeout_ms: u64, output_max_chars: u64) -> Self {
+        Self {
+            network_mode_default_deny: true,
+            network_mode: "none".into(),
+            timeout_ms,
+            output_max_chars,
+            mounts_allowlist: vec![
+                Mount {
+                    container_path: "/work".into(),
+                    mode: "rw".into(),
+                },
+                Mount {
+                    container_path: "/tmp".into(),
+                    mode: "rw".into(),
+                },
+            ],
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Mount {
+    pub container_path: String,
+    pub mode: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkspaceRef {
+    pub workspace_id: Uuid,
+    pub version: i64,
+    pub object_key: String,
+    #[serde(default)]
+    pub etag: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkspaceAccess {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub download_url: Option<String>,
+    pub upload: WorkspaceUpload,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkspaceUpload {
+    pub url: String,
+    pub object_key: String,
+    pub version: i64,
+}
+
+/// Parses a frame from the gateway (the agent's side); `None` for anything else.
+pub fn parse_gateway_frame(text: &str) -> Option<GatewayFrame> {
+    let frame: GatewayFrame = serde_json::from_str(text).ok()?;
+    let GatewayFrame::Invoke(i) = &frame;
+    let p = &i.tool_policy;
+    let valid = !i.request_id.is_empty()
+        && (1000..=600_000).contains(&p.timeout_ms)
+        && (256..=1_000_000).contains(&p.output_max_chars);
+    valid.then_some(frame)
+}
+
 /// Parses one text frame; `None` for anything the protocol does not know (ignored, as in the original).
 pub fn parse_agent_frame(text: &str) -> Option<AgentFrame> {
     let frame: AgentFrame = serde_json::from_str(text).ok()?;
