@@ -221,6 +221,24 @@ const ENV_KEYS: &[(&str, &str)] = &[
     ("GATEWAY_AGENT_STALE_MS", "gateway.executor_stale_ms"),
     ("GATEWAY_PING_INTERVAL_MS", "gateway.ping_interval_ms"),
     ("GATEWAY_MAX_FRAME_BYTES", "gateway.max_frame_bytes"),
+    ("GATEWAY_SERVICE_TOKEN", "gateway.service_token"),
+    ("GATEWAY_RESULTS_TTL_SEC", "gateway.results_ttl_secs"),
+    ("GATEWAY_ORG_MAX_INFLIGHT", "gateway.org_max_in_flight"),
+    (
+        "GATEWAY_TOOL_OUTPUT_MAX_CHARS",
+        "gateway.tool_output_max_chars",
+    ),
+    ("GATEWAY_DISCONNECT_GRACE_MS", "gateway.disconnect_grace_ms"),
+    ("NODE_EXEC_TIMEOUT_MS", "workflows.node_exec_timeout_ms"),
+    (
+        "WORKFLOW_CONTINUATION_POLL_MS",
+        "workflows.continuation_poll_ms",
+    ),
+    (
+        "WORKFLOW_REDISPATCH_AFTER_MS",
+        "workflows.redispatch_after_ms",
+    ),
+    ("GATEWAY_HTTP_URL", "workflows.gateway_http_url"),
     (
         "EXECUTOR_PAIRING_TOKEN_TTL_SEC",
         "agents.pairing_token_ttl_secs",
@@ -310,6 +328,24 @@ impl Config {
                 "must be between 1 and 500",
             ));
         }
+        if !(1000..=600_000).contains(&w.node_exec_timeout_ms) {
+            return Err(invalid(
+                "workflows.node_exec_timeout_ms",
+                "must be between 1000 and 600000",
+            ));
+        }
+        if self.gateway.results_ttl_secs < 30 {
+            return Err(invalid("gateway.results_ttl_secs", "must be at least 30"));
+        }
+        if self.gateway.org_max_in_flight < 1 {
+            return Err(invalid("gateway.org_max_in_flight", "must be at least 1"));
+        }
+        if self.gateway.tool_output_max_chars < 10_000 {
+            return Err(invalid(
+                "gateway.tool_output_max_chars",
+                "must be at least 10000",
+            ));
+        }
         if w.retry_attempts < 1 {
             return Err(invalid("workflows.retry_attempts", "must be at least 1"));
         }
@@ -393,6 +429,13 @@ impl Config {
                 return Err(invalid(
                     "auth.refresh_secret",
                     "production needs at least 32 bytes",
+                ));
+            }
+            let service = self.gateway.service_token.expose();
+            if service.len() < 16 || service == crate::domain::gateway::config::DEV_SERVICE_TOKEN {
+                return Err(invalid(
+                    "gateway.service_token",
+                    "production needs a service token of at least 16 bytes that is not the development default",
                 ));
             }
         }
@@ -528,10 +571,18 @@ mod tests {
         ])
         .expect_err("short refused");
         assert!(e.to_string().contains("oauth_state_secret"), "{e}");
+        let e = load(&[
+            ("NODE_ENV", "production"),
+            ("AUTH_TOKEN_SECRET", &long),
+            ("OAUTH_STATE_SECRET", &long),
+        ])
+        .expect_err("the default gateway service token refused");
+        assert!(e.to_string().contains("gateway.service_token"), "{e}");
         let c = load(&[
             ("NODE_ENV", "production"),
             ("AUTH_TOKEN_SECRET", &long),
             ("OAUTH_STATE_SECRET", &long),
+            ("GATEWAY_SERVICE_TOKEN", &long),
         ])
         .expect("valid production");
         assert!(c.cookie_secure());

@@ -2,6 +2,7 @@
 
 pub mod config;
 pub mod dev_kek;
+pub mod remote;
 pub mod shutdown;
 pub mod state;
 pub mod telemetry;

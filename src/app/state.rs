@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use crate::app::config::Config;
 use crate::app::dev_kek;
+use crate::app::remote::LocalGateway;
 use crate::domain::agents::{Agents, AgentsParts};
 #[cfg(feature = "oidc")]
 use crate::domain::auth::oauth::{OAuthParts, OAuthService};
@@ -15,6 +16,8 @@ use crate::domain::gateway::{Gateway, GatewayParts};
 use crate::domain::meta::provider::{self, EnterpriseProvider};
 use crate::domain::meta::Meta;
 use crate::domain::orgs::{Orgs, OrgsParts};
+use crate::domain::runs::continuation::ContinuationParts;
+use crate::domain::runs::remote::{HttpDispatch, NoGateway, RemoteDispatch};
 use crate::domain::runs::worker::WorkerParts;
 use crate::domain::runs::{Runs, RunsParts};
 use crate::domain::secrets::{Secrets, SecretsParts};
@@ -131,6 +134,7 @@ impl AppState {
         let gateway = Arc::new(Gateway::new(GatewayParts {
             config: config.gateway.clone(),
             agents: agents.clone(),
+            orgs: orgs.clone(),
             redis: redis.clone(),
         }));
         Ok(Self {
@@ -176,6 +180,31 @@ impl AppState {
         }
     }
 
+    /// Where this process's worker dispatches remote nodes: the gateway at `GATEWAY_HTTP_URL` when one
+    /// is configured, else the gateway service in this process (it reaches executors connected to any
+    /// gateway instance through Redis, and listens for their replies).
+    pub fn remote_dispatch(&self) -> Result<Arc<dyn RemoteDispatch>, reqwest::Error> {
+        let url = &self.config.workflows.gateway_http_url;
+        if url.is_empty() {
+            self.gateway.listen();
+            return Ok(Arc::new(LocalGateway(self.gateway.clone())));
+        }
+        Ok(Arc::new(HttpDispatch::new(
+            url,
+            self.config.gateway.service_token.clone(),
+        )?))
+    }
+
+    /// What the continuation role is built from.
+    pub fn continuation_parts(&self) -> ContinuationParts {
+        ContinuationParts {
+            config: Arc::new(self.config.workflows.clone()),
+            db: self.db.clone(),
+            redis: self.redis.clone(),
+            queue: Self::work_queue(&self.config, &self.redis),
+        }
+    }
+
     /// What a run worker is built from.
     pub fn worker_parts(&self) -> WorkerParts {
         WorkerParts {
@@ -185,6 +214,9 @@ impl AppState {
             queue: Self::work_queue(&self.config, &self.redis),
             orgs: self.orgs.clone(),
             secrets: self.secrets.clone(),
+            remote: self
+                .remote_dispatch()
+                .unwrap_or_else(|_| Arc::new(NoGateway)),
         }
     }
 }

@@ -1,5 +1,5 @@
-//! Background roles. The worker runs workflow runs; continuation and gateway arrive with the gateway work
-//! and, until then, start, say so, and idle until shutdown, so deployments can already be laid out by role.
+//! Background roles: the worker runs workflow runs; the continuation resumes runs whose remote node
+//! answered (pushed by the gateway, with a sweep as the fallback).
 
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -7,6 +7,7 @@ use tokio::task::JoinHandle;
 use super::role::Role;
 use crate::app::state::AppState;
 use crate::domain::runs;
+use crate::domain::runs::continuation::Continuation;
 
 pub fn spawn(
     role: Role,
@@ -16,6 +17,9 @@ pub fn spawn(
     Ok(match role {
         Role::Worker => {
             runs::worker::spawn(state.worker_parts(), stop).map_err(BackgroundError::WorkerHttp)?
+        }
+        Role::Continuation => {
+            std::sync::Arc::new(Continuation::new(state.continuation_parts())).spawn(stop)
         }
         other => {
             tracing::info!(

@@ -1,5 +1,6 @@
-//! The gateway role: the executor WebSocket edge on its own listener (`GATEWAY_HOST`/`GATEWAY_PORT`), so
-//! that only `/ws/*` needs exposing, and the revocation listener that closes revoked executors' sockets.
+//! The gateway role: the executor WebSocket edge and the internal dispatch routes on their own listener
+//! (`GATEWAY_HOST`/`GATEWAY_PORT`), so that only `/ws/*` needs exposing; and the listeners that close
+//! revoked executors' sockets and carry tool calls and replies between instances.
 
 use std::net::TcpListener;
 use std::time::Duration;
@@ -20,6 +21,8 @@ pub fn server(state: &AppState, listener: TcpListener) -> std::io::Result<Server
     let server = HttpServer::new(move || {
         App::new()
             .app_data(data.clone())
+            // Dispatch bodies up to 1 MiB (the original's limit).
+            .app_data(web::PayloadConfig::new(1 << 20))
             .wrap(from_fn(http::edge))
             .configure(gateway::routes::configure)
             .default_service(web::to(http::not_found))

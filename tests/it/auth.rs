@@ -1848,7 +1848,8 @@ async fn refresh_cookie_is_secure_in_production_or_when_configured() {
             .env("NODE_ENV", "production")
             .env("AUTH_TOKEN_SECRET", long)
             .env("OAUTH_STATE_SECRET", &format!("{long}-oauth"))
-            .env("REFRESH_TOKEN_SECRET", &format!("{long}-refresh")),
+            .env("REFRESH_TOKEN_SECRET", &format!("{long}-refresh"))
+            .env("GATEWAY_SERVICE_TOKEN", &format!("{long}-gateway")),
     )
     .await;
     let dev_secure = spawn_with(Options::default().env("COOKIE_SECURE", "true")).await;

@@ -14,7 +14,7 @@ use base64::Engine;
 use serde_json::{json, Value};
 use uuid::Uuid;
 use vespid::app::config::WorkflowsConfig;
-use vespid::domain::runs::executors::{execute, ExecCtx, ExecDeps, Outcome};
+use vespid::domain::runs::executors::{execute, BlockKind, ExecCtx, ExecDeps, Outcome};
 use vespid::domain::workflows::dsl::{self, Node};
 
 use crate::common::{self, Options, TestApp, User};
@@ -901,15 +901,25 @@ async fn github_issue_create_failures() {
         "connector.action",
         Some(json!({"connectorId": "github", "actionId": "issue.create", "input": input})),
     );
-    fails_with(
-        act(Some(
-            json!({"connectorId": "github", "actionId": "issue.create", "input": input,
-            "auth": {"secretId": good}, "execution": {"mode": "executor"}}),
-        ))
-        .await,
-        "EXECUTOR_NOT_AVAILABLE",
-        false,
-    );
+    // Executor mode: the action is dispatched with its secret (in this one invocation only).
+    match act(Some(
+        json!({"connectorId": "github", "actionId": "issue.create", "input": input,
+        "auth": {"secretId": good}, "execution": {"mode": "executor", "selector": {"tag": "gh"}}}),
+    ))
+    .await
+    {
+        Outcome::Blocked(b) => {
+            assert_eq!(b.kind, BlockKind::ConnectorAction);
+            assert_eq!(b.payload["connectorId"], "github");
+            assert_eq!(b.payload["actionId"], "issue.create");
+            assert_eq!(b.payload["input"], input);
+            assert_eq!(b.payload["env"]["githubApiBaseUrl"], gh.base);
+            assert_eq!(b.selector, Some(json!({"tag": "gh"})));
+            assert_eq!(b.secret.as_ref().map(|s| s.expose()), Some(GH_TOKEN));
+            assert!(!format!("{b:?}").contains(GH_TOKEN));
+        }
+        other => panic!("expected a block, got {other:?}"),
+    }
     // Only the failing scenarios and the 401 reached GitHub; none created an issue.
     assert_eq!(gh.requests().len(), 3);
 
@@ -969,17 +979,28 @@ async fn agents_stubs_and_unknown_types() {
         ),
         task
     );
-    fails_with(
-        run_node(
-            &deps,
-            org,
-            "agent.execute",
-            Some(json!({"execution": {"mode": "executor", "selector": {"pool": "byon"}}})),
-        )
-        .await,
-        "EXECUTOR_NOT_AVAILABLE",
-        false,
-    );
+    match run_node(
+        &deps,
+        org,
+        "agent.execute",
+        Some(json!({"execution": {"mode": "executor", "selector": {"pool": "byon"}}})),
+    )
+    .await
+    {
+        Outcome::Blocked(b) => {
+            assert_eq!(b.kind, BlockKind::AgentExecute);
+            assert_eq!(b.selector, Some(json!({"pool": "byon"})));
+            assert!(b.secret.is_none());
+            assert_eq!(b.payload["nodeId"], "n1");
+            assert_eq!(b.payload["attemptCount"], 1);
+            assert_eq!(
+                b.payload["node"],
+                json!({"id": "n1", "type": "agent.execute",
+                       "config": {"execution": {"mode": "executor", "selector": {"pool": "byon"}}}})
+            );
+        }
+        other => panic!("expected a block, got {other:?}"),
+    }
     fails_with(
         run_node(
             &deps,

@@ -16,15 +16,15 @@ use uuid::Uuid;
 
 use crate::common::{spawn_with, Options, TestApp, User};
 
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+pub(crate) type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
-struct Edge {
-    app: TestApp,
-    ws_url: String,
+pub(crate) struct Edge {
+    pub(crate) app: TestApp,
+    pub(crate) ws_url: String,
 }
 
 /// The api (TestApp) and a gateway on its own port, the pair response pointing at it.
-async fn edge(opts: Options) -> Edge {
+pub(crate) async fn edge(opts: Options) -> Edge {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let ws_url = format!("ws://{}/ws/executor", listener.local_addr().unwrap());
     let app = spawn_with(opts.env("GATEWAY_WS_URL", &ws_url)).await;
@@ -34,7 +34,7 @@ async fn edge(opts: Options) -> Edge {
 }
 
 /// Pairs an executor in `owner`'s personal org with `labels` chosen at pairing; (id, token).
-async fn paired(app: &TestApp, owner: &User, labels: Value) -> (Uuid, String) {
+pub(crate) async fn paired(app: &TestApp, owner: &User, labels: Value) -> (Uuid, String) {
     let org = owner.personal_org;
     let r = crate::agents::pairing_token(app, owner, org, Some(json!({ "labels": labels }))).await;
     assert_eq!(r.status, 201, "{:?}", r.body);
@@ -55,7 +55,7 @@ async fn paired(app: &TestApp, owner: &User, labels: Value) -> (Uuid, String) {
     )
 }
 
-async fn connect(url: &str, token: Option<&str>) -> Result<Ws, WsError> {
+pub(crate) async fn connect(url: &str, token: Option<&str>) -> Result<Ws, WsError> {
     let mut req = url.into_client_request().unwrap();
     if let Some(t) = token {
         req.headers_mut().insert(
@@ -76,7 +76,7 @@ fn refused_status(r: Result<Ws, WsError>) -> u16 {
     }
 }
 
-fn hello(id: Uuid, org: Uuid, labels: Value, max_in_flight: u32) -> Message {
+pub(crate) fn hello(id: Uuid, org: Uuid, labels: Value, max_in_flight: u32) -> Message {
     Message::text(
         json!({
             "type": "executor_hello_v2",

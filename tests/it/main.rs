@@ -18,6 +18,7 @@ mod hostile;
 mod oauth;
 mod orgs;
 mod process;
+mod remote;
 mod rls;
 mod runs;
 mod secrets;

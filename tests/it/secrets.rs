@@ -523,7 +523,8 @@ async fn development_generates_a_local_kek_and_production_never_does() {
             .env("VESPID_ENV", "production")
             .env("AUTH_TOKEN_SECRET", long)
             .env("OAUTH_STATE_SECRET", &format!("{long}-oauth"))
-            .env("SECRETS_DEV_KEK_FILE", &prod_file.to_string_lossy()),
+            .env("SECRETS_DEV_KEK_FILE", &prod_file.to_string_lossy())
+            .env("GATEWAY_SERVICE_TOKEN", &format!("{long}-gateway")),
     )
     .await;
     let owner = prod.signup("prod").await;

@@ -2,6 +2,8 @@
 
 use serde::Deserialize;
 
+use crate::platform::secret::Secret;
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GatewayConfig {
@@ -17,4 +19,13 @@ pub struct GatewayConfig {
     pub ping_interval_ms: u64,
     /// Largest frame accepted from an agent.
     pub max_frame_bytes: usize,
+    /// The shared secret of `/internal/v1/*`.
+    pub service_token: Secret,
+    pub results_ttl_secs: u64,
+    pub org_max_in_flight: u32,
+    pub tool_output_max_chars: u64,
+    pub disconnect_grace_ms: u64,
 }
+
+/// The development default of `service_token`: production refuses it.
+pub const DEV_SERVICE_TOKEN: &str = "dev-gateway-token";

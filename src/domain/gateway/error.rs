@@ -9,4 +9,7 @@ pub enum GatewayError {
     InvalidToken,
     #[error(transparent)]
     Agents(#[from] AgentError),
+    /// Redis (results, markers) unreachable.
+    #[error("gateway state unavailable: {0}")]
+    Unavailable(String),
 }

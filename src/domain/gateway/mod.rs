@@ -6,22 +6,29 @@
 //! Routing labels are the control plane's only: labels in the hello are reported, never routed on.
 
 pub mod config;
+pub mod dispatch;
 pub mod error;
+mod invoke;
 pub mod protocol;
+pub mod results;
 pub mod routes;
+pub mod select;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use dashmap::DashMap;
 use fred::interfaces::{KeysInterface, LuaInterface};
-use serde::Serialize;
-use tokio::sync::mpsc;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::domain::agents::identity::{ExecutorIdentity, Pool, ToolKind};
 use crate::domain::agents::presence::{self, Revoked};
 use crate::domain::agents::Agents;
 use crate::domain::common::ids::{ExecutorId, OrgId};
+use crate::domain::orgs::Orgs;
 use crate::platform::redis::Redis;
 use config::GatewayConfig;
 pub use error::GatewayError;
@@ -31,6 +38,8 @@ use protocol::{AgentFrame, HelloV2};
 pub struct GatewayParts {
     pub config: GatewayConfig,
     pub agents: Arc<Agents>,
+    /// Org settings (the per-org in-flight quota).
+    pub orgs: Arc<Orgs>,
     pub redis: Redis,
 }
 
@@ -62,9 +71,11 @@ impl CloseWhy {
     }
 }
 
-/// What the gateway asks a connection's socket loop to do (frames to send join it with dispatch).
+/// What the gateway asks a connection's socket loop to do.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outbound {
+    /// A frame to send (a tool call).
+    Frame(String),
     Close(CloseWhy),
 }
 
@@ -111,8 +122,8 @@ struct Route<'a> {
     seq: i64,
 }
 
-/// Writes a route record unless a newer connection's is there. KEYS: the route. ARGV: the record,
-/// its connection number, the TTL in ms.
+/// Writes a route record unless a newer connection's is there, and indexes it in its pool's set. KEYS:
+/// the route, the pool's index. ARGV: the record, its connection number, the TTL in ms, the executor id.
 const WRITE_ROUTE: &str = r#"
 local v = redis.call('GET', KEYS[1])
 if v then
@@ -122,20 +133,54 @@ if v then
   end
 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
+redis.call('SADD', KEYS[2], ARGV[4])
 return 1
 "#;
 
-/// Deletes a route record only if it is the given connection's. KEYS: the route. ARGV: the connection
-/// number.
+/// Deletes a route record (and its index entry) only if it is the given connection's. KEYS: the route,
+/// the pool's index. ARGV: the connection number, the executor id.
 const DELETE_OWN_ROUTE: &str = r#"
 local v = redis.call('GET', KEYS[1])
 if not v then return 0 end
 local ok, route = pcall(cjson.decode, v)
 if ok and type(route) == 'table' and tonumber(route.seq) == tonumber(ARGV[1]) then
+  redis.call('SREM', KEYS[2], ARGV[2])
   return redis.call('DEL', KEYS[1])
 end
 return 0
 "#;
+
+/// Accepts a result only from the executor its tool call was sent to, once. KEYS: the pending record.
+/// ARGV: the sender. Returns 1 when accepted.
+const TAKE_PENDING: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  return 1
+end
+return 0
+"#;
+
+/// How much longer than the task's own timeout a tool call is waited for (snapshot and upload time).
+const RESULT_GRACE: Duration = Duration::from_secs(15);
+
+/// A tool call for an executor connected to another instance, sent over that instance's channel.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Forward {
+    executor_id: ExecutorId,
+    invoke_id: String,
+    frame: String,
+}
+
+/// An executor's reply, as stored under the reply key.
+#[derive(Debug, Deserialize)]
+struct Reply {
+    status: String,
+    #[serde(default)]
+    output: Option<Value>,
+    #[serde(default)]
+    error: Option<String>,
+}
 
 pub struct Gateway {
     config: GatewayConfig,
@@ -146,6 +191,12 @@ pub struct Gateway {
     live: DashMap<ExecutorId, Live>,
     /// Set on shutdown: new connections are closed as soon as they register.
     closing: AtomicBool,
+    orgs: Arc<Orgs>,
+    /// Tool calls sent to executors connected here, by call id (failed if the executor drops).
+    pending: DashMap<String, ExecutorId>,
+    /// Tool calls this instance waits on, woken when their reply lands.
+    waiters: DashMap<String, oneshot::Sender<()>>,
+    listening: AtomicBool,
 }
 
 impl Gateway {
@@ -163,6 +214,10 @@ impl Gateway {
             seq: AtomicU64::new(0),
             live: DashMap::new(),
             closing: AtomicBool::new(false),
+            orgs: parts.orgs,
+            pending: DashMap::new(),
+            waiters: DashMap::new(),
+            listening: AtomicBool::new(false),
         }
     }
 
@@ -182,6 +237,29 @@ impl Gateway {
     /// Closes the sockets of executors revoked anywhere, as soon as the revocation is announced; after
     /// a lost subscription, re-checks every local connection. Called once by the gateway role.
     pub fn listen(self: &Arc<Self>) {
+        if self.listening.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let on_forward = Arc::clone(self);
+        self.redis.listen(
+            &results::edge_channel(&self.edge_id),
+            move |text| match serde_json::from_str::<Forward>(text) {
+                Ok(f) => {
+                    let gateway = Arc::clone(&on_forward);
+                    tokio::spawn(async move { gateway.on_forward(f).await });
+                }
+                Err(e) => tracing::warn!(error = %e, "unreadable forwarded tool call"),
+            },
+            // A forward missed while disconnected fails by its own timeout.
+            || {},
+        );
+        let on_reply = Arc::clone(self);
+        self.redis.listen(
+            results::REPLIES_CHANNEL,
+            move |invoke_id| on_reply.wake(invoke_id),
+            // Waiters also poll their reply key, so a missed wake-up only costs a poll interval.
+            || {},
+        );
         let on_revoked = Arc::clone(self);
         let on_reconnect = Arc::clone(self);
         self.redis.listen(
@@ -315,9 +393,7 @@ impl Gateway {
         match protocol::parse_agent_frame(text) {
             Some(AgentFrame::Hello(hello)) => self.on_hello(conn, hello).await,
             Some(AgentFrame::ToolResult(result)) => {
-                // Nothing is dispatched to executors yet, so no result can be awaited: a result is
-                // accepted only for a request sent to this very executor.
-                tracing::warn!(executor_id = %conn.executor, request_id = %result.request_id, "result for a request this executor was not sent; ignored");
+                self.on_result(conn, result).await;
                 Verdict::Continue
             }
             Some(AgentFrame::ToolEvent(_)) | None => Verdict::Continue,
@@ -387,15 +463,25 @@ impl Gateway {
     }
 
     /// The connection ended: forget it, and its route record if it is still this connection's.
-    pub async fn disconnect(&self, conn: &Connection) {
-        self.live
+    pub async fn disconnect(self: &Arc<Self>, conn: &Connection) {
+        let removed = self
+            .live
             .remove_if(&conn.executor, |_, live| live.conn == conn.conn);
+        let index = removed.map_or_else(
+            || select::index_key(Pool::Managed, None),
+            |(_, live)| select::index_key(live.identity.pool, live.identity.org),
+        );
         let key = self.redis.key(&presence::route_key(conn.executor));
         let done: Result<i64, _> = self
             .redis
             .client
-            .eval(DELETE_OWN_ROUTE, vec![key], vec![conn.seq.to_string()])
+            .eval(
+                DELETE_OWN_ROUTE,
+                vec![key, self.redis.key(&index)],
+                vec![conn.seq.to_string(), conn.executor.to_string()],
+            )
             .await;
+        self.fail_pending_later(conn.executor);
         if let Err(e) = done {
             tracing::warn!(executor_id = %conn.executor, error = %e, "route record not removed (it expires on its own)");
         }
@@ -420,14 +506,22 @@ impl Gateway {
             return;
         };
         let key = self.redis.key(&presence::route_key(identity.id));
+        let index = self
+            .redis
+            .key(&select::index_key(identity.pool, identity.org));
         let ttl = self.config.executor_stale_ms.max(1000);
         let done: Result<i64, _> = self
             .redis
             .client
             .eval(
                 WRITE_ROUTE,
-                vec![key],
-                vec![value, conn.seq.to_string(), ttl.to_string()],
+                vec![key, index],
+                vec![
+                    value,
+                    conn.seq.to_string(),
+                    ttl.to_string(),
+                    identity.id.to_string(),
+                ],
             )
             .await;
         if let Err(e) = done {

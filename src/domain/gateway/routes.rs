@@ -1,22 +1,108 @@
 //! The gateway's HTTP edge (its own listener): `/ws/executor` for node agents, authenticated by their
 //! executor token before the upgrade (a refusal is a plain 401, so an agent can tell it from a network
-//! failure), and `/healthz`.
+//! failure); `/internal/v1/*` for workers elsewhere, behind the service token (compared in constant
+//! time); and `/healthz`.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use actix_ws::{CloseCode, CloseReason, Message, MessageStream, Session};
 use futures_util::StreamExt;
 use serde_json::json;
 
+use subtle::ConstantTimeEq;
+
+use super::dispatch::DispatchRequest;
 use super::{CloseWhy, Connection, Gateway, GatewayError, Outbound, Verdict};
 use crate::domain::common::extract::bearer;
 use crate::platform::http::ApiError;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/ws/executor", web::get().to(executor_socket))
-        .route("/healthz", web::get().to(healthz));
+        .route("/healthz", web::get().to(healthz))
+        .route("/internal/v1/dispatch", web::post().to(dispatch_sync))
+        .route(
+            "/internal/v1/dispatch-async",
+            web::post().to(dispatch_async),
+        )
+        .route("/internal/v1/results/{request_id}", web::get().to(result));
+}
+
+/// The `x-gateway-token` header against the service token, in constant time.
+fn check_service_token(gateway: &Gateway, req: &HttpRequest) -> Result<(), ApiError> {
+    let given = req
+        .headers()
+        .get("x-gateway-token")
+        .map(|v| v.as_bytes())
+        .unwrap_or_default();
+    let expected = gateway.config().service_token.expose().as_bytes();
+    let equal: bool = given.ct_eq(expected).into();
+    if expected.is_empty() || !equal {
+        return Err(ApiError::unauthorized("Invalid gateway service token"));
+    }
+    Ok(())
+}
+
+fn parse_dispatch(body: &[u8]) -> Result<DispatchRequest, ApiError> {
+    serde_json::from_slice::<DispatchRequest>(body)
+        .ok()
+        .filter(DispatchRequest::is_valid)
+        .ok_or_else(|| ApiError::bad_request("Invalid dispatch payload"))
+}
+
+async fn dispatch_async(
+    gateway: web::Data<Gateway>,
+    req: HttpRequest,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    check_service_token(&gateway, &req)?;
+    let dispatch = parse_dispatch(&body)?;
+    let accepted = gateway.into_inner().dispatch_async(dispatch).await?;
+    Ok(if accepted.dispatched {
+        HttpResponse::Created().json(accepted)
+    } else {
+        HttpResponse::Ok().json(accepted)
+    })
+}
+
+async fn dispatch_sync(
+    gateway: web::Data<Gateway>,
+    req: HttpRequest,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    check_service_token(&gateway, &req)?;
+    let dispatch = parse_dispatch(&body)?;
+    let wait = Duration::from_millis(dispatch.timeout_ms().max(100)) + Duration::from_secs(16);
+    match tokio::time::timeout(wait, gateway.into_inner().dispatch_sync(dispatch)).await {
+        Ok(result) => Ok(HttpResponse::Ok().json(result?)),
+        Err(_) => Err(ApiError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "GATEWAY_TIMEOUT",
+            "Gateway brain did not reply in time",
+        )),
+    }
+}
+
+async fn result(
+    gateway: web::Data<Gateway>,
+    req: HttpRequest,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    check_service_token(&gateway, &req)?;
+    let request_id = path.into_inner();
+    if request_id.chars().count() < 10 {
+        return Err(ApiError::bad_request("Invalid requestId"));
+    }
+    match gateway.stored_result(&request_id).await? {
+        Some(r) => Ok(HttpResponse::Ok().json(r)),
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "RESULT_NOT_READY",
+            "Result not ready",
+        )),
+    }
 }
 
 impl From<GatewayError> for ApiError {
@@ -24,6 +110,12 @@ impl From<GatewayError> for ApiError {
         match e {
             GatewayError::InvalidToken => ApiError::unauthorized("Invalid executor token"),
             GatewayError::Agents(e) => e.into(),
+            GatewayError::Unavailable(_) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "GATEWAY_UNAVAILABLE",
+                "Gateway state temporarily unavailable",
+            )
+            .with_cause(e),
         }
     }
 }
@@ -96,6 +188,11 @@ async fn serve_socket(
                 }
             }},
             out = conn.outbound.recv() => match out {
+                Some(Outbound::Frame(text)) => {
+                    if session.text(text).await.is_err() {
+                        break None;
+                    }
+                }
                 Some(Outbound::Close(why)) => break Some(why),
                 None => break None,
             },

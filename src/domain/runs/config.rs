@@ -24,4 +24,12 @@ pub struct WorkflowsConfig {
     pub dsl_max_bytes: usize,
     pub run_max_events: usize,
     pub run_output_max_bytes: usize,
+    /// How long a run waits on a remote node that sets no timeout of its own.
+    pub node_exec_timeout_ms: u64,
+    /// The continuation's sweep of blocked runs (lost pushes, timeouts, unsent dispatches).
+    pub continuation_poll_ms: u64,
+    /// A blocked run whose dispatch the gateway does not know after this long is dispatched again.
+    pub redispatch_after_ms: u64,
+    /// The gateway a worker without one in its own process dispatches to ("" = none).
+    pub gateway_http_url: String,
 }

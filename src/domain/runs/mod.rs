@@ -2,11 +2,13 @@
 //! executors and run events.
 
 pub mod config;
+pub mod continuation;
 pub mod engine;
 pub mod error;
 pub mod executors;
 pub mod intake;
 pub mod model;
+pub mod remote;
 pub mod routes;
 pub mod store;
 pub mod worker;

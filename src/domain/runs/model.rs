@@ -40,6 +40,8 @@ crate::text_enum! {
         RunSucceeded = "run_succeeded",
         RunRetried = "run_retried",
         RunFailed = "run_failed",
+        NodeDispatched = "node_dispatched",
+        RemoteResultReceived = "remote_result_received",
     }
 }
 

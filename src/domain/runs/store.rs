@@ -530,7 +530,9 @@ async fn apply_writes(
            cursor_node_index = coalesce(x.cursor, r.cursor_node_index), \
            next_attempt_at = x.next_attempt_at, finished_at = x.finished_at, \
            lease_owner = CASE WHEN x.status = 'running' THEN r.lease_owner END, \
-           lease_expires_at = CASE WHEN x.status = 'running' THEN $3 END \
+           lease_expires_at = CASE WHEN x.status = 'running' THEN $3 END, \
+           blocked_request_id = NULL, blocked_node_id = NULL, blocked_node_type = NULL, blocked_kind = NULL, \
+           blocked_at = NULL, blocked_timeout_at = NULL, remote_result = NULL \
          FROM jsonb_to_recordset($2::jsonb) AS x(id uuid, status text, output jsonb, error text, cursor integer, \
            next_attempt_at timestamptz, finished_at timestamptz) \
          WHERE r.id = x.id AND r.lease_owner = $1 \
@@ -542,4 +544,141 @@ async fn apply_writes(
     .load(c)
     .await?;
     Ok(applied.into_iter().map(|a| a.id).collect())
+}
+
+/// A run about to wait on a remote node: its progress, and the block (workflows spec 6.1), written
+/// before the dispatch is sent.
+pub struct Blocking<'a> {
+    pub id: RunId,
+    pub output: Value,
+    pub cursor: i32,
+    pub request_id: &'a str,
+    pub node_id: &'a str,
+    pub node_type: &'a str,
+    pub kind: &'a str,
+    pub timeout_at: DateTime<Utc>,
+    /// The run's step rows are redundant with this output: delete them.
+    pub clear_rows: bool,
+}
+
+/// Records the block (lease-checked, the lease renewed so the dispatch that follows is covered) with
+/// its events; `false` when this worker no longer holds the run.
+pub async fn block_run(
+    c: &mut AsyncPgConnection,
+    worker: &str,
+    lease_secs: u64,
+    b: &Blocking<'_>,
+    events: &[NewEvent],
+) -> QueryResult<bool> {
+    let n = diesel::update(
+        wr::table
+            .filter(wr::id.eq(b.id))
+            .filter(wr::lease_owner.eq(worker)),
+    )
+    .set((
+        wr::output.eq(Some(&b.output)),
+        wr::cursor_node_index.eq(b.cursor),
+        wr::blocked_request_id.eq(Some(b.request_id)),
+        wr::blocked_node_id.eq(Some(b.node_id)),
+        wr::blocked_node_type.eq(Some(b.node_type)),
+        wr::blocked_kind.eq(Some(b.kind)),
+        wr::blocked_at.eq(Some(Utc::now())),
+        wr::blocked_timeout_at.eq(Some(b.timeout_at)),
+        wr::remote_result.eq(None::<Value>),
+        wr::lease_expires_at.eq(Some(lease_until(lease_secs))),
+    ))
+    .execute(c)
+    .await?;
+    if n != 1 {
+        return Ok(false);
+    }
+    if b.clear_rows {
+        diesel::delete(rs::table.filter(rs::run_id.eq(b.id)))
+            .execute(c)
+            .await?;
+    }
+    append_events(c, events).await?;
+    Ok(true)
+}
+
+/// The result a resumed attempt starts with (written by the continuation as it cleared the block).
+pub async fn remote_result(c: &mut AsyncPgConnection, id: RunId) -> QueryResult<Option<Value>> {
+    wr::table
+        .find(id)
+        .select(wr::remote_result)
+        .first::<Option<Value>>(c)
+        .await
+        .optional()
+        .map(Option::flatten)
+}
+
+/// Where a blocked run stands (for the continuation's sweep).
+#[derive(Debug, Queryable)]
+pub struct BlockState {
+    pub request_id: Option<String>,
+    pub blocked_at: Option<DateTime<Utc>>,
+    pub timeout_at: Option<DateTime<Utc>>,
+}
+
+pub async fn block_state(c: &mut AsyncPgConnection, id: RunId) -> QueryResult<Option<BlockState>> {
+    wr::table
+        .find(id)
+        .filter(wr::status.eq(RunStatus::Running))
+        .select((
+            wr::blocked_request_id,
+            wr::blocked_at,
+            wr::blocked_timeout_at,
+        ))
+        .first::<BlockState>(c)
+        .await
+        .optional()
+}
+
+/// The run a block was cleared from, with the block's node.
+#[derive(Debug, QueryableByName)]
+pub struct Unblocked {
+    #[diesel(sql_type = diesel::sql_types::Uuid)]
+    pub workflow_id: WorkflowId,
+    #[diesel(sql_type = diesel::sql_types::Integer)]
+    pub attempt_count: i32,
+    #[diesel(sql_type = diesel::sql_types::Nullable<Text>)]
+    pub node_id: Option<String>,
+    #[diesel(sql_type = diesel::sql_types::Nullable<Text>)]
+    pub node_type: Option<String>,
+}
+
+/// Clears the block of `id` if it still waits on `request_id` (compare-and-set: of a racing push, poll
+/// and timeout only one applies), storing `result` for the resumed attempt as
+/// `{requestId, nodeId, result}` (`None`: dispatch again) and releasing the lease so the next delivery
+/// takes the run over.
+pub async fn unblock(
+    c: &mut AsyncPgConnection,
+    id: RunId,
+    request_id: &str,
+    result: Option<&Value>,
+) -> QueryResult<Option<Unblocked>> {
+    let rows: Vec<Unblocked> = diesel::sql_query(
+        "UPDATE workflow_runs AS r SET blocked_request_id = NULL, blocked_node_id = NULL, \
+           blocked_node_type = NULL, blocked_kind = NULL, blocked_at = NULL, blocked_timeout_at = NULL, \
+           remote_result = CASE WHEN $3::jsonb IS NULL THEN NULL \
+             ELSE jsonb_build_object('requestId', $2::text, 'nodeId', old.blocked_node_id, 'result', $3::jsonb) END, \
+           lease_owner = NULL, lease_expires_at = NULL \
+         FROM (SELECT id, blocked_node_id, blocked_node_type FROM workflow_runs WHERE id = $1 FOR UPDATE) AS old \
+         WHERE r.id = old.id AND r.status = 'running' AND r.blocked_request_id = $2 \
+         RETURNING r.workflow_id, r.attempt_count, old.blocked_node_id AS node_id, old.blocked_node_type AS node_type",
+    )
+    .bind::<diesel::sql_types::Uuid, _>(id)
+    .bind::<Text, _>(request_id)
+    .bind::<diesel::sql_types::Nullable<Jsonb>, _>(result)
+    .load(c)
+    .await?;
+    Ok(rows.into_iter().next())
+}
+
+/// Blocked runs across orgs (ids only), through the definer function.
+pub async fn blocked_runs(c: &mut AsyncPgConnection, limit: i32) -> QueryResult<Vec<Stranded>> {
+    diesel::sql_query("SELECT run_id, organization_id FROM app.blocked_runs($1)")
+        .bind::<diesel::sql_types::Integer, _>(limit)
+        .load(c)
+        .await
 }

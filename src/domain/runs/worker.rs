@@ -14,6 +14,7 @@ use uuid::Uuid;
 use super::config::WorkflowsConfig;
 use super::engine::{Delivery, Engine, EngineError, Plans};
 use super::executors::ExecDeps;
+use super::remote::RemoteDispatch;
 use super::store;
 use crate::domain::common::ids::{OrgId, RunId};
 use crate::domain::orgs::Orgs;
@@ -30,6 +31,8 @@ pub struct WorkerParts {
     pub queue: WorkQueue,
     pub orgs: Arc<Orgs>,
     pub secrets: Arc<Secrets>,
+    /// Where remote nodes are dispatched.
+    pub remote: Arc<dyn RemoteDispatch>,
 }
 
 /// The HTTP client of node executors: no automatic redirects (each hop is checked by the executor)
@@ -55,6 +58,7 @@ pub fn engine(parts: &WorkerParts, http: reqwest::Client) -> Engine {
         },
         queue: parts.queue.clone(),
         worker_id: format!("{}-{}", hostname(), Uuid::new_v4().simple()),
+        remote: parts.remote.clone(),
     }
 }
 

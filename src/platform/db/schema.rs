@@ -196,6 +196,7 @@ diesel::table! {
         created_at -> Timestamptz,
         started_at -> Nullable<Timestamptz>,
         finished_at -> Nullable<Timestamptz>,
+        remote_result -> Nullable<Jsonb>,
     }
 }
 

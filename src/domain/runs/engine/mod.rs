@@ -36,8 +36,9 @@ use tokio::sync::watch;
 use tracing::Instrument;
 
 use super::config::WorkflowsConfig;
-use super::executors::{self, ExecCtx, ExecDeps, Outcome};
+use super::executors::{self, Block, ExecCtx, ExecDeps, Outcome};
 use super::model::{summarize, EventKind, Level, NewEvent, Run, RunStatus, Step, StepStatus};
+use super::remote::{DispatchBody, RemoteDispatch};
 use super::store::{self, RunWrite};
 use crate::domain::common::ids::{OrgId, RunId};
 use crate::domain::orgs::Orgs;
@@ -79,6 +80,8 @@ pub enum Delivery {
     LeaseLost,
     /// Handed back on shutdown.
     Released,
+    /// Waiting on a remote node: the dispatch is recorded and sent; the result resumes the run.
+    Blocked,
 }
 
 pub struct Engine {
@@ -91,6 +94,8 @@ pub struct Engine {
     pub deps: ExecDeps,
     pub queue: WorkQueue,
     pub worker_id: String,
+    /// Where remote nodes are dispatched (the gateway in this process, or over HTTP).
+    pub remote: Arc<dyn RemoteDispatch>,
 }
 
 /// Where a stretch of execution stopped.
@@ -225,6 +230,7 @@ impl Engine {
                 events: 1,
                 open: None,
                 batched: true,
+                remote: None,
             });
             match self
                 .drive(&mut p, &batch.settings, stop, &never_lost)
@@ -596,6 +602,7 @@ impl Engine {
                     events: 1,
                     open: None,
                     batched: false,
+                    remote: None,
                 }),
                 false,
             ))
@@ -604,6 +611,8 @@ impl Engine {
             let taken = store::take_over(c, run_id, &worker, lease).await?;
             let rows = store::step_rows(c, run_id).await?;
             let events = store::attempt_events(c, run_id, taken.attempt_count).await?;
+            // Resumed after a remote node's result landed: the result is consumed by that node.
+            let remote = store::remote_result(c, run_id).await?;
             let plan = self.plans.get(taken.workflow_id, version, &dsl_doc);
             Ok(Decided::Take(
                 Box::new(Start {
@@ -613,6 +622,7 @@ impl Engine {
                     events: usize::try_from(events).unwrap_or(usize::MAX),
                     open: None,
                     batched: false,
+                    remote,
                 }),
                 true,
             ))
@@ -789,13 +799,24 @@ impl Engine {
             if let Some(end) = self.out_of_events(p) {
                 return Ok(end);
             }
-            match self.node_started(p, node).await? {
-                Next::Run => {}
-                Next::Yield => return Ok(Halt::Yield),
-                Next::LeaseLost => return Ok(Halt::Settled(Delivery::LeaseLost)),
-            }
-            let outcome = self.exec(p, node, settings).await;
+            // The resume pass of a remote node (spec 5.4): its result, not a second dispatch.
+            let outcome = match p.take_remote(&node.id) {
+                Some(outcome) => outcome,
+                None => {
+                    match self.node_started(p, node).await? {
+                        Next::Run => {}
+                        Next::Yield => return Ok(Halt::Yield),
+                        Next::LeaseLost => return Ok(Halt::Settled(Delivery::LeaseLost)),
+                    }
+                    self.exec(p, node, settings).await
+                }
+            };
             match self.within_output_cap(p, outcome) {
+                Outcome::Blocked(block) => {
+                    // v2 re-enters the blocked node itself on resume.
+                    let cursor = i32::try_from(index).unwrap_or(i32::MAX);
+                    return self.blocked(p, node, cursor, block).await;
+                }
                 Outcome::Succeeded(out) => {
                     let cursor = i32::try_from(index + 1).unwrap_or(i32::MAX);
                     if !self.node_succeeded(p, node, out, cursor).await? {
@@ -835,6 +856,12 @@ impl Engine {
             if let Some(end) = self.out_of_events(p) {
                 return Ok(end);
             }
+            if let Some(outcome) = p.take_remote(&node.id) {
+                if let Some(end) = self.graph_outcome(p, node, outcome).await? {
+                    return Ok(end);
+                }
+                continue;
+            }
             match self.node_started(p, node).await? {
                 Next::Run => {}
                 Next::Yield => {
@@ -859,21 +886,11 @@ impl Engine {
                 }
                 _ => self.exec(p, node, settings).await,
             };
-            match self.within_output_cap(p, outcome) {
-                Outcome::Succeeded(out) => {
-                    if !self.node_succeeded(p, node, out, 0).await? {
-                        return Ok(Halt::Settled(Delivery::LeaseLost));
-                    }
-                }
-                Outcome::Failed {
-                    error,
-                    output,
-                    retryable,
-                } => {
-                    return Ok(Halt::End(
-                        self.node_failed(p, node, error, output, retryable),
-                    ));
-                }
+            if let Outcome::Blocked(block) = outcome {
+                return self.blocked(p, node, 0, block).await;
+            }
+            if let Some(end) = self.graph_outcome(p, node, outcome).await? {
+                return Ok(end);
             }
         }
         // Nodes without a step were skipped: say why, once each (capped), then succeed.
@@ -896,6 +913,115 @@ impl Engine {
             p.push_event(e);
         }
         Ok(Halt::End(self.succeed_graph(p, skipped)))
+    }
+
+    /// Records a v3 node's outcome; `Some` when the run stops there.
+    async fn graph_outcome(
+        &self,
+        p: &mut Progress,
+        node: &Node,
+        outcome: Outcome,
+    ) -> Result<Option<Halt>, EngineError> {
+        match self.within_output_cap(p, outcome) {
+            Outcome::Succeeded(out) => {
+                if !self.node_succeeded(p, node, out, 0).await? {
+                    return Ok(Some(Halt::Settled(Delivery::LeaseLost)));
+                }
+                Ok(None)
+            }
+            Outcome::Failed {
+                error,
+                output,
+                retryable,
+            } => Ok(Some(Halt::End(
+                self.node_failed(p, node, error, output, retryable),
+            ))),
+            // A resume pass never blocks again; a block reaching here is a result read as one.
+            Outcome::Blocked(_) => Ok(Some(Halt::End(self.node_failed(
+                p,
+                node,
+                "REMOTE_RESULT_INVALID".into(),
+                None,
+                false,
+            )))),
+        }
+    }
+
+    /// A node runs elsewhere (workflows spec 6.1): record the block first (request id, timeout, the
+    /// progress so far, `node_dispatched`), then send the dispatch; the run's worker slot is free from
+    /// here on. A crash between the two leaves a recorded block without a dispatch, which the
+    /// continuation's sweep sends again; a dispatch refused outright ends the attempt as a run error.
+    async fn blocked(
+        &self,
+        p: &mut Progress,
+        node: &Node,
+        cursor: i32,
+        block: Block,
+    ) -> Result<Halt, EngineError> {
+        let timeout_ms = block
+            .timeout_ms
+            .unwrap_or(self.config.node_exec_timeout_ms)
+            .clamp(1000, 600_000);
+        let body = DispatchBody {
+            organization_id: p.run.organization_id,
+            requested_by_user_id: p.run.requested_by_user_id,
+            run_id: p.run.id,
+            workflow_id: p.run.workflow_id,
+            node_id: node.id.clone(),
+            node_type: node.node_type().as_str().to_string(),
+            attempt_count: p.run.attempt_count,
+            kind: block.kind.as_str().to_string(),
+            payload: block.payload,
+            executor_selector: block.selector,
+            secret: block.secret,
+            timeout_ms,
+        };
+        let request_id = body.request_id();
+        let mut e = p.event(EventKind::NodeDispatched, Level::Info, Some(node));
+        e.payload = Some(json!({"requestId": request_id, "kind": block.kind}));
+        p.push_event(e);
+        p.cursor = cursor;
+        let output = p.output(StepStatus::Succeeded, None);
+        let events = std::mem::take(&mut p.pending);
+        let node_type = node.node_type();
+        let write = store::Blocking {
+            id: p.run.id,
+            output,
+            cursor,
+            request_id: &request_id,
+            node_id: &node.id,
+            node_type: node_type.as_str(),
+            kind: block.kind.as_str(),
+            timeout_at: Utc::now() + chrono::Duration::milliseconds(timeout_ms as i64),
+            clear_rows: p.take_rows_to_clear(),
+        };
+        let (worker, lease) = (self.worker_id.clone(), self.lease_secs());
+        let write = &write;
+        let recorded = self
+            .commit_in(&mut p.open, p.run.organization_id, |c| {
+                async move { Ok(store::block_run(c, &worker, lease, write, &events).await?) }
+                    .scope_boxed()
+            })
+            .await?;
+        if !recorded {
+            return Ok(Halt::Settled(Delivery::LeaseLost));
+        }
+        match self.remote.dispatch(&body).await {
+            Ok(()) => {
+                tracing::info!(event = "workflow_node_dispatched", runId = %p.run.id, orgId = %p.run.organization_id,
+                    nodeId = %node.id, requestId = %request_id, kind = %block.kind, timeoutMs = timeout_ms, "node dispatched");
+                Ok(Halt::Settled(Delivery::Blocked))
+            }
+            Err(e) => {
+                tracing::warn!(runId = %p.run.id, nodeId = %node.id, requestId = %request_id, error = %e, "dispatch refused");
+                Ok(Halt::End(self.fail(
+                    p,
+                    Some(node.id.clone()),
+                    e.code(),
+                    true,
+                )))
+            }
+        }
     }
 
     /// Between nodes: stop when the lease is gone or the process is shutting down (handing the run back).

@@ -11,6 +11,7 @@ use serde_json::Value;
 
 use super::graph::{self, GraphState};
 use super::plans::{Executable, ParsedPlan};
+use crate::domain::runs::executors::Outcome;
 use crate::domain::runs::model::{
     EventKind, Level, NewEvent, Run, RunOutput, RunStatus, Step, StepStatus, Summary,
 };
@@ -135,6 +136,8 @@ pub struct Progress {
     output_written: Option<Instant>,
     /// Step rows exist for this run that the next full output write makes redundant (it deletes them).
     rows_written: bool,
+    /// The remote result the resumed attempt has not consumed yet.
+    remote: Option<Value>,
 }
 
 /// Where a run starts from.
@@ -147,6 +150,8 @@ pub struct Start {
     pub events: usize,
     pub open: Option<OpenTx>,
     pub batched: bool,
+    /// The stored result of the remote node this attempt was blocked on (`{requestId, nodeId, result}`).
+    pub remote: Option<Value>,
 }
 
 impl Progress {
@@ -158,6 +163,7 @@ impl Progress {
             events,
             open,
             batched,
+            remote,
         } = start;
         let output = run.output.as_ref();
         let rows_written = !rows.is_empty();
@@ -181,9 +187,35 @@ impl Progress {
             batched,
             output_written: None,
             rows_written,
+            remote,
             plan,
             run,
         }
+    }
+
+    /// The outcome of `node`'s resume pass, if the stored remote result is its (spec 5.4): `succeeded`
+    /// gives its output, `failed` its error (retried like any node failure), anything else
+    /// `REMOTE_RESULT_INVALID`. Taken once.
+    pub fn take_remote(&mut self, node: &str) -> Option<Outcome> {
+        let stored = self
+            .remote
+            .take_if(|r| r.get("nodeId").and_then(Value::as_str) == Some(node))?;
+        let result = stored.get("result").cloned().unwrap_or(Value::Null);
+        let output = result.get("output").cloned();
+        Some(match result.get("status").and_then(Value::as_str) {
+            Some("succeeded") => Outcome::Succeeded(output.unwrap_or(Value::Null)),
+            Some("failed") => Outcome::Failed {
+                error: result
+                    .get("error")
+                    .and_then(Value::as_str)
+                    .filter(|e| !e.is_empty())
+                    .unwrap_or("REMOTE_EXECUTION_FAILED")
+                    .to_string(),
+                output,
+                retryable: true,
+            },
+            _ => Outcome::fail("REMOTE_RESULT_INVALID", false),
+        })
     }
 
     /// Records a succeeded step; in a graph, the edges it satisfies may make other nodes ready.

@@ -1,21 +1,110 @@
-//! `agent.execute` and `agent.run`: the cloud stub runs here; anything remote waits for the gateway,
-//! which is not part of this build yet, so it fails deterministically instead of hanging.
+//! `agent.execute` and `agent.run`: the cloud stub runs here; a remote `agent.execute` blocks the run on
+//! an executor (spec 5.2). `agent.run` needs the gateway brain (sessions and inference), which is not
+//! part of this build yet, so it fails deterministically instead of hanging.
 
-use serde_json::json;
+use serde_json::{json, Map, Value};
 
-use super::context::Outcome;
-use crate::domain::workflows::dsl::spec::AgentExecute;
-use crate::domain::workflows::dsl::Node;
+use super::context::{Block, BlockKind, ExecCtx, Outcome};
+use crate::domain::workflows::dsl::spec::{AgentExecute, Selector};
 
-/// `agent.execute`: no `execution` (or mode `cloud`) is the stub; mode `executor` needs the gateway.
-pub fn execute(node: &Node, _config: Option<&AgentExecute>) -> Outcome {
-    if node.is_remote() {
-        return Outcome::fail("EXECUTOR_NOT_AVAILABLE", false);
-    }
-    Outcome::Succeeded(json!({"accepted": true, "taskId": format!("{}-task", node.id)}))
+/// `agent.execute`: no `execution` (or mode `cloud`) is the stub; mode `executor` is dispatched.
+pub fn execute(ctx: &ExecCtx<'_>, config: Option<&AgentExecute>) -> Outcome {
+    let node = ctx.node;
+    let Some(cfg) = config.filter(|_| node.is_remote()) else {
+        return Outcome::Succeeded(
+            json!({"accepted": true, "taskId": format!("{}-task", node.id)}),
+        );
+    };
+    Outcome::Blocked(Block {
+        kind: BlockKind::AgentExecute,
+        payload: json!({
+            "nodeId": node.id,
+            "node": node_json(&node.id, cfg),
+            "runId": ctx.run_id,
+            "workflowId": ctx.workflow_id,
+            "attemptCount": ctx.attempt,
+        }),
+        selector: cfg
+            .execution
+            .as_ref()
+            .and_then(|e| e.selector.as_ref())
+            .map(selector_json),
+        secret: None,
+        timeout_ms: cfg.sandbox.as_ref().and_then(|s| s.timeout_ms),
+    })
 }
 
 /// `agent.run` always runs in the gateway brain.
 pub fn run() -> Outcome {
     Outcome::fail("EXECUTOR_NOT_AVAILABLE", false)
+}
+
+/// The node as the executor reads it (spec 3.4): only the keys that are set, never `null` (the original
+/// agent's schema refuses a `null` where a key may be absent).
+fn node_json(id: &str, cfg: &AgentExecute) -> Value {
+    let mut config = Map::new();
+    if let Some(task) = &cfg.task {
+        let mut t = Map::new();
+        t.insert("type".into(), json!("shell"));
+        t.insert("script".into(), json!(task.script));
+        if let Some(shell) = &task.shell {
+            t.insert("shell".into(), json!(shell));
+        }
+        if !task.env.is_empty() {
+            t.insert("env".into(), json!(task.env));
+        }
+        config.insert("task".into(), Value::Object(t));
+    }
+    if let Some(sandbox) = &cfg.sandbox {
+        let mut s = Map::new();
+        if let Some(b) = &sandbox.backend {
+            s.insert("backend".into(), json!(b));
+        }
+        if let Some(n) = &sandbox.network {
+            s.insert("network".into(), json!(n));
+        }
+        if let Some(t) = sandbox.timeout_ms {
+            s.insert("timeoutMs".into(), json!(t));
+        }
+        if let Some(image) = sandbox.docker.as_ref().and_then(|d| d.image.as_ref()) {
+            s.insert("docker".into(), json!({ "image": image }));
+        }
+        if !sandbox.env_passthrough_allowlist.is_empty() {
+            s.insert(
+                "envPassthroughAllowlist".into(),
+                json!(sandbox.env_passthrough_allowlist),
+            );
+        }
+        config.insert("sandbox".into(), Value::Object(s));
+    }
+    if let Some(exec) = &cfg.execution {
+        let mut e = Map::new();
+        e.insert("mode".into(), json!("executor"));
+        if let Some(sel) = &exec.selector {
+            e.insert("selector".into(), selector_json(sel));
+        }
+        config.insert("execution".into(), Value::Object(e));
+    }
+    json!({"id": id, "type": "agent.execute", "config": Value::Object(config)})
+}
+
+/// A selector as the dispatch carries it (absent keys left out: the gateway resolves a missing pool).
+pub fn selector_json(sel: &Selector) -> Value {
+    let mut m = Map::new();
+    if let Some(p) = &sel.pool {
+        m.insert("pool".into(), json!(p));
+    }
+    if !sel.labels.is_empty() {
+        m.insert("labels".into(), json!(sel.labels));
+    }
+    if let Some(g) = &sel.group {
+        m.insert("group".into(), json!(g));
+    }
+    if let Some(t) = &sel.tag {
+        m.insert("tag".into(), json!(t));
+    }
+    if let Some(id) = sel.executor_id {
+        m.insert("executorId".into(), json!(id));
+    }
+    Value::Object(m)
 }

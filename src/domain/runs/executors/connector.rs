@@ -7,11 +7,12 @@ use reqwest::header::{self, HeaderValue};
 use serde_json::{json, Value};
 use url::Url;
 
-use super::context::{ExecCtx, ExecDeps, Outcome};
+use super::context::{Block, BlockKind, ExecCtx, ExecDeps, Outcome};
 use super::http::{network_failure, status_retryable};
 use super::secret_store;
 use crate::domain::common::ids::SecretId;
 use crate::domain::workflows::dsl::spec::{ConnectorAction, ExecutionMode, GithubIssue};
+use crate::platform::secret::Secret;
 
 const TITLE_MAX: usize = 256;
 const BODY_MAX: usize = 200_000;
@@ -24,6 +25,8 @@ struct Action<'a> {
     input: Option<Value>,
     secret_id: SecretId,
     mode: ExecutionMode,
+    /// Where an `executor`-mode action is routed (the node's `execution.selector`).
+    selector: Option<Value>,
 }
 
 /// Input of GitHub `issue.create`.
@@ -86,6 +89,11 @@ pub async fn run_action(deps: &ExecDeps, ctx: &ExecCtx<'_>, cfg: &ConnectorActio
             .execution
             .as_ref()
             .map_or(ExecutionMode::Cloud, |e| e.mode),
+        selector: cfg
+            .execution
+            .as_ref()
+            .and_then(|e| e.selector.as_ref())
+            .map(super::agent::selector_json),
     };
     execute(deps, ctx, action).await
 }
@@ -112,6 +120,7 @@ pub async fn run_legacy_github(deps: &ExecDeps, ctx: &ExecCtx<'_>, cfg: &GithubI
         input: Some(input),
         secret_id: SecretId::from(cfg.auth.secret_id),
         mode: ExecutionMode::Cloud,
+        selector: None,
     };
     execute(deps, ctx, action).await
 }
@@ -134,10 +143,6 @@ async fn execute(deps: &ExecDeps, ctx: &ExecCtx<'_>, cfg: Action<'_>) -> Outcome
     else {
         return Outcome::fail("INVALID_ACTION_INPUT", false);
     };
-    if cfg.mode == ExecutionMode::Executor {
-        // Remote execution needs the gateway, which is not part of this build yet.
-        return Outcome::fail("EXECUTOR_NOT_AVAILABLE", false);
-    }
     let secret = match secret_store::by_id(deps, ctx.org_id, cfg.secret_id).await {
         Ok(s) => s,
         Err(failed) => return failed,
@@ -147,6 +152,21 @@ async fn execute(deps: &ExecDeps, ctx: &ExecCtx<'_>, cfg: Action<'_>) -> Outcome
     }
     if secret.value.is_empty() {
         return Outcome::fail("SECRET_REQUIRED", false);
+    }
+    if cfg.mode == ExecutionMode::Executor {
+        // The executor performs the call: the secret travels with this one invocation only (spec 5.3).
+        return Outcome::Blocked(Block {
+            kind: BlockKind::ConnectorAction,
+            payload: json!({
+                "connectorId": cfg.connector_id,
+                "actionId": cfg.action_id,
+                "input": cfg.input,
+                "env": {"githubApiBaseUrl": deps.config.github_api_base_url},
+            }),
+            selector: cfg.selector,
+            secret: Some(Secret::new(secret.value.to_string())),
+            timeout_ms: None,
+        });
     }
     create_issue(deps, ctx, &issue, &secret.value).await
 }

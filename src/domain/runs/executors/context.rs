@@ -9,6 +9,7 @@ use crate::domain::runs::config::WorkflowsConfig;
 use crate::domain::runs::model::Step;
 use crate::domain::secrets::Secrets;
 use crate::domain::workflows::dsl::Node;
+use crate::platform::secret::Secret;
 
 /// Long-lived dependencies, built once per worker.
 #[derive(Clone)]
@@ -45,6 +46,31 @@ pub enum Outcome {
         output: Option<Value>,
         retryable: bool,
     },
+    /// The node runs elsewhere (an executor, the gateway): the run waits for its result (spec 6.1).
+    Blocked(Block),
+}
+
+/// What a remote node needs dispatched.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Block {
+    pub kind: BlockKind,
+    /// Sent to the executor verbatim.
+    pub payload: Value,
+    /// The node's `execution.selector`, as written (the gateway resolves a missing pool).
+    pub selector: Option<Value>,
+    /// The decrypted connector secret (only `connector.action`; never a shell task's).
+    pub secret: Option<Secret>,
+    /// How long the run waits (default: the configured node timeout).
+    pub timeout_ms: Option<u64>,
+}
+
+crate::text_enum! {
+    /// What kind of remote work a block is.
+    pub enum BlockKind {
+        AgentExecute = "agent.execute",
+        ConnectorAction = "connector.action",
+        AgentRun = "agent.run",
+    }
 }
 
 impl Outcome {

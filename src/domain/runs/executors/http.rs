@@ -488,6 +488,7 @@ fn redact_outcome(outcome: Outcome, secrets: &[(String, Zeroizing<String>)]) -> 
                 retryable,
             }
         }
+        blocked @ Outcome::Blocked(_) => blocked,
     }
 }
 

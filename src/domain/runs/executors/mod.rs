@@ -14,14 +14,14 @@ mod http;
 mod secret_store;
 pub mod ssrf;
 
-pub use context::{ExecCtx, ExecDeps, Outcome};
+pub use context::{Block, BlockKind, ExecCtx, ExecDeps, Outcome};
 
 /// Runs one node (v2 semantics; the v3 engine evaluates `condition` / `parallel.join` itself, with
 /// [`condition::evaluate`] for conditions).
 pub async fn execute(deps: &ExecDeps, ctx: &ExecCtx<'_>) -> Outcome {
     match &ctx.node.spec {
         NodeSpec::HttpRequest(cfg) => http::run(deps, ctx, cfg.as_ref()).await,
-        NodeSpec::AgentExecute(cfg) => agent::execute(ctx.node, cfg.as_ref()),
+        NodeSpec::AgentExecute(cfg) => agent::execute(ctx, cfg.as_ref()),
         NodeSpec::AgentRun(_) => agent::run(),
         NodeSpec::ConnectorAction(cfg) => connector::run_action(deps, ctx, cfg).await,
         NodeSpec::GithubIssueCreate(cfg) => connector::run_legacy_github(deps, ctx, cfg).await,

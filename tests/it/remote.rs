@@ -1,0 +1,502 @@
+//! Remote execution end to end (gateway spec 2.2-2.9, workflows spec 6): a workflow node with
+//! `execution.mode = "executor"` is recorded as blocked, dispatched through the gateway to a connected
+//! executor (here a test client speaking the v2 frames byte for byte over a real WebSocket), and the
+//! result is pushed to the continuation, which resumes the run at once. Also: failures and their codes,
+//! results accepted only from the executor a call went to, an executor on another gateway instance, the
+//! service-token routes, timeouts, and a dispatch lost between recording and sending.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::future::BoxFuture;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio::sync::watch;
+use tokio_tungstenite::tungstenite::Message;
+use uuid::Uuid;
+
+use crate::common::{Options, TestApp, User};
+use crate::gateway::{connect, edge, hello, paired, Edge, Ws};
+use crate::runs::{events, published, start_run, wait_terminal};
+use vespid::app::state::AppState;
+use vespid::domain::runs::continuation::Continuation;
+use vespid::domain::runs::remote::{DispatchBody, DispatchError, RemoteDispatch};
+
+fn opts() -> Options {
+    crate::runs::opts()
+        .env("WORKFLOW_RETRY_ATTEMPTS", "1")
+        .env("WORKFLOW_CONTINUATION_POLL_MS", "100")
+        .env("WORKFLOW_REDISPATCH_AFTER_MS", "500")
+        .env("GATEWAY_DISCONNECT_GRACE_MS", "200")
+}
+
+/// A worker and a continuation for `state`, stopped when the sender drops.
+fn start_roles(state: &AppState) -> watch::Sender<bool> {
+    let (tx, rx) = watch::channel(false);
+    vespid::domain::runs::worker::spawn(state.worker_parts(), rx.clone()).expect("worker");
+    Arc::new(Continuation::new(state.continuation_parts())).spawn(rx);
+    tx
+}
+
+/// An executor of `owner`'s org connected over a raw WebSocket (hello sent): (id, socket).
+async fn executor(e: &Edge, owner: &User, labels: Value) -> (Uuid, Ws) {
+    let (id, token) = paired(&e.app, owner, labels).await;
+    let mut ws = connect(&e.ws_url, Some(&token)).await.expect("connect");
+    ws.send(hello(id, owner.personal_org, json!([]), 4))
+        .await
+        .unwrap();
+    wait_routed(&e.app, id).await;
+    (id, ws)
+}
+
+async fn wait_routed(app: &TestApp, id: Uuid) {
+    let redis = &app.state.redis;
+    for _ in 0..100 {
+        let raw: Option<String> = fred::interfaces::KeysInterface::get(
+            &redis.client,
+            redis.key(&format!("executor:route:{id}")),
+        )
+        .await
+        .unwrap();
+        if raw.is_some() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("executor {id} never routed");
+}
+
+/// The next `invoke_tool_v2` the executor receives (within `secs`), answering pings.
+async fn next_invoke(ws: &mut Ws, secs: u64) -> Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        let msg = tokio::time::timeout_at(deadline, ws.next())
+            .await
+            .expect("no invoke in time")
+            .expect("socket ended")
+            .expect("socket error");
+        match msg {
+            Message::Text(t) => {
+                let v: Value = serde_json::from_str(&t).unwrap();
+                if v["type"] == "invoke_tool_v2" {
+                    return v;
+                }
+            }
+            Message::Ping(p) => ws.send(Message::Pong(p)).await.unwrap(),
+            _ => {}
+        }
+    }
+}
+
+async fn send_result(ws: &mut Ws, request_id: &str, result: Value) {
+    let mut frame = json!({"type": "tool_result_v2", "requestId": request_id});
+    for (k, v) in result.as_object().unwrap() {
+        frame[k] = v.clone();
+    }
+    ws.send(Message::text(frame.to_string())).await.unwrap();
+}
+
+fn shell_dsl(selector: Option<Value>, timeout_ms: Option<u64>) -> Value {
+    let mut execution = json!({"mode": "executor"});
+    if let Some(s) = selector {
+        execution["selector"] = s;
+    }
+    let mut config = json!({
+        "execution": execution,
+        "task": {"type": "shell", "script": "echo hello > /work/a.txt && cat /work/a.txt"},
+    });
+    if let Some(t) = timeout_ms {
+        config["sandbox"] = json!({"timeoutMs": t});
+    }
+    json!({
+        "version": "v2",
+        "trigger": {"type": "trigger.manual"},
+        "nodes": [
+            {"id": "before", "type": "http.request"},
+            {"id": "remote", "type": "agent.execute", "config": config},
+            {"id": "after", "type": "http.request"},
+        ],
+    })
+}
+
+fn kinds(evs: &[Value]) -> Vec<String> {
+    evs.iter()
+        .map(|e| {
+            format!(
+                "{}{}",
+                e["eventType"].as_str().unwrap(),
+                e["nodeId"]
+                    .as_str()
+                    .map(|n| format!(":{n}"))
+                    .unwrap_or_default()
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn an_executor_node_runs_end_to_end_and_the_run_resumes_when_its_result_lands() {
+    let e = edge(opts()).await;
+    let _roles = start_roles(&e.app.state);
+    let owner = e.app.signup("remote-e2e").await;
+    let org = owner.personal_org;
+    let (_id, mut ws) = executor(&e, &owner, json!([])).await;
+    let wf = published(&e.app, &owner, org, shell_dsl(None, Some(30_000))).await;
+    let run = start_run(&e.app, &owner, org, wf, json!({})).await;
+
+    let invoke = next_invoke(&mut ws, 10).await;
+    // The frame as the spec shows it: policy, kind, payload (the node as written), no secret.
+    assert_eq!(invoke["kind"], "agent.execute");
+    assert_eq!(invoke["organizationId"], org.to_string());
+    assert_eq!(invoke["userId"], owner.id.to_string());
+    assert!(invoke.get("secret").is_none());
+    assert_eq!(
+        invoke["toolPolicy"],
+        json!({"networkModeDefaultDeny": true, "networkMode": "none", "timeoutMs": 30000,
+               "outputMaxChars": 200000,
+               "mountsAllowlist": [{"containerPath": "/work", "mode": "rw"}, {"containerPath": "/tmp", "mode": "rw"}]})
+    );
+    assert_eq!(invoke["payload"]["nodeId"], "remote");
+    assert_eq!(invoke["payload"]["runId"], run.to_string());
+    assert_eq!(invoke["payload"]["attemptCount"], 1);
+    assert_eq!(
+        invoke["payload"]["node"],
+        json!({"id": "remote", "type": "agent.execute", "config": {
+            "task": {"type": "shell", "script": "echo hello > /work/a.txt && cat /work/a.txt"},
+            "sandbox": {"timeoutMs": 30000},
+            "execution": {"mode": "executor"}}})
+    );
+    let request_id = invoke["requestId"].as_str().unwrap();
+    assert!(request_id.starts_with(&format!("{run}:")), "{request_id}");
+
+    // While blocked the run stays running and holds no worker.
+    let r = e
+        .app
+        .get(&format!("/v1/orgs/{org}/workflows/{wf}/runs/{run}"))
+        .by(&owner)
+        .org(org)
+        .send()
+        .await;
+    assert_eq!(r.body["run"]["status"], "running");
+
+    let answered = Instant::now();
+    send_result(
+        &mut ws,
+        request_id,
+        json!({"status": "succeeded", "output": {"stdout": "hello\n", "exitCode": 0}}),
+    )
+    .await;
+    let done = wait_terminal(&e.app, &owner, org, wf, run, Duration::from_secs(10)).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    // Pushed, not polled: far below the continuation's sweep of the original (2 s).
+    assert!(answered.elapsed() < Duration::from_millis(1500));
+    let steps = done["output"]["steps"].as_array().unwrap();
+    assert_eq!(steps.len(), 3);
+    assert_eq!(steps[1]["output"]["stdout"], "hello\n");
+
+    let evs = events(&e.app, &owner, org, wf, run).await;
+    assert_eq!(
+        kinds(&evs),
+        [
+            "run_started",
+            "node_started:before",
+            "node_succeeded:before",
+            "node_started:remote",
+            "node_dispatched:remote",
+            "remote_result_received:remote",
+            "node_succeeded:remote",
+            "node_started:after",
+            "node_succeeded:after",
+            "run_succeeded",
+        ]
+    );
+    let dispatched = &evs[4]["payload"];
+    assert_eq!(dispatched["requestId"], format!("{run}:remote:1"));
+    assert_eq!(dispatched["kind"], "agent.execute");
+    assert_eq!(evs[6]["payload"]["stdout"], "hello\n");
+}
+
+#[tokio::test]
+async fn without_an_executor_the_run_fails_with_no_executor_available() {
+    let e = edge(opts()).await;
+    let _roles = start_roles(&e.app.state);
+    let owner = e.app.signup("remote-none").await;
+    let org = owner.personal_org;
+    // Paired but not connected: not routable.
+    let _ = paired(&e.app, &owner, json!([])).await;
+    let wf = published(&e.app, &owner, org, shell_dsl(None, None)).await;
+    let run = start_run(&e.app, &owner, org, wf, json!({})).await;
+    let done = wait_terminal(&e.app, &owner, org, wf, run, Duration::from_secs(10)).await;
+    assert_eq!(done["status"], "failed");
+    assert_eq!(done["error"], "NO_EXECUTOR_AVAILABLE");
+    let evs = events(&e.app, &owner, org, wf, run).await;
+    let failed = evs
+        .iter()
+        .find(|e| e["eventType"] == "node_failed")
+        .unwrap();
+    assert_eq!(failed["nodeId"], "remote");
+    assert_eq!(failed["message"], "NO_EXECUTOR_AVAILABLE");
+}
+
+#[tokio::test]
+async fn a_result_from_another_executor_is_ignored_and_selectors_route_on_labels() {
+    let e = edge(opts()).await;
+    let _roles = start_roles(&e.app.state);
+    let owner = e.app.signup("remote-foreign").await;
+    let org = owner.personal_org;
+    let (_gpu, mut gpu_ws) = executor(&e, &owner, json!(["gpu"])).await;
+    let (_cpu, mut cpu_ws) = executor(&e, &owner, json!(["cpu"])).await;
+    let wf = published(
+        &e.app,
+        &owner,
+        org,
+        shell_dsl(Some(json!({"tag": "gpu"})), None),
+    )
+    .await;
+    let run = start_run(&e.app, &owner, org, wf, json!({})).await;
+    let invoke = next_invoke(&mut gpu_ws, 10).await;
+    let request_id = invoke["requestId"].as_str().unwrap();
+    // Another executor of the same org claims the call: ignored.
+    send_result(
+        &mut cpu_ws,
+        request_id,
+        json!({"status": "succeeded", "output": {"forged": true}}),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let r = e
+        .app
+        .get(&format!("/v1/orgs/{org}/workflows/{wf}/runs/{run}"))
+        .by(&owner)
+        .org(org)
+        .send()
+        .await;
+    assert_eq!(r.body["run"]["status"], "running");
+    send_result(
+        &mut gpu_ws,
+        request_id,
+        json!({"status": "failed", "error": "HOST_EXIT_CODE:3", "output": {"exitCode": 3}}),
+    )
+    .await;
+    let done = wait_terminal(&e.app, &owner, org, wf, run, Duration::from_secs(10)).await;
+    assert_eq!(done["status"], "failed");
+    assert_eq!(done["error"], "HOST_EXIT_CODE:3");
+    let steps = done["output"]["steps"].as_array().unwrap();
+    assert_eq!(steps[1]["output"], json!({"exitCode": 3}));
+    assert!(!done.to_string().contains("forged"));
+}
+
+#[tokio::test]
+async fn an_executor_lost_mid_task_fails_the_call_with_agent_disconnected() {
+    let e = edge(opts()).await;
+    let _roles = start_roles(&e.app.state);
+    let owner = e.app.signup("remote-lost").await;
+    let org = owner.personal_org;
+    let (_id, mut ws) = executor(&e, &owner, json!([])).await;
+    let wf = published(&e.app, &owner, org, shell_dsl(None, Some(60_000))).await;
+    let run = start_run(&e.app, &owner, org, wf, json!({})).await;
+    let _ = next_invoke(&mut ws, 10).await;
+    drop(ws);
+    let done = wait_terminal(&e.app, &owner, org, wf, run, Duration::from_secs(10)).await;
+    assert_eq!(done["status"], "failed");
+    assert_eq!(done["error"], "AGENT_DISCONNECTED");
+}
+
+#[tokio::test]
+async fn a_silent_executor_times_the_run_out() {
+    let e = edge(opts()).await;
+    let _roles = start_roles(&e.app.state);
+    let owner = e.app.signup("remote-silent").await;
+    let org = owner.personal_org;
+    let (_id, mut ws) = executor(&e, &owner, json!([])).await;
+    let wf = published(&e.app, &owner, org, shell_dsl(None, Some(1000))).await;
+    let run = start_run(&e.app, &owner, org, wf, json!({})).await;
+    let invoke = next_invoke(&mut ws, 10).await;
+    let done = wait_terminal(&e.app, &owner, org, wf, run, Duration::from_secs(10)).await;
+    assert_eq!(done["status"], "failed");
+    assert_eq!(done["error"], "NODE_EXECUTION_TIMEOUT");
+    // A result after the timeout changes nothing.
+    send_result(
+        &mut ws,
+        invoke["requestId"].as_str().unwrap(),
+        json!({"status": "succeeded", "output": {}}),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let evs = events(&e.app, &owner, org, wf, run).await;
+    assert_eq!(
+        evs.iter()
+            .filter(|e| e["eventType"] == "remote_result_received")
+            .count(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn an_executor_on_instance_a_runs_work_dispatched_through_instance_b() {
+    let e = edge(opts()).await;
+    let owner = e.app.signup("remote-ab").await;
+    let org = owner.personal_org;
+    let (_id, mut ws) = executor(&e, &owner, json!([])).await;
+    // Instance B: same database and Redis, its own gateway service; only B runs a worker.
+    let mut config = e.app.config.clone();
+    config.gateway.edge_id = format!("edge-b-{}", Uuid::new_v4().simple());
+    let b = AppState::build(config, None).await.expect("instance b");
+    assert_ne!(b.gateway.edge_id(), e.app.state.gateway.edge_id());
+    let _roles = start_roles(&b);
+    let wf = published(&e.app, &owner, org, shell_dsl(None, None)).await;
+    let run = start_run(&e.app, &owner, org, wf, json!({})).await;
+    let invoke = next_invoke(&mut ws, 10).await;
+    send_result(
+        &mut ws,
+        invoke["requestId"].as_str().unwrap(),
+        json!({"status": "succeeded", "output": {"via": "a"}}),
+    )
+    .await;
+    let done = wait_terminal(&e.app, &owner, org, wf, run, Duration::from_secs(10)).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(done["output"]["steps"][1]["output"], json!({"via": "a"}));
+}
+
+/// Loses the first dispatch (as a crash between recording the block and sending it would), then
+/// sends the rest.
+struct LoseFirst {
+    inner: Arc<dyn RemoteDispatch>,
+    calls: AtomicUsize,
+}
+
+impl RemoteDispatch for LoseFirst {
+    fn dispatch<'a>(&'a self, body: &'a DispatchBody) -> BoxFuture<'a, Result<(), DispatchError>> {
+        Box::pin(async move {
+            if self.calls.fetch_add(1, Ordering::SeqCst) == 0 {
+                return Ok(());
+            }
+            self.inner.dispatch(body).await
+        })
+    }
+}
+
+#[tokio::test]
+async fn a_dispatch_lost_after_the_block_was_recorded_is_sent_again() {
+    let e = edge(opts()).await;
+    let owner = e.app.signup("remote-lost-dispatch").await;
+    let org = owner.personal_org;
+    let (_id, mut ws) = executor(&e, &owner, json!([])).await;
+    let mut parts = e.app.state.worker_parts();
+    let lose = Arc::new(LoseFirst {
+        inner: parts.remote.clone(),
+        calls: AtomicUsize::new(0),
+    });
+    parts.remote = lose.clone();
+    let (tx, rx) = watch::channel(false);
+    vespid::domain::runs::worker::spawn(parts, rx.clone()).expect("worker");
+    Arc::new(Continuation::new(e.app.state.continuation_parts())).spawn(rx);
+    let wf = published(&e.app, &owner, org, shell_dsl(None, None)).await;
+    let run = start_run(&e.app, &owner, org, wf, json!({})).await;
+    let invoke = next_invoke(&mut ws, 10).await;
+    assert_eq!(lose.calls.load(Ordering::SeqCst), 2);
+    assert_eq!(invoke["payload"]["attemptCount"], 1);
+    send_result(
+        &mut ws,
+        invoke["requestId"].as_str().unwrap(),
+        json!({"status": "succeeded", "output": {"ok": true}}),
+    )
+    .await;
+    let done = wait_terminal(&e.app, &owner, org, wf, run, Duration::from_secs(10)).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(done["attemptCount"], 1);
+    drop(tx);
+}
+
+#[tokio::test]
+async fn the_internal_routes_need_the_service_token_and_check_their_bodies() {
+    let e = edge(opts().env("GATEWAY_SERVICE_TOKEN", "s3rvice-token-for-tests")).await;
+    let owner = e.app.signup("remote-internal").await;
+    let base = e
+        .ws_url
+        .replace("ws://", "http://")
+        .replace("/ws/executor", "");
+    let http = reqwest::Client::new();
+    let body = json!({
+        "organizationId": owner.personal_org, "requestedByUserId": owner.id,
+        "runId": Uuid::new_v4(), "workflowId": Uuid::new_v4(), "nodeId": "n1",
+        "nodeType": "agent.execute", "attemptCount": 1, "kind": "agent.execute", "payload": {},
+        "timeoutMs": 5000,
+    });
+    let post = |path: &str, token: Option<&str>, body: Value| {
+        let mut r = http.post(format!("{base}{path}")).json(&body);
+        if let Some(t) = token {
+            r = r.header("x-gateway-token", t);
+        }
+        r.send()
+    };
+    for token in [
+        None,
+        Some("dev-gateway-token"),
+        Some("s3rvice-token-for-test"),
+    ] {
+        let r = post("/internal/v1/dispatch", token, body.clone())
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401);
+        let b: Value = r.json().await.unwrap();
+        assert_eq!(b["code"], "UNAUTHORIZED");
+        assert_eq!(b["message"], "Invalid gateway service token");
+    }
+    let token = Some("s3rvice-token-for-tests");
+    let mut bad = body.clone();
+    bad["attemptCount"] = json!(0);
+    let r = post("/internal/v1/dispatch-async", token, bad)
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let b: Value = r.json().await.unwrap();
+    assert_eq!(b["message"], "Invalid dispatch payload");
+
+    // No executor: a 200 with exactly the failure (never a 503), then cached.
+    let r = post("/internal/v1/dispatch", token, body.clone())
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.text().await.unwrap(),
+        r#"{"status":"failed","error":"NO_EXECUTOR_AVAILABLE"}"#
+    );
+    let rid = format!("{}:n1:1", body["runId"].as_str().unwrap());
+    let r = post("/internal/v1/dispatch-async", token, body.clone())
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let b: Value = r.json().await.unwrap();
+    assert_eq!(
+        b,
+        json!({"requestId": rid, "dispatched": false, "cached": true})
+    );
+    let get = |path: String| {
+        http.get(format!("{base}{path}"))
+            .header("x-gateway-token", "s3rvice-token-for-tests")
+            .send()
+    };
+    let r = get(format!("/internal/v1/results/{rid}")).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let r = get("/internal/v1/results/short".into()).await.unwrap();
+    assert_eq!(r.status(), 400);
+    let r = get(format!("/internal/v1/results/{}:n1:1", Uuid::new_v4()))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let b: Value = r.json().await.unwrap();
+    assert_eq!(b["code"], "RESULT_NOT_READY");
+
+    // A fresh async dispatch is accepted once; a repeat while it runs is not sent twice.
+    let mut fresh = body.clone();
+    fresh["runId"] = json!(Uuid::new_v4());
+    fresh["executorSelector"] = json!({"pool": "byon"});
+    let r = post("/internal/v1/dispatch-async", token, fresh.clone())
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let b: Value = r.json().await.unwrap();
+    assert_eq!(b["dispatched"], true);
+}
