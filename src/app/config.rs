@@ -8,7 +8,7 @@ pub use crate::domain::agents::config::AgentsConfig;
 pub use crate::domain::auth::config::{AuthConfig, CookieSecure};
 pub use crate::domain::auth::config::{GithubConfig, GoogleConfig, OAuthConfig};
 pub use crate::domain::common::access::Enforcement;
-pub use crate::domain::gateway::config::GatewayConfig;
+pub use crate::domain::gateway::config::{GatewayConfig, WorkspaceConfig};
 pub use crate::domain::orgs::config::OrgsConfig;
 pub use crate::domain::runs::config::WorkflowsConfig;
 pub use crate::domain::secrets::config::SecretsConfig;
@@ -30,6 +30,7 @@ pub struct Config {
     pub workflows: WorkflowsConfig,
     pub agents: AgentsConfig,
     pub gateway: GatewayConfig,
+    pub workspace: WorkspaceConfig,
     pub enterprise: EnterpriseConfig,
 }
 
@@ -239,6 +240,13 @@ const ENV_KEYS: &[(&str, &str)] = &[
         "workflows.redispatch_after_ms",
     ),
     ("GATEWAY_HTTP_URL", "workflows.gateway_http_url"),
+    ("WORKSPACE_DIR", "workspace.dir"),
+    ("WORKSPACE_PUBLIC_URL", "workspace.public_url"),
+    (
+        "WORKSPACE_PRESIGN_EXPIRES_SEC",
+        "workspace.presign_expires_secs",
+    ),
+    ("WORKSPACE_MAX_BYTES", "workspace.max_bytes"),
     (
         "EXECUTOR_PAIRING_TOKEN_TTL_SEC",
         "agents.pairing_token_ttl_secs",
@@ -332,6 +340,12 @@ impl Config {
             return Err(invalid(
                 "workflows.node_exec_timeout_ms",
                 "must be between 1000 and 600000",
+            ));
+        }
+        if self.workspace.presign_expires_secs < 60 {
+            return Err(invalid(
+                "workspace.presign_expires_secs",
+                "must be at least 60",
             ));
         }
         if self.gateway.results_ttl_secs < 30 {

@@ -12,6 +12,7 @@ use crate::domain::agents::{Agents, AgentsParts};
 use crate::domain::auth::oauth::{OAuthParts, OAuthService};
 use crate::domain::auth::{AuthParts, AuthService};
 use crate::domain::common::access::AccessConfig;
+use crate::domain::gateway::objects::LocalObjects;
 use crate::domain::gateway::{Gateway, GatewayParts};
 use crate::domain::meta::provider::{self, EnterpriseProvider};
 use crate::domain::meta::Meta;
@@ -136,6 +137,14 @@ impl AppState {
             agents: agents.clone(),
             orgs: orgs.clone(),
             redis: redis.clone(),
+            db: db.clone(),
+            objects: LocalObjects::new(
+                std::path::PathBuf::from(&config.workspace.dir),
+                workspace_public_url(&config),
+                config.gateway.service_token.expose().as_bytes(),
+                Duration::from_secs(config.workspace.presign_expires_secs),
+                config.workspace.max_bytes,
+            ),
         }));
         Ok(Self {
             #[cfg(feature = "oidc")]
@@ -218,5 +227,23 @@ impl AppState {
                 .remote_dispatch()
                 .unwrap_or_else(|_| Arc::new(NoGateway)),
         }
+    }
+}
+
+/// Where executors reach the gateway over HTTP: configured, or the pair response's WebSocket URL with its
+/// scheme made HTTP and its path dropped.
+fn workspace_public_url(config: &Config) -> String {
+    if !config.workspace.public_url.is_empty() {
+        return config.workspace.public_url.clone();
+    }
+    match url::Url::parse(&config.agents.gateway_ws_url) {
+        Ok(mut u) => {
+            let scheme = if u.scheme() == "wss" { "https" } else { "http" };
+            let _ = u.set_scheme(scheme);
+            u.set_path("");
+            u.set_query(None);
+            u.as_str().trim_end_matches('/').to_string()
+        }
+        Err(_) => format!("http://localhost:{}", config.gateway.port),
     }
 }

@@ -500,3 +500,146 @@ async fn the_internal_routes_need_the_service_token_and_check_their_bodies() {
     let b: Value = r.json().await.unwrap();
     assert_eq!(b["dispatched"], true);
 }
+
+/// The run's workspace row (version, lock held?), read in the org's context.
+async fn workspace_row(app: &TestApp, org: Uuid, run: Uuid) -> Option<(i64, bool, String)> {
+    let mut db = app.app_db().await;
+    let tx = db.transaction().await.unwrap();
+    tx.execute(
+        "SELECT set_config('app.current_org_id', $1, true)",
+        &[&org.to_string()],
+    )
+    .await
+    .unwrap();
+    let row = tx
+        .query_opt(
+            "SELECT current_version, lock_token IS NOT NULL, current_object_key FROM execution_workspaces \
+             WHERE owner_type = 'workflow_run' AND owner_id = $1",
+            &[&run],
+        )
+        .await
+        .unwrap();
+    row.map(|r| (r.get(0), r.get(1), r.get(2)))
+}
+
+fn two_remote_nodes() -> Value {
+    let node = |id: &str| {
+        json!({"id": id, "type": "agent.execute", "config": {
+            "execution": {"mode": "executor"},
+            "task": {"type": "shell", "script": "ls /work"}}})
+    };
+    json!({"version": "v2", "trigger": {"type": "trigger.manual"},
+           "nodes": [node("first"), node("second")]})
+}
+
+#[tokio::test]
+async fn workspace_snapshots_carry_a_runs_files_from_one_tool_call_to_the_next() {
+    let dir = std::env::temp_dir().join(format!("vespid-ws-{}", Uuid::new_v4().simple()));
+    let e = edge(opts().env("WORKSPACE_DIR", &dir.to_string_lossy())).await;
+    let _roles = start_roles(&e.app.state);
+    let owner = e.app.signup("remote-ws").await;
+    let org = owner.personal_org;
+    let (_id, mut ws) = executor(&e, &owner, json!([])).await;
+    let wf = published(&e.app, &owner, org, two_remote_nodes()).await;
+    let run = start_run(&e.app, &owner, org, wf, json!({})).await;
+    let http = reqwest::Client::new();
+
+    // First call: an empty workspace at version 0, an upload URL for version 1.
+    let first = next_invoke(&mut ws, 10).await;
+    let workspace = &first["workspace"];
+    assert_eq!(workspace["version"], 0);
+    assert_eq!(workspace["objectKey"], "");
+    assert!(first["workspaceAccess"].get("downloadUrl").is_none());
+    let upload = &first["workspaceAccess"]["upload"];
+    assert_eq!(upload["version"], 1);
+    let key = upload["objectKey"].as_str().unwrap().to_string();
+    assert_eq!(
+        key,
+        format!(
+            "workspaces/{org}/{}/v1.tar.zst",
+            workspace["workspaceId"].as_str().unwrap()
+        )
+    );
+    let url = upload["url"].as_str().unwrap();
+    assert!(url.starts_with(
+        &e.ws_url
+            .replace("ws://", "http://")
+            .replace("/ws/executor", "")
+    ));
+    // The signature covers the content type and the URL: anything else is a 403, like S3.
+    let r = http
+        .put(url)
+        .header("content-type", "text/plain")
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let r = http
+        .put(url.replace("v1.tar.zst", "v2.tar.zst"))
+        .header("content-type", "application/zstd")
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let r = http
+        .put(url)
+        .header("content-type", "application/zstd")
+        .body("snapshot-one")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.headers().get("etag").is_some());
+    send_result(
+        &mut ws,
+        first["requestId"].as_str().unwrap(),
+        json!({"status": "succeeded", "output": {"n": 1},
+               "workspace": {"workspaceId": workspace["workspaceId"], "version": 1, "objectKey": key}}),
+    )
+    .await;
+
+    // Second call: version 1, downloadable.
+    let second = next_invoke(&mut ws, 10).await;
+    assert_eq!(second["workspace"]["version"], 1);
+    assert_eq!(second["workspace"]["objectKey"], key);
+    let download = second["workspaceAccess"]["downloadUrl"].as_str().unwrap();
+    let got = http.get(download).send().await.unwrap();
+    assert_eq!(got.status(), 200);
+    assert_eq!(got.text().await.unwrap(), "snapshot-one");
+    let tampered = download.replace("signature=", "signature=0");
+    assert_eq!(http.get(tampered).send().await.unwrap().status(), 403);
+    // This call brings no snapshot: the workspace stays at version 1 and its lock is released.
+    send_result(
+        &mut ws,
+        second["requestId"].as_str().unwrap(),
+        json!({"status": "succeeded", "output": {"n": 2}}),
+    )
+    .await;
+    let done = wait_terminal(&e.app, &owner, org, wf, run, Duration::from_secs(10)).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(workspace_row(&e.app, org, run).await, Some((1, false, key)));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn a_failed_call_releases_the_workspace_lock() {
+    let e = edge(opts()).await;
+    let _roles = start_roles(&e.app.state);
+    let owner = e.app.signup("remote-ws-lock").await;
+    let org = owner.personal_org;
+    let (_id, mut ws) = executor(&e, &owner, json!([])).await;
+    let wf = published(&e.app, &owner, org, shell_dsl(None, Some(60_000))).await;
+    let run = start_run(&e.app, &owner, org, wf, json!({})).await;
+    let _ = next_invoke(&mut ws, 10).await;
+    let (version, locked, _) = workspace_row(&e.app, org, run).await.unwrap();
+    assert_eq!((version, locked), (0, true));
+    drop(ws);
+    let done = wait_terminal(&e.app, &owner, org, wf, run, Duration::from_secs(10)).await;
+    assert_eq!(done["error"], "AGENT_DISCONNECTED");
+    assert_eq!(
+        workspace_row(&e.app, org, run).await.map(|r| r.1),
+        Some(false)
+    );
+}

@@ -12,7 +12,7 @@ use uuid::Uuid;
 use crate::common::{spawn, spawn_with, Options, TestApp, User, PASSWORD};
 
 /// Tenant tables keyed by organization, with their org column.
-const ORG_TABLES: [(&str, &str); 8] = [
+const ORG_TABLES: [(&str, &str); 9] = [
     ("organizations", "id"),
     ("memberships", "organization_id"),
     ("organization_invitations", "organization_id"),
@@ -21,9 +21,10 @@ const ORG_TABLES: [(&str, &str); 8] = [
     ("organization_credit_ledger", "organization_id"),
     ("organization_executors", "organization_id"),
     ("executor_pairing_tokens", "organization_id"),
+    ("execution_workspaces", "organization_id"),
 ];
 
-const ALL_TABLES: [&str; 9] = [
+const ALL_TABLES: [&str; 10] = [
     "organizations",
     "memberships",
     "organization_invitations",
@@ -33,6 +34,7 @@ const ALL_TABLES: [&str; 9] = [
     "organization_credit_ledger",
     "organization_executors",
     "executor_pairing_tokens",
+    "execution_workspaces",
 ];
 
 const SET_CTX: &str =
@@ -167,6 +169,16 @@ async fn fixture() -> Fixture {
         )
         .await
         .expect("seed ledger");
+        // A workspace, as the gateway creates one for a run's first tool call.
+        tx.execute(
+            &format!(
+                "INSERT INTO execution_workspaces (organization_id, owner_type, owner_id) \
+                 VALUES ('{org}', 'workflow_run', gen_random_uuid())"
+            ),
+            &[],
+        )
+        .await
+        .expect("seed workspace");
         tx.commit().await.expect("commit");
     }
     Fixture {

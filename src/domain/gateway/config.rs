@@ -29,3 +29,18 @@ pub struct GatewayConfig {
 
 /// The development default of `service_token`: production refuses it.
 pub const DEV_SERVICE_TOKEN: &str = "dev-gateway-token";
+
+/// The `workspace` section: where workspace snapshots live when no S3-compatible store is configured.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkspaceConfig {
+    /// The directory of snapshot objects (the single-node default store).
+    pub dir: String,
+    /// Where executors reach the gateway over HTTP for snapshot URLs ("" = derived from
+    /// `agents.gateway_ws_url`).
+    pub public_url: String,
+    /// Lifetime of a signed snapshot URL.
+    pub presign_expires_secs: u64,
+    /// The largest snapshot accepted.
+    pub max_bytes: u64,
+}

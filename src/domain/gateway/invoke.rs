@@ -17,8 +17,12 @@ use tokio::sync::oneshot;
 use tracing::Instrument;
 
 use super::dispatch::{Accepted, DispatchRequest, DispatchResult, RemoteApply};
-use super::protocol::{GatewayFrame, InvokeToolV2, ResultStatus, ToolPolicy, ToolResultV2};
+use super::protocol::{
+    GatewayFrame, InvokeToolV2, ResultStatus, ToolPolicy, ToolResultV2, WorkspaceAccess,
+    WorkspaceRef, WorkspaceUpload,
+};
 use super::select::{self, RouteRecord};
+use super::workspace::{self, Lease, OwnerType, WorkspaceError};
 use super::{
     results, Connection, Forward, Gateway, GatewayError, Outbound, Reply, RESULT_GRACE,
     TAKE_PENDING,
@@ -180,9 +184,69 @@ impl Gateway {
                 Ok(r) => r,
                 Err(no) => return DispatchResult::failed(no.code()),
             };
-        let result = self.invoke_on(&reserved.route, req, kind, timeout_ms).await;
+        // The run's files: locked for the call (with room for snapshot transfer), released on every
+        // path below.
+        let lock_secs = (timeout_ms / 1000 + 1 + RESULT_GRACE.as_secs() + 30) as i64;
+        let lease =
+            match workspace::acquire(&self.db, org, OwnerType::WorkflowRun, req.run_id, lock_secs)
+                .await
+            {
+                Ok(l) => l,
+                Err(e) => {
+                    select::release(&self.redis, &reserved).await;
+                    if !matches!(e, WorkspaceError::Locked) {
+                        tracing::warn!(error = %e, "workspace unavailable");
+                    }
+                    return DispatchResult::failed(match e {
+                        WorkspaceError::Locked => "WORKSPACE_LOCKED",
+                        WorkspaceError::Db(_) => "WORKSPACE_UNAVAILABLE",
+                    });
+                }
+            };
+        let (result, snapshot) = self
+            .invoke_on(&reserved.route, req, kind, timeout_ms, &lease)
+            .await;
         select::release(&self.redis, &reserved).await;
-        result
+        self.settle_workspace(&lease, snapshot, result).await
+    }
+
+    /// Commits the version the executor uploaded (compare-and-set) or releases the lock.
+    async fn settle_workspace(
+        &self,
+        lease: &Lease,
+        snapshot: Option<Value>,
+        result: DispatchResult,
+    ) -> DispatchResult {
+        let planned = lease.next_key();
+        // The executor's word on the version is checked: only the planned key of the next version, and
+        // only once the object is really there (an executor cannot point the workspace elsewhere).
+        let uploaded = match &snapshot {
+            Some(w) => {
+                w.get("version").and_then(Value::as_i64) == Some(lease.version + 1)
+                    && w.get("objectKey")
+                        .and_then(Value::as_str)
+                        .is_none_or(|k| k == planned)
+                    && self.objects.exists(&planned).await
+            }
+            None => false,
+        };
+        if !uploaded {
+            workspace::release(&self.db, lease).await;
+            return result;
+        }
+        let etag = snapshot
+            .as_ref()
+            .and_then(|w| w.get("etag"))
+            .and_then(Value::as_str);
+        match workspace::commit(&self.db, lease, &planned, etag).await {
+            Ok(true) => result,
+            Ok(false) => DispatchResult::failed("WORKSPACE_VERSION_CONFLICT"),
+            Err(e) => {
+                tracing::warn!(error = %e, "workspace version not committed");
+                workspace::release(&self.db, lease).await;
+                result
+            }
+        }
     }
 
     /// The org's in-flight limit: its settings' `execution.quotas.maxExecutorInFlight`, else the
@@ -206,7 +270,8 @@ impl Gateway {
         req: &DispatchRequest,
         kind: ToolKind,
         timeout_ms: u64,
-    ) -> DispatchResult {
+        lease: &Lease,
+    ) -> (DispatchResult, Option<Value>) {
         let invoke_id = format!(
             "{}:{}",
             req.run_id,
@@ -224,12 +289,25 @@ impl Gateway {
                 ToolKind::AgentExecute => None,
             },
             tool_policy: ToolPolicy::default_deny(timeout_ms, self.config.tool_output_max_chars),
-            workspace: None,
-            workspace_access: None,
+            workspace: Some(WorkspaceRef {
+                workspace_id: lease.id,
+                version: lease.version,
+                object_key: lease.object_key.clone(),
+                etag: lease.etag.clone(),
+            }),
+            workspace_access: Some(WorkspaceAccess {
+                download_url: (!lease.object_key.is_empty())
+                    .then(|| self.objects.presign_get(&lease.object_key)),
+                upload: WorkspaceUpload {
+                    url: self.objects.presign_put(&lease.next_key()),
+                    object_key: lease.next_key(),
+                    version: lease.version + 1,
+                },
+            }),
             idempotency_key: None,
         });
         let Ok(text) = serde_json::to_string(&frame) else {
-            return DispatchResult::failed("NODE_EXECUTION_FAILED");
+            return (DispatchResult::failed("NODE_EXECUTION_FAILED"), None);
         };
         let wait = Duration::from_millis(timeout_ms) + RESULT_GRACE;
         let (tx, mut rx) = oneshot::channel();
@@ -247,7 +325,7 @@ impl Gateway {
             .await;
         if recorded.is_err() {
             self.waiters.remove(&invoke_id);
-            return DispatchResult::failed("GATEWAY_UNAVAILABLE");
+            return (DispatchResult::failed("GATEWAY_UNAVAILABLE"), None);
         }
         let sent = if route.edge_id == self.edge_id {
             self.deliver_local(route.executor_id, &invoke_id, text)
@@ -268,7 +346,7 @@ impl Gateway {
         };
         if !sent {
             self.waiters.remove(&invoke_id);
-            return DispatchResult::failed("NO_AGENT_AVAILABLE");
+            return (DispatchResult::failed("NO_AGENT_AVAILABLE"), None);
         }
         let deadline = tokio::time::Instant::now() + wait;
         let reply = loop {
@@ -285,21 +363,27 @@ impl Gateway {
         self.waiters.remove(&invoke_id);
         match reply {
             // Anything but `succeeded` is a failure (the Improve of spec 2.8 step 8).
-            Some(r) if r.status == "succeeded" => DispatchResult {
-                status: ResultStatus::Succeeded,
-                output: r.output,
-                error: None,
-            },
-            Some(r) => DispatchResult {
-                status: ResultStatus::Failed,
-                output: r.output,
-                error: Some(
-                    r.error
-                        .filter(|e| !e.is_empty())
-                        .unwrap_or_else(|| "NODE_EXECUTION_FAILED".into()),
-                ),
-            },
-            None => DispatchResult::failed("NODE_EXECUTION_TIMEOUT"),
+            Some(r) if r.status == "succeeded" => (
+                DispatchResult {
+                    status: ResultStatus::Succeeded,
+                    output: r.output,
+                    error: None,
+                },
+                r.workspace,
+            ),
+            Some(r) => (
+                DispatchResult {
+                    status: ResultStatus::Failed,
+                    output: r.output,
+                    error: Some(
+                        r.error
+                            .filter(|e| !e.is_empty())
+                            .unwrap_or_else(|| "NODE_EXECUTION_FAILED".into()),
+                    ),
+                },
+                r.workspace,
+            ),
+            None => (DispatchResult::failed("NODE_EXECUTION_TIMEOUT"), None),
         }
     }
 

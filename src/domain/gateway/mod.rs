@@ -9,10 +9,12 @@ pub mod config;
 pub mod dispatch;
 pub mod error;
 mod invoke;
+pub mod objects;
 pub mod protocol;
 pub mod results;
 pub mod routes;
 pub mod select;
+pub mod workspace;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -29,9 +31,11 @@ use crate::domain::agents::presence::{self, Revoked};
 use crate::domain::agents::Agents;
 use crate::domain::common::ids::{ExecutorId, OrgId};
 use crate::domain::orgs::Orgs;
+use crate::platform::db::PgPool;
 use crate::platform::redis::Redis;
 use config::GatewayConfig;
 pub use error::GatewayError;
+use objects::LocalObjects;
 use protocol::{AgentFrame, HelloV2};
 
 /// What the gateway service is built from.
@@ -41,6 +45,10 @@ pub struct GatewayParts {
     /// Org settings (the per-org in-flight quota).
     pub orgs: Arc<Orgs>,
     pub redis: Redis,
+    /// Workspaces (rows and locks).
+    pub db: PgPool,
+    /// Where workspace snapshots live.
+    pub objects: LocalObjects,
 }
 
 /// Why the gateway closes a connection.
@@ -180,6 +188,9 @@ struct Reply {
     output: Option<Value>,
     #[serde(default)]
     error: Option<String>,
+    /// The snapshot the executor uploaded (`{workspaceId, version, objectKey, etag?}`).
+    #[serde(default)]
+    workspace: Option<Value>,
 }
 
 pub struct Gateway {
@@ -192,6 +203,8 @@ pub struct Gateway {
     /// Set on shutdown: new connections are closed as soon as they register.
     closing: AtomicBool,
     orgs: Arc<Orgs>,
+    db: PgPool,
+    objects: LocalObjects,
     /// Tool calls sent to executors connected here, by call id (failed if the executor drops).
     pending: DashMap<String, ExecutorId>,
     /// Tool calls this instance waits on, woken when their reply lands.
@@ -215,6 +228,8 @@ impl Gateway {
             live: DashMap::new(),
             closing: AtomicBool::new(false),
             orgs: parts.orgs,
+            db: parts.db,
+            objects: parts.objects,
             pending: DashMap::new(),
             waiters: DashMap::new(),
             listening: AtomicBool::new(false),
@@ -227,6 +242,10 @@ impl Gateway {
 
     pub fn config(&self) -> &GatewayConfig {
         &self.config
+    }
+
+    pub fn objects(&self) -> &LocalObjects {
+        &self.objects
     }
 
     /// How many executors hold a connection to this instance.

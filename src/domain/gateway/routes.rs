@@ -15,9 +15,12 @@ use serde_json::json;
 use subtle::ConstantTimeEq;
 
 use super::dispatch::DispatchRequest;
+use super::objects::{self, ObjectError};
 use super::{CloseWhy, Connection, Gateway, GatewayError, Outbound, Verdict};
 use crate::domain::common::extract::bearer;
 use crate::platform::http::ApiError;
+use sha2::Digest;
+use tokio::io::AsyncWriteExt;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/ws/executor", web::get().to(executor_socket))
@@ -27,7 +30,114 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             "/internal/v1/dispatch-async",
             web::post().to(dispatch_async),
         )
-        .route("/internal/v1/results/{request_id}", web::get().to(result));
+        .route("/internal/v1/results/{request_id}", web::get().to(result))
+        .route("/workspace-objects/{key:.*}", web::get().to(get_object))
+        .route("/workspace-objects/{key:.*}", web::put().to(put_object));
+}
+
+#[derive(serde::Deserialize)]
+struct Signed {
+    expires: i64,
+    signature: String,
+}
+
+impl From<ObjectError> for ApiError {
+    fn from(e: ObjectError) -> Self {
+        match e {
+            ObjectError::Expired => ApiError::new(
+                StatusCode::FORBIDDEN,
+                "REQUEST_EXPIRED",
+                "Request has expired",
+            ),
+            ObjectError::BadSignature => ApiError::new(
+                StatusCode::FORBIDDEN,
+                "SIGNATURE_DOES_NOT_MATCH",
+                "The request signature does not match",
+            ),
+            ObjectError::NotFound => ApiError::new(
+                StatusCode::NOT_FOUND,
+                "NO_SUCH_KEY",
+                "The specified key does not exist",
+            ),
+            ObjectError::TooLarge => ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "ENTITY_TOO_LARGE",
+                "Your proposed upload exceeds the maximum allowed size",
+            ),
+            ObjectError::Io(_) => ApiError::internal_from(e),
+        }
+    }
+}
+
+/// A snapshot download through a signed URL.
+async fn get_object(
+    gateway: web::Data<Gateway>,
+    path: web::Path<String>,
+    q: web::Query<Signed>,
+) -> Result<HttpResponse, ApiError> {
+    let key = path.into_inner();
+    let store = gateway.objects();
+    store.verify("GET", &key, "", q.expires, &q.signature)?;
+    let bytes = tokio::fs::read(store.path_of(&key)?)
+        .await
+        .map_err(|_| ObjectError::NotFound)?;
+    Ok(HttpResponse::Ok()
+        .content_type(objects::CONTENT_TYPE)
+        .body(bytes))
+}
+
+/// A snapshot upload through a signed URL: streamed to a temporary file (never past the size cap),
+/// then renamed into place, so a reader never sees half an object.
+async fn put_object(
+    gateway: web::Data<Gateway>,
+    req: HttpRequest,
+    path: web::Path<String>,
+    q: web::Query<Signed>,
+    mut body: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let key = path.into_inner();
+    let store = gateway.objects();
+    let content_type = req
+        .headers()
+        .get(actix_web::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    store.verify("PUT", &key, content_type, q.expires, &q.signature)?;
+    let (tmp, dest) = store.staging(&key).await?;
+    let written = async {
+        let mut file = tokio::fs::File::create(&tmp)
+            .await
+            .map_err(|e| ObjectError::Io(e.to_string()))?;
+        let mut size: u64 = 0;
+        let mut digest = sha2::Sha256::new();
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(|e| ObjectError::Io(e.to_string()))?;
+            size += chunk.len() as u64;
+            digest.update(&chunk);
+            if size > store.max_bytes {
+                return Err(ObjectError::TooLarge);
+            }
+            file.write_all(&chunk)
+                .await
+                .map_err(|e| ObjectError::Io(e.to_string()))?;
+        }
+        file.sync_all()
+            .await
+            .map_err(|e| ObjectError::Io(e.to_string()))?;
+        tokio::fs::rename(&tmp, &dest)
+            .await
+            .map_err(|e| ObjectError::Io(e.to_string()))?;
+        Ok::<_, ObjectError>((size, hex::encode(digest.finalize())))
+    }
+    .await;
+    if written.is_err() {
+        let _ = tokio::fs::remove_file(&tmp).await;
+    }
+    let (size, digest) = written?;
+    // Like S3's ETag: a digest of the content, quoted.
+    let etag = format!("\"{digest}\"");
+    tracing::debug!(key = %key, bytes = size, "workspace object stored");
+    Ok(HttpResponse::Ok().insert_header(("etag", etag)).finish())
 }
 
 /// The `x-gateway-token` header against the service token, in constant time.

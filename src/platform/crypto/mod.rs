@@ -33,6 +33,11 @@ pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && bool::from(a.ct_eq(b))
 }
 
+/// HMAC-SHA256 of `msg` under `key`.
+pub fn hmac_sha256(key: &[u8], msg: &[u8]) -> Vec<u8> {
+    mac(key, msg)
+}
+
 fn mac(key: &[u8], msg: &[u8]) -> Vec<u8> {
     // HMAC accepts keys of any length, so this cannot fail.
     let mut m = match HmacSha256::new_from_slice(key) {

@@ -238,6 +238,22 @@ diesel::allow_tables_to_appear_in_same_query!(
 );
 
 diesel::table! {
+    execution_workspaces (id) {
+        id -> Uuid,
+        organization_id -> Uuid,
+        owner_type -> Text,
+        owner_id -> Uuid,
+        current_version -> Int8,
+        current_object_key -> Text,
+        current_etag -> Nullable<Text>,
+        lock_token -> Nullable<Text>,
+        lock_expires_at -> Nullable<Timestamptz>,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
     organization_executors (id) {
         id -> Uuid,
         organization_id -> Uuid,
