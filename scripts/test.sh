@@ -17,6 +17,10 @@ export REDIS_URL="${REDIS_URL:-redis://127.0.0.1:${REDIS_PORT}}"
 # The tests connect here as the owner to create a template database and one database per test.
 export TEST_DATABASE_ADMIN_URL="${TEST_DATABASE_ADMIN_URL:-postgres://vespid_owner:vespid_owner@127.0.0.1:${PGPORT}/postgres}"
 
+# An S3-compatible server (moto) for the S3 workspace store's tests.
+eval "$(bash scripts/s3.sh)"
+export VESPID_TEST_S3_ENDPOINT
+
 echo "==> [test 2/3] cargo test --locked $*"
 cargo test --locked "$@"
 

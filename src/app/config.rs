@@ -247,6 +247,14 @@ const ENV_KEYS: &[(&str, &str)] = &[
         "workspace.presign_expires_secs",
     ),
     ("WORKSPACE_MAX_BYTES", "workspace.max_bytes"),
+    ("WORKSPACE_S3_BUCKET", "workspace.s3_bucket"),
+    ("WORKSPACE_S3_REGION", "workspace.s3_region"),
+    ("WORKSPACE_S3_ENDPOINT", "workspace.s3_endpoint"),
+    ("WORKSPACE_S3_ACCESS_KEY_ID", "workspace.s3_access_key_id"),
+    (
+        "WORKSPACE_S3_SECRET_ACCESS_KEY",
+        "workspace.s3_secret_access_key",
+    ),
     (
         "EXECUTOR_PAIRING_TOKEN_TTL_SEC",
         "agents.pairing_token_ttl_secs",

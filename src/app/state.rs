@@ -12,7 +12,7 @@ use crate::domain::agents::{Agents, AgentsParts};
 use crate::domain::auth::oauth::{OAuthParts, OAuthService};
 use crate::domain::auth::{AuthParts, AuthService};
 use crate::domain::common::access::AccessConfig;
-use crate::domain::gateway::objects::LocalObjects;
+use crate::domain::gateway::objects::{LocalObjects, ObjectStore, S3Objects};
 use crate::domain::gateway::{Gateway, GatewayParts};
 use crate::domain::meta::provider::{self, EnterpriseProvider};
 use crate::domain::meta::Meta;
@@ -56,6 +56,8 @@ pub enum StartError {
     Keyring(String),
     #[error(transparent)]
     DevKek(#[from] dev_kek::DevKekError),
+    #[error("config keys `workspace.s3_*`: {0}")]
+    Workspace(String),
     #[error("the application database role `{0}` bypasses row-level security (superuser or BYPASSRLS); production refuses it")]
     RlsBypass(String),
 }
@@ -138,13 +140,7 @@ impl AppState {
             orgs: orgs.clone(),
             redis: redis.clone(),
             db: db.clone(),
-            objects: LocalObjects::new(
-                std::path::PathBuf::from(&config.workspace.dir),
-                workspace_public_url(&config),
-                config.gateway.service_token.expose().as_bytes(),
-                Duration::from_secs(config.workspace.presign_expires_secs),
-                config.workspace.max_bytes,
-            ),
+            objects: object_store(&config)?,
         }));
         Ok(Self {
             #[cfg(feature = "oidc")]
@@ -228,6 +224,31 @@ impl AppState {
                 .unwrap_or_else(|_| Arc::new(NoGateway)),
         }
     }
+}
+
+/// The workspace snapshot store: S3 when `WORKSPACE_S3_BUCKET` is set, else the local directory.
+fn object_store(config: &Config) -> Result<ObjectStore, StartError> {
+    let w = &config.workspace;
+    let expires = Duration::from_secs(w.presign_expires_secs);
+    if !w.s3_bucket.is_empty() {
+        let s3 = S3Objects::new(
+            &w.s3_bucket,
+            &w.s3_region,
+            &w.s3_endpoint,
+            &w.s3_access_key_id,
+            w.s3_secret_access_key.expose(),
+            expires,
+        )
+        .map_err(|e| StartError::Workspace(e.to_string()))?;
+        return Ok(ObjectStore::S3(s3));
+    }
+    Ok(ObjectStore::Local(LocalObjects::new(
+        std::path::PathBuf::from(&w.dir),
+        workspace_public_url(config),
+        config.gateway.service_token.expose().as_bytes(),
+        expires,
+        w.max_bytes,
+    )))
 }
 
 /// Where executors reach the gateway over HTTP: configured, or the pair response's WebSocket URL with its

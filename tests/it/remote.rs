@@ -643,3 +643,98 @@ async fn a_failed_call_releases_the_workspace_lock() {
         Some(false)
     );
 }
+
+#[tokio::test]
+async fn with_an_s3_store_snapshots_go_through_presigned_s3_urls() {
+    let endpoint = std::env::var("VESPID_TEST_S3_ENDPOINT")
+        .expect("VESPID_TEST_S3_ENDPOINT: run the suite through scripts/test.sh (it starts moto)");
+    let bucket = format!("vespid-ws-{}", Uuid::new_v4().simple());
+    let http = reqwest::Client::new();
+    let r = http
+        .put(format!("{endpoint}/{bucket}"))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "bucket: {}", r.status());
+    let e = edge(
+        opts()
+            .env("WORKSPACE_S3_BUCKET", &bucket)
+            .env("WORKSPACE_S3_ENDPOINT", &endpoint)
+            .env("WORKSPACE_S3_ACCESS_KEY_ID", "test")
+            .env("WORKSPACE_S3_SECRET_ACCESS_KEY", "test"),
+    )
+    .await;
+    let _roles = start_roles(&e.app.state);
+    let owner = e.app.signup("remote-s3").await;
+    let org = owner.personal_org;
+    let (_id, mut ws) = executor(&e, &owner, json!([])).await;
+    let wf = published(&e.app, &owner, org, two_remote_nodes()).await;
+    let run = start_run(&e.app, &owner, org, wf, json!({})).await;
+
+    let first = next_invoke(&mut ws, 10).await;
+    let upload = &first["workspaceAccess"]["upload"];
+    let key = upload["objectKey"].as_str().unwrap().to_string();
+    let url = upload["url"].as_str().unwrap();
+    assert!(
+        url.starts_with(&format!("{endpoint}/{bucket}/{key}?")),
+        "{url}"
+    );
+    assert!(url.contains("X-Amz-Signature="), "{url}");
+    let r = http
+        .put(url)
+        .header("content-type", "application/zstd")
+        .body("s3-snapshot")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{:?}", r.text().await);
+    send_result(
+        &mut ws,
+        first["requestId"].as_str().unwrap(),
+        json!({"status": "succeeded", "output": {},
+               "workspace": {"workspaceId": first["workspace"]["workspaceId"], "version": 1, "objectKey": key}}),
+    )
+    .await;
+    let second = next_invoke(&mut ws, 10).await;
+    assert_eq!(second["workspace"]["version"], 1);
+    let download = second["workspaceAccess"]["downloadUrl"].as_str().unwrap();
+    let got = http.get(download).send().await.unwrap();
+    assert_eq!(got.status(), 200);
+    assert_eq!(got.text().await.unwrap(), "s3-snapshot");
+    send_result(
+        &mut ws,
+        second["requestId"].as_str().unwrap(),
+        json!({"status": "succeeded", "output": {}}),
+    )
+    .await;
+    let done = wait_terminal(&e.app, &owner, org, wf, run, Duration::from_secs(10)).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(workspace_row(&e.app, org, run).await, Some((1, false, key)));
+}
+
+#[tokio::test]
+async fn a_snapshot_claimed_but_never_uploaded_does_not_advance_the_workspace() {
+    let e = edge(opts()).await;
+    let _roles = start_roles(&e.app.state);
+    let owner = e.app.signup("remote-ws-claim").await;
+    let org = owner.personal_org;
+    let (_id, mut ws) = executor(&e, &owner, json!([])).await;
+    let wf = published(&e.app, &owner, org, shell_dsl(None, None)).await;
+    let run = start_run(&e.app, &owner, org, wf, json!({})).await;
+    let invoke = next_invoke(&mut ws, 10).await;
+    let key = invoke["workspaceAccess"]["upload"]["objectKey"].clone();
+    // The executor says it uploaded version 1, but did not; and names another object.
+    send_result(
+        &mut ws,
+        invoke["requestId"].as_str().unwrap(),
+        json!({"status": "succeeded", "output": {},
+               "workspace": {"workspaceId": invoke["workspace"]["workspaceId"], "version": 1, "objectKey": key}}),
+    )
+    .await;
+    let done = wait_terminal(&e.app, &owner, org, wf, run, Duration::from_secs(10)).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(
+        workspace_row(&e.app, org, run).await,
+        Some((0, false, String::new()))
+    );
+}

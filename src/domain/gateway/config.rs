@@ -43,4 +43,12 @@ pub struct WorkspaceConfig {
     pub presign_expires_secs: u64,
     /// The largest snapshot accepted.
     pub max_bytes: u64,
+    /// An S3-compatible store instead of the directory (several gateway machines need one).
+    pub s3_bucket: String,
+    pub s3_region: String,
+    /// A custom endpoint (MinIO, R2, moto, …), addressed path-style; "" = AWS.
+    pub s3_endpoint: String,
+    /// "" = the usual AWS credential chain (AWS_ACCESS_KEY_ID, …).
+    pub s3_access_key_id: String,
+    pub s3_secret_access_key: Secret,
 }

@@ -277,6 +277,25 @@ impl Gateway {
             req.run_id,
             &uuid::Uuid::new_v4().simple().to_string()[..16]
         );
+        let next_key = lease.next_key();
+        let download_url = if lease.object_key.is_empty() {
+            None
+        } else {
+            match self.objects.presign_get(&lease.object_key).await {
+                Ok(u) => Some(u),
+                Err(e) => {
+                    tracing::warn!(error = %e, "workspace download URL not signed");
+                    return (DispatchResult::failed("WORKSPACE_STORE_UNAVAILABLE"), None);
+                }
+            }
+        };
+        let upload_url = match self.objects.presign_put(&next_key).await {
+            Ok(u) => u,
+            Err(e) => {
+                tracing::warn!(error = %e, "workspace upload URL not signed");
+                return (DispatchResult::failed("WORKSPACE_STORE_UNAVAILABLE"), None);
+            }
+        };
         let frame = GatewayFrame::Invoke(InvokeToolV2 {
             request_id: invoke_id.clone(),
             organization_id: req.organization_id,
@@ -296,11 +315,10 @@ impl Gateway {
                 etag: lease.etag.clone(),
             }),
             workspace_access: Some(WorkspaceAccess {
-                download_url: (!lease.object_key.is_empty())
-                    .then(|| self.objects.presign_get(&lease.object_key)),
+                download_url,
                 upload: WorkspaceUpload {
-                    url: self.objects.presign_put(&lease.next_key()),
-                    object_key: lease.next_key(),
+                    url: upload_url,
+                    object_key: next_key,
                     version: lease.version + 1,
                 },
             }),

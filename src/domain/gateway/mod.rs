@@ -35,7 +35,7 @@ use crate::platform::db::PgPool;
 use crate::platform::redis::Redis;
 use config::GatewayConfig;
 pub use error::GatewayError;
-use objects::LocalObjects;
+use objects::ObjectStore;
 use protocol::{AgentFrame, HelloV2};
 
 /// What the gateway service is built from.
@@ -48,7 +48,7 @@ pub struct GatewayParts {
     /// Workspaces (rows and locks).
     pub db: PgPool,
     /// Where workspace snapshots live.
-    pub objects: LocalObjects,
+    pub objects: ObjectStore,
 }
 
 /// Why the gateway closes a connection.
@@ -204,7 +204,7 @@ pub struct Gateway {
     closing: AtomicBool,
     orgs: Arc<Orgs>,
     db: PgPool,
-    objects: LocalObjects,
+    objects: ObjectStore,
     /// Tool calls sent to executors connected here, by call id (failed if the executor drops).
     pending: DashMap<String, ExecutorId>,
     /// Tool calls this instance waits on, woken when their reply lands.
@@ -244,7 +244,7 @@ impl Gateway {
         &self.config
     }
 
-    pub fn objects(&self) -> &LocalObjects {
+    pub fn objects(&self) -> &ObjectStore {
         &self.objects
     }
 

@@ -226,3 +226,103 @@ mod tests {
         );
     }
 }
+
+/// An S3-compatible store (`WORKSPACE_S3_*`): what several gateway machines share. Executors upload and
+/// download through presigned URLs; the gateway only signs and checks that an object exists.
+pub struct S3Objects {
+    bucket: Box<s3::Bucket>,
+    expires: u32,
+}
+
+impl S3Objects {
+    /// A custom endpoint (MinIO, moto, R2, …) is addressed path-style.
+    pub fn new(
+        bucket: &str,
+        region: &str,
+        endpoint: &str,
+        access_key: &str,
+        secret_key: &str,
+        expires: Duration,
+    ) -> Result<Self, ObjectError> {
+        let region = if endpoint.is_empty() {
+            region
+                .parse::<s3::Region>()
+                .map_err(|e| ObjectError::Io(e.to_string()))?
+        } else {
+            s3::Region::Custom {
+                region: region.to_string(),
+                endpoint: endpoint.trim_end_matches('/').to_string(),
+            }
+        };
+        let credentials = if access_key.is_empty() {
+            s3::creds::Credentials::default()
+        } else {
+            s3::creds::Credentials::new(Some(access_key), Some(secret_key), None, None, None)
+        }
+        .map_err(|e| ObjectError::Io(e.to_string()))?;
+        let mut bucket = s3::Bucket::new(bucket, region, credentials)
+            .map_err(|e| ObjectError::Io(e.to_string()))?;
+        if !endpoint.is_empty() {
+            bucket = bucket.with_path_style();
+        }
+        Ok(Self {
+            bucket,
+            expires: u32::try_from(expires.as_secs()).unwrap_or(u32::MAX),
+        })
+    }
+}
+
+/// Where workspace snapshots live.
+pub enum ObjectStore {
+    Local(LocalObjects),
+    S3(S3Objects),
+}
+
+impl ObjectStore {
+    pub async fn presign_get(&self, key: &str) -> Result<String, ObjectError> {
+        match self {
+            ObjectStore::Local(l) => Ok(l.presign_get(key)),
+            ObjectStore::S3(s) => s
+                .bucket
+                .presign_get(format!("/{key}"), s.expires, None)
+                .await
+                .map_err(|e| ObjectError::Io(e.to_string())),
+        }
+    }
+
+    /// The upload URL, its content type signed in.
+    pub async fn presign_put(&self, key: &str) -> Result<String, ObjectError> {
+        match self {
+            ObjectStore::Local(l) => Ok(l.presign_put(key)),
+            ObjectStore::S3(s) => {
+                let mut headers = reqwest::header::HeaderMap::new();
+                headers.insert(
+                    reqwest::header::CONTENT_TYPE,
+                    reqwest::header::HeaderValue::from_static(CONTENT_TYPE),
+                );
+                s.bucket
+                    .presign_put(format!("/{key}"), s.expires, Some(headers), None)
+                    .await
+                    .map_err(|e| ObjectError::Io(e.to_string()))
+            }
+        }
+    }
+
+    /// Whether the object was uploaded (a failed check counts as absent: the version is not advanced).
+    pub async fn exists(&self, key: &str) -> bool {
+        match self {
+            ObjectStore::Local(l) => l.exists(key).await,
+            ObjectStore::S3(s) => {
+                matches!(s.bucket.head_object(format!("/{key}")).await, Ok((_, 200)))
+            }
+        }
+    }
+
+    /// The local store, whose objects the gateway serves itself.
+    pub fn local(&self) -> Option<&LocalObjects> {
+        match self {
+            ObjectStore::Local(l) => Some(l),
+            ObjectStore::S3(_) => None,
+        }
+    }
+}

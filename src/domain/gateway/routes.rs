@@ -76,7 +76,7 @@ async fn get_object(
     q: web::Query<Signed>,
 ) -> Result<HttpResponse, ApiError> {
     let key = path.into_inner();
-    let store = gateway.objects();
+    let store = gateway.objects().local().ok_or(ObjectError::NotFound)?;
     store.verify("GET", &key, "", q.expires, &q.signature)?;
     let bytes = tokio::fs::read(store.path_of(&key)?)
         .await
@@ -96,7 +96,7 @@ async fn put_object(
     mut body: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let key = path.into_inner();
-    let store = gateway.objects();
+    let store = gateway.objects().local().ok_or(ObjectError::NotFound)?;
     let content_type = req
         .headers()
         .get(actix_web::http::header::CONTENT_TYPE)
