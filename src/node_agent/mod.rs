@@ -4,10 +4,15 @@
 //! and config keys are kept.
 
 pub mod config;
+pub mod dispatch;
+pub mod runtime;
 pub mod sandbox;
 pub mod session;
+#[cfg(test)]
+mod testing;
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -16,6 +21,8 @@ use uuid::Uuid;
 
 use crate::domain::agents::identity::Pool;
 use config::{AgentConfig, Capabilities, ConfigError};
+use runtime::RuntimeContext;
+use sandbox::BackendKind;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -54,6 +61,48 @@ pub struct ConnectArgs {
     /// Where the config is written (else VESPID_AGENT_CONFIG_PATH, else ~/.vespid/agent.json).
     #[arg(long)]
     pub config_path: Option<String>,
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
+}
+
+/// How this agent runs the work it is sent (both `connect` and `start`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct RuntimeArgs {
+    /// Where shell tasks run. `host` runs them unconfined on this machine (without network when the
+    /// gateway says so) and is never chosen by a workflow unless the operator chose it here.
+    #[arg(long, env = "VESPID_AGENT_EXEC_BACKEND", value_enum, default_value_t = BackendKind::Docker)]
+    pub exec_backend: BackendKind,
+    /// The root of the per-run task directories (default ~/.vespid/workdir).
+    #[arg(long, env = "VESPID_AGENT_WORKDIR_ROOT")]
+    pub workdir_root: Option<PathBuf>,
+    /// On SIGTERM/ctrl-c: how long running tasks may take to finish and report before the agent quits.
+    #[arg(long, env = "VESPID_AGENT_SHUTDOWN_GRACE_MS", default_value_t = 10_000)]
+    pub shutdown_grace_ms: u64,
+}
+
+impl Default for RuntimeArgs {
+    fn default() -> Self {
+        Self {
+            exec_backend: BackendKind::Docker,
+            workdir_root: None,
+            shutdown_grace_ms: 10_000,
+        }
+    }
+}
+
+impl RuntimeArgs {
+    fn context(&self) -> Result<RuntimeContext, AgentError> {
+        let root = self
+            .workdir_root
+            .clone()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or_else(runtime::workdir::default_root);
+        RuntimeContext::new(self.exec_backend, root)
+    }
+
+    fn shutdown_grace(&self) -> Duration {
+        Duration::from_millis(self.shutdown_grace_ms)
+    }
 }
 
 /// `vespid agent start`: run from the config file, or from flags when --executor-id, --executor-token
@@ -82,6 +131,8 @@ pub struct StartArgs {
     pub labels: Option<String>,
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=200))]
     pub max_in_flight: Option<u32>,
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
 }
 
 fn parse_pool(raw: &str) -> Result<Pool, String> {
@@ -151,6 +202,7 @@ pub async fn connect(args: ConnectArgs, shutdown: watch::Receiver<bool>) -> Resu
     }
     let labels = csv(args.tags.clone());
     check_labels(labels.as_ref())?;
+    let ctx = args.runtime.context()?;
     let capabilities = match &labels {
         Some(l) => json!({ "kinds": ["connector.action", "agent.execute"], "labels": l }),
         None => json!({ "kinds": ["connector.action", "agent.execute"] }),
@@ -201,7 +253,7 @@ pub async fn connect(args: ConnectArgs, shutdown: watch::Receiver<bool>) -> Resu
     let path = config::path(args.config_path.as_deref());
     config.save(&path)?;
     tracing::info!(executor_id = %config.executor_id, org_id = %paired.organization_id, path = %path.display(), "paired; config written");
-    session::run(&config, shutdown).await
+    session::run(&config, ctx, args.runtime.shutdown_grace(), shutdown).await
 }
 
 /// Runs from flags (when id, token and URL are all given) or from the config file.
@@ -242,5 +294,62 @@ pub async fn start(args: StartArgs, shutdown: watch::Receiver<bool>) -> Result<(
             "a byon executor needs --organization-id".into(),
         )));
     }
-    session::run(&config, shutdown).await
+    let ctx = args.runtime.context()?;
+    session::run(&config, ctx, args.runtime.shutdown_grace(), shutdown).await
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(subcommand)]
+        command: Command,
+    }
+
+    #[derive(clap::Subcommand)]
+    enum Command {
+        Connect(ConnectArgs),
+        Start(StartArgs),
+    }
+
+    #[test]
+    fn the_exec_backend_is_docker_unless_the_operator_says_otherwise() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+        let Command::Start(start) = Cli::parse_from(["agent", "start"]).command else {
+            panic!("not start")
+        };
+        assert_eq!(start.runtime.exec_backend, BackendKind::Docker);
+        assert_eq!(start.runtime.shutdown_grace(), Duration::from_secs(10));
+        let Command::Connect(connect) = Cli::parse_from([
+            "agent",
+            "connect",
+            "--pairing-token",
+            "p",
+            "--exec-backend",
+            "host",
+            "--workdir-root",
+            "/srv/work",
+            "--shutdown-grace-ms",
+            "2500",
+        ])
+        .command
+        else {
+            panic!("not connect")
+        };
+        assert_eq!(connect.runtime.exec_backend, BackendKind::Host);
+        assert_eq!(
+            connect.runtime.workdir_root,
+            Some(PathBuf::from("/srv/work"))
+        );
+        assert_eq!(
+            connect.runtime.shutdown_grace(),
+            Duration::from_millis(2500)
+        );
+        assert!(Cli::try_parse_from(["agent", "start", "--exec-backend", "vm"]).is_err());
+    }
 }

@@ -1,9 +1,12 @@
 //! The host backend: the task runs as `sh -lc <script>` (or bash) in its own process group, with stdin
 //! closed, a clean environment (only `PATH, HOME, USER, TMPDIR, LANG, LC_ALL` of the agent's, then the
 //! task's own), each output stream capped, and a wall-clock timeout that terminates the whole group
-//! (SIGTERM, then SIGKILL after a grace). The group is also killed when the shell exits, so nothing it
-//! started in the background outlives the task. It cannot take the network away, so a task that must
-//! have none is refused.
+//! (SIGTERM, then SIGKILL after a grace). The group is also killed when the shell exits, or when the
+//! run is abandoned (its future dropped), so nothing it started in the background outlives the task.
+//! A task that must have no network gets its own, empty network namespace (see [`netns`]); where the
+//! kernel refuses one, the task fails with `HOST_NETWORK_MODE_UNSUPPORTED` instead of running online.
+
+mod netns;
 
 use std::process::Stdio;
 use std::time::Duration;
@@ -57,11 +60,19 @@ fn signal_group(pgid: i32, signal: Signal) {
     let _ = killpg(Pid::from_raw(pgid), signal);
 }
 
+/// Kills the task's process group when dropped: at the end of a run, and also when the run's future is
+/// dropped half-way (the agent shutting down), which `kill_on_drop` alone would not cover since it
+/// kills only the shell, not what the shell started.
+struct GroupGuard(i32);
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        signal_group(self.0, Signal::SIGKILL);
+    }
+}
+
 impl HostSandbox {
     async fn execute(&self, task: Task) -> Result<Outcome, SandboxError> {
-        if task.network == NetworkMode::None {
-            return Err(SandboxError::NetworkModeUnsupported);
-        }
         std::fs::create_dir_all(&task.workdir)
             .map_err(|e| SandboxError::Failed(format!("workdir: {e}")))?;
         let mut cmd = Command::new(task.shell.program());
@@ -80,15 +91,22 @@ impl HostSandbox {
             }
         }
         cmd.envs(&task.env);
-        let mut child = cmd
-            .spawn()
-            .map_err(|e| SandboxError::Failed(format!("spawn {}: {e}", task.shell.program())))?;
+        if task.network == NetworkMode::None {
+            netns::isolate(&mut cmd);
+        }
+        let mut child = cmd.spawn().map_err(|e| {
+            if netns::is_unavailable(&e) {
+                SandboxError::NetworkModeUnsupported
+            } else {
+                SandboxError::Failed(format!("spawn {}: {e}", task.shell.program()))
+            }
+        })?;
         let pgid = child
             .id()
             .and_then(|id| i32::try_from(id).ok())
             .ok_or_else(|| SandboxError::Failed("no process id".into()))?;
+        let group = GroupGuard(pgid);
         let (Some(stdout), Some(stderr)) = (child.stdout.take(), child.stderr.take()) else {
-            signal_group(pgid, Signal::SIGKILL);
             return Err(SandboxError::Failed("no output pipes".into()));
         };
         let max = task.output_max_bytes;
@@ -108,7 +126,7 @@ impl HostSandbox {
             }
         };
         // Whatever the shell left running in the background goes with it; the pipes then close.
-        signal_group(pgid, Signal::SIGKILL);
+        drop(group);
         let (stdout, stdout_truncated) = out.await.unwrap_or_default();
         let (stderr, stderr_truncated) = err.await.unwrap_or_default();
         Ok(Outcome {
@@ -234,12 +252,58 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_task_that_must_have_no_network_is_refused() {
-        let mut t = task("true");
-        t.network = NetworkMode::None;
-        assert_eq!(
-            HostSandbox::default().run(t).await,
-            Err(SandboxError::NetworkModeUnsupported)
-        );
+    async fn an_abandoned_run_takes_its_whole_group_with_it() {
+        let t = task("sleep 30 & echo $! > bg.pid; sleep 30");
+        let dir = t.workdir.clone();
+        let sandbox = HostSandbox::default();
+        // The agent drops a run when it gives up on it at shutdown.
+        let abandoned = tokio::time::timeout(Duration::from_millis(300), sandbox.run(t)).await;
+        assert!(abandoned.is_err());
+        let pid = std::fs::read_to_string(dir.join("bg.pid")).unwrap();
+        let mut gone = false;
+        for _ in 0..50 {
+            let stat =
+                std::fs::read_to_string(format!("/proc/{}/stat", pid.trim())).unwrap_or_default();
+            if stat.is_empty() || stat.contains(") Z ") {
+                gone = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(gone, "background process {} survived", pid.trim());
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// A listener on the agent's loopback: reachable with the network enabled, not without it (the
+    /// task has its own namespace, whose loopback is not the agent's). Needs root or unprivileged user
+    /// namespaces, which the test environment has.
+    #[tokio::test]
+    async fn a_task_without_network_cannot_reach_the_agents_network() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let script = format!("exec 3<>/dev/tcp/127.0.0.1/{port} && echo connected");
+        let mut online = task(&script);
+        online.shell = Shell::Bash;
+        let o = HostSandbox::default().run(online).await.unwrap();
+        assert_eq!((o.exit_code, o.stdout.as_str()), (Some(0), "connected\n"));
+
+        let mut offline = task(&script);
+        offline.shell = Shell::Bash;
+        offline.network = NetworkMode::None;
+        let o = HostSandbox::default().run(offline).await.unwrap();
+        assert_ne!(o.exit_code, Some(0), "{o:?}");
+        assert_eq!(o.stdout, "");
+
+        let mut ifaces = task("cat /proc/net/dev");
+        ifaces.network = NetworkMode::None;
+        let o = HostSandbox::default().run(ifaces).await.unwrap();
+        let names: Vec<&str> = o
+            .stdout
+            .lines()
+            .skip(2)
+            .filter_map(|l| l.split(':').next())
+            .map(str::trim)
+            .collect();
+        assert_eq!(names, ["lo"]);
     }
 }

@@ -1,6 +1,7 @@
 //! Where an agent runs a shell task: one trait, one backend per way of isolating it. The host backend
-//! runs the task as a process group on the agent's machine (only when explicitly enabled; the Docker
-//! backend, the default, is the next step of remote execution).
+//! runs the task as a process group on the agent's machine (only when the operator chose it); the
+//! Docker backend (the default) and the provider hook are not built yet, so a task that needs them
+//! fails with their error code.
 
 pub mod host;
 
@@ -12,8 +13,10 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Shell {
+    #[default]
     Sh,
     Bash,
 }
@@ -27,11 +30,32 @@ impl Shell {
     }
 }
 
-/// The network a task may use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The network a task may use. `None` is stricter than `Enabled`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum NetworkMode {
     None,
     Enabled,
+}
+
+impl NetworkMode {
+    /// The stricter of two settings (a node may narrow the gateway's policy, never widen it).
+    pub fn stricter(self, other: Self) -> Self {
+        if self == Self::None || other == Self::None {
+            Self::None
+        } else {
+            Self::Enabled
+        }
+    }
+}
+
+/// A way of isolating a task: the agent's default (`--exec-backend`) and a node's `sandbox.backend`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    Docker,
+    Host,
+    Provider,
 }
 
 /// One shell task.
@@ -66,7 +90,7 @@ pub struct Outcome {
 /// Why a task could not run at all (its own failures are an [`Outcome`]).
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SandboxError {
-    /// The host backend cannot take the network away.
+    /// The task must have no network and this machine cannot give it a network namespace.
     #[error("HOST_NETWORK_MODE_UNSUPPORTED")]
     NetworkModeUnsupported,
     #[error("NODE_EXECUTION_FAILED: {0}")]

@@ -1,0 +1,163 @@
+//! `agent.execute`: a workflow node's shell task, run in a sandbox (spec gateway §3.4-3.6, with its
+//! Improve lines: the node may only tighten the gateway's timeout and network policy).
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use super::failure::{Failed, Failure};
+use super::payload::ExecutePayload;
+use super::{workdir, RuntimeContext};
+use crate::domain::gateway::protocol::{InvokeToolV2, ToolPolicy};
+use crate::node_agent::sandbox::{BackendKind, NetworkMode, Outcome, Sandbox, SandboxError, Task};
+
+pub(super) async fn run(invoke: &InvokeToolV2, ctx: &RuntimeContext) -> Result<Value, Failed> {
+    // Checked before anything else, payload included: a shell task never sees a credential.
+    if invoke.secret.is_some() {
+        return Err(Failure::SecretNotAllowedForShell.into());
+    }
+    let payload = ExecutePayload::parse(&invoke.payload)?;
+    let Some(task) = payload.task() else {
+        return Ok(json!({ "accepted": true }));
+    };
+    let spec = payload.sandbox();
+    let backend = choose_backend(ctx.default_backend, spec.and_then(|s| s.backend))?;
+    let sandbox = sandbox_for(ctx, backend)?;
+    let dir = workdir::path(
+        &ctx.workdir_root,
+        invoke.organization_id,
+        payload.run_id,
+        &payload.node_id,
+        payload.attempt_count,
+    )?;
+    let dir = workdir::prepare(&ctx.workdir_root, &dir)?;
+    let policy = &invoke.tool_policy;
+    let task = Task {
+        script: task.script.clone(),
+        shell: task.shell.unwrap_or_default(),
+        env: task.env.clone().unwrap_or_default(),
+        workdir: dir,
+        timeout: timeout(policy, spec.and_then(|s| s.timeout_ms)),
+        network: network(policy, spec.and_then(|s| s.network)),
+        output_max_bytes: usize::try_from(policy.output_max_chars).unwrap_or(usize::MAX),
+    };
+    tracing::info!(
+        request_id = %invoke.request_id,
+        run_id = ?payload.run_id,
+        workflow_id = ?payload.workflow_id,
+        node_id = %payload.node_id,
+        backend = ?backend,
+        network = ?task.network,
+        timeout_ms = task.timeout.as_millis(),
+        "running a shell task"
+    );
+    match sandbox.run(task).await {
+        Ok(outcome) => result_of(outcome),
+        Err(SandboxError::NetworkModeUnsupported) => {
+            Err(Failure::HostNetworkModeUnsupported.into())
+        }
+        Err(SandboxError::Failed(why)) => Err(Failure::ExecutionFailedWith(why).into()),
+    }
+}
+
+/// The node's `sandbox.backend` may pick any backend but the host: running tasks unconfined on this
+/// machine is the operator's decision alone (`--exec-backend host`), never a workflow author's.
+fn choose_backend(
+    default: BackendKind,
+    requested: Option<BackendKind>,
+) -> Result<BackendKind, Failure> {
+    let chosen = requested.unwrap_or(default);
+    if chosen == BackendKind::Host && default != BackendKind::Host {
+        return Err(Failure::HostBackendNotEnabled);
+    }
+    Ok(chosen)
+}
+
+fn sandbox_for(ctx: &RuntimeContext, backend: BackendKind) -> Result<&dyn Sandbox, Failure> {
+    match backend {
+        BackendKind::Host => Ok(ctx.host.as_ref()),
+        BackendKind::Docker => {
+            tracing::warn!(
+                "a task needs the docker backend, which this agent does not have yet; \
+                 start it with --exec-backend host to run tasks on this machine"
+            );
+            Err(Failure::DockerFailed)
+        }
+        BackendKind::Provider => Err(Failure::SandboxProviderNotConfigured),
+    }
+}
+
+/// The gateway's limit, shortened by the node's own if that is smaller.
+fn timeout(policy: &ToolPolicy, node_ms: Option<u64>) -> Duration {
+    let ms = node_ms.map_or(policy.timeout_ms, |n| n.min(policy.timeout_ms));
+    Duration::from_millis(ms)
+}
+
+/// The stricter of the gateway's policy and the node's setting. A policy value this agent does not
+/// know means no network: failing closed is the safe reading of a policy.
+fn network(policy: &ToolPolicy, node: Option<NetworkMode>) -> NetworkMode {
+    let policy_mode = match policy.network_mode.as_str() {
+        "enabled" => NetworkMode::Enabled,
+        _ => NetworkMode::None,
+    };
+    node.map_or(policy_mode, |n| n.stricter(policy_mode))
+}
+
+/// Spec §3.6: the outcome object is the output, whatever happened.
+fn result_of(outcome: Outcome) -> Result<Value, Failed> {
+    let output = serde_json::to_value(&outcome)
+        .map_err(|e| Failure::ExecutionFailedWith(format!("output: {e}")))?;
+    let failure = if outcome.timed_out {
+        Failure::Timeout
+    } else {
+        match (outcome.exit_code, outcome.backend) {
+            (Some(0), _) => return Ok(output),
+            (Some(code), "docker") => Failure::DockerExitCode(code),
+            (Some(code), _) => Failure::HostExitCode(code),
+            (None, _) => Failure::ExecutionFailed,
+        }
+    };
+    Err(Failed {
+        failure,
+        output: Some(output),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_operator_enables_the_host_backend() {
+        use BackendKind::*;
+        assert_eq!(choose_backend(Docker, None), Ok(Docker));
+        assert_eq!(choose_backend(Docker, Some(Provider)), Ok(Provider));
+        assert_eq!(
+            choose_backend(Docker, Some(Host)),
+            Err(Failure::HostBackendNotEnabled)
+        );
+        assert_eq!(
+            choose_backend(Provider, Some(Host)),
+            Err(Failure::HostBackendNotEnabled)
+        );
+        assert_eq!(choose_backend(Host, None), Ok(Host));
+        assert_eq!(choose_backend(Host, Some(Docker)), Ok(Docker));
+    }
+
+    #[test]
+    fn the_node_only_tightens_the_policy() {
+        let mut policy = ToolPolicy::default_deny(30_000, 1024);
+        assert_eq!(timeout(&policy, None), Duration::from_secs(30));
+        assert_eq!(timeout(&policy, Some(5_000)), Duration::from_secs(5));
+        assert_eq!(timeout(&policy, Some(60_000)), Duration::from_secs(30));
+        assert_eq!(
+            network(&policy, Some(NetworkMode::Enabled)),
+            NetworkMode::None
+        );
+        policy.network_mode = "enabled".into();
+        assert_eq!(network(&policy, None), NetworkMode::Enabled);
+        assert_eq!(network(&policy, Some(NetworkMode::None)), NetworkMode::None);
+        policy.network_mode = "bridge".into();
+        assert_eq!(network(&policy, None), NetworkMode::None);
+    }
+}
