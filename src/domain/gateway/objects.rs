@@ -141,92 +141,6 @@ impl LocalObjects {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn store() -> LocalObjects {
-        LocalObjects::new(
-            std::env::temp_dir(),
-            "http://gw:3002/".into(),
-            b"secret",
-            Duration::from_secs(60),
-            1024,
-        )
-    }
-
-    #[test]
-    fn only_planned_keys_are_valid() {
-        let org = uuid::Uuid::new_v4();
-        let ws = uuid::Uuid::new_v4();
-        assert!(valid_key(&format!("workspaces/{org}/{ws}/v12.tar.zst")));
-        for bad in [
-            format!("workspaces/{org}/{ws}/../x/v1.tar.zst"),
-            format!("workspaces/{org}/{ws}/v.tar.zst"),
-            format!("workspaces/{org}/../v1.tar.zst"),
-            format!("/etc/{org}/{ws}/v1.tar.zst"),
-            format!("workspaces/{org}/{ws}/v1.tar"),
-            format!("workspaces/{org}/{ws}/v1x.tar.zst"),
-        ] {
-            assert!(!valid_key(&bad), "{bad}");
-        }
-    }
-
-    #[test]
-    fn presigned_urls_verify_only_as_signed() {
-        let s = store();
-        let key = format!(
-            "workspaces/{}/{}/v1.tar.zst",
-            uuid::Uuid::new_v4(),
-            uuid::Uuid::new_v4()
-        );
-        let url = s.presign_put(&key);
-        assert!(url.starts_with(&format!("http://gw:3002/workspace-objects/{key}?expires=")));
-        let q = url.split_once('?').unwrap().1;
-        let mut expires = 0;
-        let mut sig = String::new();
-        for kv in q.split('&') {
-            match kv.split_once('=').unwrap() {
-                ("expires", v) => expires = v.parse().unwrap(),
-                ("signature", v) => sig = v.to_string(),
-                _ => {}
-            }
-        }
-        assert_eq!(s.verify("PUT", &key, CONTENT_TYPE, expires, &sig), Ok(()));
-        // Another method, content type, key, expiry or secret does not verify.
-        assert_eq!(
-            s.verify("GET", &key, "", expires, &sig),
-            Err(ObjectError::BadSignature)
-        );
-        assert_eq!(
-            s.verify("PUT", &key, "text/plain", expires, &sig),
-            Err(ObjectError::BadSignature)
-        );
-        assert_eq!(
-            s.verify("PUT", &key, CONTENT_TYPE, expires + 1, &sig),
-            Err(ObjectError::BadSignature)
-        );
-        let other = LocalObjects::new(
-            std::env::temp_dir(),
-            "http://gw".into(),
-            b"other",
-            Duration::from_secs(60),
-            1,
-        );
-        assert_eq!(
-            other.verify("PUT", &key, CONTENT_TYPE, expires, &sig),
-            Err(ObjectError::BadSignature)
-        );
-        // Past its expiry, a correctly signed URL is refused as expired.
-        let past = chrono::Utc::now().timestamp() - 5;
-        let old = s.signature("GET", &key, "", past);
-        assert_eq!(
-            s.verify("GET", &key, "", past, &old),
-            Err(ObjectError::Expired)
-        );
-    }
-}
-
 /// An S3-compatible store (`WORKSPACE_S3_*`): what several gateway machines share. Executors upload and
 /// download through presigned URLs; the gateway only signs and checks that an object exists.
 pub struct S3Objects {
@@ -324,5 +238,91 @@ impl ObjectStore {
             ObjectStore::Local(l) => Some(l),
             ObjectStore::S3(_) => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store() -> LocalObjects {
+        LocalObjects::new(
+            std::env::temp_dir(),
+            "http://gw:3002/".into(),
+            b"secret",
+            Duration::from_secs(60),
+            1024,
+        )
+    }
+
+    #[test]
+    fn only_planned_keys_are_valid() {
+        let org = uuid::Uuid::new_v4();
+        let ws = uuid::Uuid::new_v4();
+        assert!(valid_key(&format!("workspaces/{org}/{ws}/v12.tar.zst")));
+        for bad in [
+            format!("workspaces/{org}/{ws}/../x/v1.tar.zst"),
+            format!("workspaces/{org}/{ws}/v.tar.zst"),
+            format!("workspaces/{org}/../v1.tar.zst"),
+            format!("/etc/{org}/{ws}/v1.tar.zst"),
+            format!("workspaces/{org}/{ws}/v1.tar"),
+            format!("workspaces/{org}/{ws}/v1x.tar.zst"),
+        ] {
+            assert!(!valid_key(&bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn presigned_urls_verify_only_as_signed() {
+        let s = store();
+        let key = format!(
+            "workspaces/{}/{}/v1.tar.zst",
+            uuid::Uuid::new_v4(),
+            uuid::Uuid::new_v4()
+        );
+        let url = s.presign_put(&key);
+        assert!(url.starts_with(&format!("http://gw:3002/workspace-objects/{key}?expires=")));
+        let q = url.split_once('?').unwrap().1;
+        let mut expires = 0;
+        let mut sig = String::new();
+        for kv in q.split('&') {
+            match kv.split_once('=').unwrap() {
+                ("expires", v) => expires = v.parse().unwrap(),
+                ("signature", v) => sig = v.to_string(),
+                _ => {}
+            }
+        }
+        assert_eq!(s.verify("PUT", &key, CONTENT_TYPE, expires, &sig), Ok(()));
+        // Another method, content type, key, expiry or secret does not verify.
+        assert_eq!(
+            s.verify("GET", &key, "", expires, &sig),
+            Err(ObjectError::BadSignature)
+        );
+        assert_eq!(
+            s.verify("PUT", &key, "text/plain", expires, &sig),
+            Err(ObjectError::BadSignature)
+        );
+        assert_eq!(
+            s.verify("PUT", &key, CONTENT_TYPE, expires + 1, &sig),
+            Err(ObjectError::BadSignature)
+        );
+        let other = LocalObjects::new(
+            std::env::temp_dir(),
+            "http://gw".into(),
+            b"other",
+            Duration::from_secs(60),
+            1,
+        );
+        assert_eq!(
+            other.verify("PUT", &key, CONTENT_TYPE, expires, &sig),
+            Err(ObjectError::BadSignature)
+        );
+        // Past its expiry, a correctly signed URL is refused as expired.
+        let past = chrono::Utc::now().timestamp() - 5;
+        let old = s.signature("GET", &key, "", past);
+        assert_eq!(
+            s.verify("GET", &key, "", past, &old),
+            Err(ObjectError::Expired)
+        );
     }
 }
