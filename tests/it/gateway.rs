@@ -330,16 +330,16 @@ async fn a_newer_connection_replaces_the_older_and_keeps_its_route() {
     wait_status(&e.app, &owner, id, "offline").await;
 }
 
-const BIN: &str = env!("CARGO_BIN_EXE_vespid");
+pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_vespid");
 
 /// A `vespid agent …` child process, its stderr collected.
-struct AgentProc {
+pub(crate) struct AgentProc {
     child: std::process::Child,
     err: std::thread::JoinHandle<String>,
 }
 
 impl AgentProc {
-    fn spawn(args: &[&str]) -> Self {
+    pub(crate) fn spawn(args: &[&str]) -> Self {
         let mut child = std::process::Command::new(BIN)
             .arg("agent")
             .args(args)
@@ -358,7 +358,7 @@ impl AgentProc {
     }
 
     /// Waits (up to `secs`) for the process to exit: its status and stderr.
-    async fn exited(mut self, secs: u64) -> (std::process::ExitStatus, String) {
+    pub(crate) async fn exited(mut self, secs: u64) -> (std::process::ExitStatus, String) {
         for _ in 0..secs * 20 {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return (status, self.err.join().unwrap());
@@ -373,7 +373,13 @@ impl AgentProc {
         );
     }
 
-    fn terminate(&self) {
+    /// SIGKILL: the agent dies without a word (as on a crash or power loss).
+    pub(crate) fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub(crate) fn terminate(&self) {
         let pid = self.child.id().to_string();
         let ok = std::process::Command::new("kill")
             .args(["-TERM", &pid])

@@ -738,3 +738,153 @@ async fn a_snapshot_claimed_but_never_uploaded_does_not_advance_the_workspace() 
         Some((0, false, String::new()))
     );
 }
+
+/// A real `vespid agent connect` process (host backend, explicitly enabled) paired with `owner`'s org,
+/// online; its work and config in a temporary directory.
+async fn real_agent(e: &Edge, owner: &User, dir: &std::path::Path) -> crate::gateway::AgentProc {
+    let org = owner.personal_org;
+    let token = crate::agents::new_token(&e.app, owner, org).await;
+    let config = dir.join("agent.json").to_string_lossy().to_string();
+    let workdir = dir.join("work").to_string_lossy().to_string();
+    let agent = crate::gateway::AgentProc::spawn(&[
+        "connect",
+        "--pairing-token",
+        &token,
+        "--api-base",
+        &e.app.addr,
+        "--config-path",
+        &config,
+        "--exec-backend",
+        "host",
+        "--workdir-root",
+        &workdir,
+    ]);
+    for _ in 0..200 {
+        let r = e
+            .app
+            .get(&format!("/v1/orgs/{org}/agents"))
+            .by(owner)
+            .org(org)
+            .send()
+            .await;
+        if r.body["executors"]
+            .as_array()
+            .is_some_and(|l| l.iter().any(|x| x["status"] == "online"))
+        {
+            return agent;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the agent never came online");
+}
+
+fn script_dsl(script: &str) -> Value {
+    json!({"version": "v2", "trigger": {"type": "trigger.manual"}, "nodes": [
+        {"id": "sh", "type": "agent.execute", "config": {
+            "execution": {"mode": "executor"},
+            "task": {"type": "shell", "script": script}}}]})
+}
+
+#[tokio::test]
+async fn a_real_agent_runs_a_shell_node_and_a_connector_action_with_its_secret() {
+    let gh = crate::fake_github::FakeGithub::start("ghp_agent_side_token");
+    let kek = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, [7u8; 32]);
+    let e = edge(
+        opts()
+            .env("GITHUB_API_BASE_URL", &gh.base)
+            .env("SECRETS_KEK_ID", "k1")
+            .env("SECRETS_KEK_BASE64", &kek),
+    )
+    .await;
+    let _roles = start_roles(&e.app.state);
+    let owner = e.app.signup("remote-real").await;
+    let org = owner.personal_org;
+    let dir = std::env::temp_dir().join(format!("vespid-real-{}", Uuid::new_v4().simple()));
+    let agent = real_agent(&e, &owner, &dir).await;
+
+    let wf = published(
+        &e.app,
+        &owner,
+        org,
+        script_dsl("echo hello-from-agent; echo oops >&2; id -u >/dev/null"),
+    )
+    .await;
+    let run = start_run(&e.app, &owner, org, wf, json!({})).await;
+    let done = wait_terminal(&e.app, &owner, org, wf, run, Duration::from_secs(20)).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    let out = &done["output"]["steps"][0]["output"];
+    assert_eq!(out["backend"], "host");
+    assert_eq!(out["exitCode"], 0);
+    assert_eq!(out["stdout"], "hello-from-agent\n");
+    assert_eq!(out["stderr"], "oops\n");
+
+    // A failing script: its exit code, as the original names it.
+    let wf = published(&e.app, &owner, org, script_dsl("exit 7")).await;
+    let run = start_run(&e.app, &owner, org, wf, json!({})).await;
+    let done = wait_terminal(&e.app, &owner, org, wf, run, Duration::from_secs(20)).await;
+    assert_eq!(done["error"], "HOST_EXIT_CODE:7", "{done}");
+
+    // connector.action on the executor: the secret travels in that one invocation and nowhere else.
+    let r = e
+        .app
+        .post(&format!("/v1/orgs/{org}/secrets"))
+        .by(&owner)
+        .org(org)
+        .json(json!({"connectorId": "github", "name": "gh", "value": "ghp_agent_side_token"}))
+        .send()
+        .await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let secret = r.body["secret"]["id"].as_str().unwrap().to_string();
+    let dsl = json!({"version": "v2", "trigger": {"type": "trigger.manual"}, "nodes": [
+        {"id": "issue", "type": "connector.action", "config": {
+            "connectorId": "github", "actionId": "issue.create",
+            "input": {"repo": "octo/test", "title": "From the agent"},
+            "auth": {"secretId": secret},
+            "execution": {"mode": "executor"}}}]});
+    let wf = published(&e.app, &owner, org, dsl).await;
+    let run = start_run(&e.app, &owner, org, wf, json!({})).await;
+    let done = wait_terminal(&e.app, &owner, org, wf, run, Duration::from_secs(20)).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert!(done["output"]["steps"][0]["output"]["issueNumber"].is_number());
+    let evs = events(&e.app, &owner, org, wf, run).await;
+    assert!(!serde_json::to_string(&evs)
+        .unwrap()
+        .contains("ghp_agent_side_token"));
+    assert!(!done.to_string().contains("ghp_agent_side_token"));
+
+    agent.terminate();
+    let (_, stderr) = agent.exited(15).await;
+    assert!(!stderr.contains("ghp_agent_side_token"), "secret logged");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn an_agent_killed_mid_task_fails_the_run_and_frees_the_workspace() {
+    let e = edge(opts()).await;
+    let _roles = start_roles(&e.app.state);
+    let owner = e.app.signup("remote-killed").await;
+    let org = owner.personal_org;
+    let dir = std::env::temp_dir().join(format!("vespid-kill-{}", Uuid::new_v4().simple()));
+    let mut agent = real_agent(&e, &owner, &dir).await;
+    let wf = published(&e.app, &owner, org, script_dsl("sleep 30")).await;
+    let run = start_run(&e.app, &owner, org, wf, json!({})).await;
+    // Wait until the task is running on the agent (its workspace is locked).
+    for _ in 0..100 {
+        if workspace_row(&e.app, org, run).await.is_some_and(|r| r.1) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let killed = Instant::now();
+    agent.kill();
+    let done = wait_terminal(&e.app, &owner, org, wf, run, Duration::from_secs(15)).await;
+    assert_eq!(done["status"], "failed");
+    assert_eq!(done["error"], "AGENT_DISCONNECTED");
+    assert!(killed.elapsed() < Duration::from_secs(10));
+    assert_eq!(
+        workspace_row(&e.app, org, run).await.map(|r| r.1),
+        Some(false)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
