@@ -888,3 +888,41 @@ async fn an_agent_killed_mid_task_fails_the_run_and_frees_the_workspace() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn calls_beyond_an_executors_max_in_flight_wait_for_a_slot() {
+    let e = edge(opts()).await;
+    let _roles = start_roles(&e.app.state);
+    let owner = e.app.signup("remote-capacity").await;
+    let org = owner.personal_org;
+    let (id, token) = paired(&e.app, &owner, json!([])).await;
+    let mut ws = connect(&e.ws_url, Some(&token)).await.unwrap();
+    // The agent allows one call at a time.
+    ws.send(hello(id, org, json!([]), 1)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    wait_routed(&e.app, id).await;
+    let wf = published(&e.app, &owner, org, shell_dsl(None, Some(30_000))).await;
+    let a = start_run(&e.app, &owner, org, wf, json!({})).await;
+    let b = start_run(&e.app, &owner, org, wf, json!({})).await;
+    let first = next_invoke(&mut ws, 10).await;
+    // The second call is held back while the first runs.
+    let early = tokio::time::timeout(Duration::from_millis(500), next_invoke(&mut ws, 1)).await;
+    assert!(early.is_err(), "a second call was sent beyond maxInFlight");
+    send_result(
+        &mut ws,
+        first["requestId"].as_str().unwrap(),
+        json!({"status": "succeeded", "output": {}}),
+    )
+    .await;
+    let second = next_invoke(&mut ws, 10).await;
+    send_result(
+        &mut ws,
+        second["requestId"].as_str().unwrap(),
+        json!({"status": "succeeded", "output": {}}),
+    )
+    .await;
+    for run in [a, b] {
+        let done = wait_terminal(&e.app, &owner, org, wf, run, Duration::from_secs(10)).await;
+        assert_eq!(done["status"], "succeeded", "{done}");
+    }
+}

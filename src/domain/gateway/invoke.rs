@@ -179,35 +179,92 @@ impl Gateway {
         let org_max = self.org_limit(org).await;
         let timeout_ms = req.timeout_ms();
         let reserve_ttl = (timeout_ms + RESULT_GRACE.as_millis() as u64 + 60_000).max(300_000);
-        let reserved =
-            match select::select(&self.redis, org, kind, &selector, org_max, reserve_ttl).await {
-                Ok(r) => r,
-                Err(no) => return DispatchResult::failed(no.code()),
-            };
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(timeout_ms);
         // The run's files: locked for the call (with room for snapshot transfer), released on every
-        // path below.
+        // path below. Taken while the executor is chosen.
         let lock_secs = (timeout_ms / 1000 + 1 + RESULT_GRACE.as_secs() + 30) as i64;
-        let lease =
-            match workspace::acquire(&self.db, org, OwnerType::WorkflowRun, req.run_id, lock_secs)
-                .await
-            {
-                Ok(l) => l,
-                Err(e) => {
-                    select::release(&self.redis, &reserved).await;
-                    if !matches!(e, WorkspaceError::Locked) {
-                        tracing::warn!(error = %e, "workspace unavailable");
-                    }
-                    return DispatchResult::failed(match e {
-                        WorkspaceError::Locked => "WORKSPACE_LOCKED",
-                        WorkspaceError::Db(_) => "WORKSPACE_UNAVAILABLE",
-                    });
+        let (reserved, lease) = tokio::join!(
+            self.reserve(org, kind, &selector, org_max, reserve_ttl, deadline),
+            workspace::acquire(&self.db, org, OwnerType::WorkflowRun, req.run_id, lock_secs),
+        );
+        let ((reserved, waited), lease) = match (reserved, lease) {
+            (Ok(r), Ok(l)) => (r, l),
+            (reserved, lease) => {
+                if let Ok((r, _)) = &reserved {
+                    self.release_slot(r).await;
                 }
-            };
+                if let Ok(l) = &lease {
+                    workspace::release(&self.db, l).await;
+                }
+                return DispatchResult::failed(match (reserved, lease) {
+                    (Err(no), _) => no.code(),
+                    (_, Err(WorkspaceError::Locked)) => "WORKSPACE_LOCKED",
+                    (_, Err(e)) => {
+                        tracing::warn!(error = %e, "workspace unavailable");
+                        "WORKSPACE_UNAVAILABLE"
+                    }
+                    (Ok(_), Ok(_)) => "NODE_EXECUTION_FAILED",
+                });
+            }
+        };
+        // Time spent waiting for a slot counts against the call's timeout.
+        let timeout_ms = if waited {
+            (deadline
+                .saturating_duration_since(tokio::time::Instant::now())
+                .as_millis() as u64)
+                .max(1000)
+        } else {
+            timeout_ms
+        };
         let (result, snapshot) = self
             .invoke_on(&reserved.route, req, kind, timeout_ms, &lease)
             .await;
-        select::release(&self.redis, &reserved).await;
-        self.settle_workspace(&lease, snapshot, result).await
+        let (result, ()) = tokio::join!(
+            self.settle_workspace(&lease, snapshot, result),
+            self.release_slot(&reserved),
+        );
+        result
+    }
+
+    /// Reserves an executor (and says whether it had to wait); while every matching one is at its `maxInFlight` (or the org at its
+    /// quota), the call waits for a slot (woken when one is released here, else by a short backoff)
+    /// rather than failing, until its deadline. No matching executor at all fails at once.
+    async fn reserve(
+        &self,
+        org: OrgId,
+        kind: ToolKind,
+        selector: &super::dispatch::Selector,
+        org_max: u32,
+        reserve_ttl: u64,
+        deadline: tokio::time::Instant,
+    ) -> Result<(select::Reserved, bool), select::NoExecutor> {
+        let mut backoff = Duration::from_millis(5);
+        let mut waited = false;
+        loop {
+            match select::select(&self.redis, org, kind, selector, org_max, reserve_ttl).await {
+                Ok(r) => return Ok((r, waited)),
+                Err(select::NoExecutor::NoneAvailable) => {
+                    return Err(select::NoExecutor::NoneAvailable)
+                }
+                Err(full) => {
+                    if tokio::time::Instant::now() + backoff >= deadline {
+                        return Err(full);
+                    }
+                    let freed = self.slot_freed.notified();
+                    tokio::select! {
+                        _ = freed => {}
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    waited = true;
+                    backoff = (backoff * 3 / 2).min(Duration::from_millis(200));
+                }
+            }
+        }
+    }
+
+    async fn release_slot(&self, r: &select::Reserved) {
+        select::release(&self.redis, r).await;
+        self.slot_freed.notify_waiters();
     }
 
     /// Commits the version the executor uploaded (compare-and-set) or releases the lock.

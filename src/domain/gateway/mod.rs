@@ -210,6 +210,8 @@ pub struct Gateway {
     /// Tool calls this instance waits on, woken when their reply lands.
     waiters: DashMap<String, oneshot::Sender<()>>,
     listening: AtomicBool,
+    /// Woken when this instance releases an executor slot (calls waiting for capacity retry).
+    slot_freed: tokio::sync::Notify,
 }
 
 impl Gateway {
@@ -233,6 +235,7 @@ impl Gateway {
             pending: DashMap::new(),
             waiters: DashMap::new(),
             listening: AtomicBool::new(false),
+            slot_freed: tokio::sync::Notify::new(),
         }
     }
 

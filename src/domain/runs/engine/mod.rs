@@ -714,7 +714,9 @@ impl Engine {
         }
         let e = p.event(EventKind::NodeStarted, Level::Info, Some(node));
         p.push_event(e);
-        if is_pure(node) {
+        // A remote node has no effect until its dispatch is sent, and the block is committed (with this
+        // event) before that: no commit of its own here.
+        if is_pure(node) || node.is_remote() {
             return Ok(Next::Run);
         }
         Ok(if self.flush(p).await? {
@@ -745,7 +747,9 @@ impl Engine {
             error: None,
         });
         p.cursor = cursor;
-        if is_pure(node) {
+        // A remote node's result stays stored on the run until the next write, which carries this step:
+        // a crash before it replays the same result, so it needs no commit of its own either.
+        if is_pure(node) || node.is_remote() {
             return Ok(true);
         }
         self.flush(p).await
