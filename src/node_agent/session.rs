@@ -150,6 +150,7 @@ pub async fn run(
     tracing::info!(
         exec_backend = ?ctx.default_backend,
         workdir_root = %ctx.workdir_root.display(),
+        workspace_cache_root = %ctx.workspaces.config.cache_root.display(),
         max_in_flight = max_in_flight(config),
         "agent runtime ready"
     );

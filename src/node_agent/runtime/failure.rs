@@ -61,6 +61,21 @@ pub enum Failure {
     /// The agent is stopping and did not start this call.
     #[error("AGENT_SHUTTING_DOWN")]
     ShuttingDown,
+    /// A workspace version above 0 came without a URL to fetch it from.
+    #[error("WORKSPACE_DOWNLOAD_URL_REQUIRED")]
+    WorkspaceDownloadUrlRequired,
+    /// The HTTP status of the GET, or why there was none (`timeout`, `unreachable`, `too_large`, `io`).
+    #[error("WORKSPACE_DOWNLOAD_FAILED:{0}")]
+    WorkspaceDownloadFailed(String),
+    /// The archive was refused or could not be unpacked (`path_escape`, `symlink_escape`, `too_large`…).
+    #[error("WORKSPACE_EXTRACT_FAILED:{0}")]
+    WorkspaceExtractFailed(String),
+    /// The task's tree could not be archived, or its archive would not extract again; same reasons.
+    #[error("WORKSPACE_SNAPSHOT_FAILED:{0}")]
+    WorkspaceSnapshotFailed(String),
+    /// The HTTP status of the PUT, or why there was none (`timeout`, `unreachable`, `io`).
+    #[error("WORKSPACE_UPLOAD_FAILED:{0}")]
+    WorkspaceUploadFailed(String),
 }
 
 /// A failed call: its code, and what the task printed when it ran.

@@ -1,14 +1,15 @@
 //! Runs one `invoke_tool_v2` and says how it went (spec gateway §3.4): a shell task in a sandbox
 //! (`agent.execute`) or a connector call (`connector.action`). Every path ends in a `tool_result_v2`,
 //! failures included, so the gateway never has to wait out its timeout for an answer we could give.
-//! Workspaces (snapshot download and upload) are not handled yet: `workspace` and `workspaceAccess`
-//! are ignored and results carry no `workspace`.
+//! Both run on the call's workspace when the gateway sends one (see [`workspace`]): the result then
+//! carries the version the call produced.
 
 mod action;
 pub mod failure;
 pub mod payload;
 mod shell;
 pub mod workdir;
+pub mod workspace;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -20,6 +21,7 @@ use crate::node_agent::sandbox::{BackendKind, Sandbox};
 use crate::node_agent::AgentError;
 
 pub use failure::Failure;
+use workspace::{Budget, Finished, WorkspaceConfig, Workspaces};
 
 /// What every execution shares: the operator's choices and the clients.
 pub struct RuntimeContext {
@@ -29,8 +31,10 @@ pub struct RuntimeContext {
     /// Under which each task gets its per-run directory.
     pub workdir_root: PathBuf,
     pub host: Box<dyn Sandbox>,
-    /// For connector calls. Redirects are not followed: a redirect must not carry the secret along.
+    /// For connector calls and workspace transfers. Redirects are not followed: a redirect must not
+    /// carry the secret along, and a presigned URL has no business redirecting.
     pub http: reqwest::Client,
+    pub workspaces: Workspaces,
 }
 
 impl RuntimeContext {
@@ -45,18 +49,20 @@ impl RuntimeContext {
             workdir_root,
             host: Box::new(HostSandbox::default()),
             http,
+            workspaces: Workspaces::new(WorkspaceConfig::from_env()),
         })
     }
 }
 
 /// Executes `invoke` and builds its result. Never panics and never fails: a failure is a result.
 pub async fn execute(invoke: InvokeToolV2, ctx: &RuntimeContext) -> ToolResultV2 {
-    let done = match invoke.kind {
-        ToolKind::AgentExecute => shell::run(&invoke, ctx).await,
-        ToolKind::ConnectorAction => action::run(&invoke, ctx).await,
+    let budget = Budget::for_call(invoke.tool_policy.timeout_ms);
+    let finished = match invoke.kind {
+        ToolKind::AgentExecute => shell::run(&invoke, ctx, &budget).await,
+        ToolKind::ConnectorAction => run_action(&invoke, ctx, &budget).await,
     };
     // The invoke holds the secret: only its id and kind are logged.
-    match done {
+    let mut result = match finished.done {
         Ok(output) => {
             tracing::info!(request_id = %invoke.request_id, kind = ?invoke.kind, "tool call succeeded");
             failure::succeeded(invoke.request_id, output)
@@ -65,7 +71,20 @@ pub async fn execute(invoke: InvokeToolV2, ctx: &RuntimeContext) -> ToolResultV2
             tracing::info!(request_id = %invoke.request_id, kind = ?invoke.kind, error = %failed.failure, "tool call failed");
             failure::failed(invoke.request_id, failed)
         }
-    }
+    };
+    result.workspace = finished.workspace;
+    result
+}
+
+/// A connector call does not touch the workspace, but it is one step of the run like any other: the
+/// version is fetched and uploaded unchanged as the next one, as the gateway expects of every call.
+async fn run_action(invoke: &InvokeToolV2, ctx: &RuntimeContext, budget: &Budget) -> Finished {
+    let checkout = match workspace::checkout(invoke, ctx, budget).await {
+        Ok(checkout) => checkout,
+        Err(failure) => return Finished::without_workspace(Err(failure.into())),
+    };
+    let done = action::run(invoke, ctx).await;
+    workspace::finish(checkout.as_ref(), None, done, ctx, budget).await
 }
 
 #[cfg(test)]

@@ -1,25 +1,106 @@
 //! `agent.execute`: a workflow node's shell task, run in a sandbox (spec gateway §3.4-3.6, with its
-//! Improve lines: the node may only tighten the gateway's timeout and network policy).
+//! Improve lines: the node may only tighten the gateway's timeout and network policy), on a private
+//! copy of the call's workspace when it has one.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde_json::{json, Value};
 
 use super::failure::{Failed, Failure};
-use super::payload::ExecutePayload;
+use super::payload::{ExecutePayload, ShellTask};
+use super::workspace::{self, Budget, Checkout, Finished};
 use super::{workdir, RuntimeContext};
 use crate::domain::gateway::protocol::{InvokeToolV2, ToolPolicy};
 use crate::node_agent::sandbox::{BackendKind, NetworkMode, Outcome, Sandbox, SandboxError, Task};
 
-pub(super) async fn run(invoke: &InvokeToolV2, ctx: &RuntimeContext) -> Result<Value, Failed> {
-    // Checked before anything else, payload included: a shell task never sees a credential.
+pub(super) async fn run(invoke: &InvokeToolV2, ctx: &RuntimeContext, budget: &Budget) -> Finished {
+    let without = Finished::without_workspace;
+    // Checked before anything else, payload and workspace included: a shell task never sees a
+    // credential.
     if invoke.secret.is_some() {
-        return Err(Failure::SecretNotAllowedForShell.into());
+        return without(Err(Failure::SecretNotAllowedForShell.into()));
     }
-    let payload = ExecutePayload::parse(&invoke.payload)?;
-    let Some(task) = payload.task() else {
-        return Ok(json!({ "accepted": true }));
+    let payload = match ExecutePayload::parse(&invoke.payload) {
+        Ok(payload) => payload,
+        Err(failure) => return without(Err(failure.into())),
     };
+    // Where the task would run is settled before the workspace is fetched: a task that cannot run
+    // here should not cost a download first.
+    let planned = match payload
+        .task()
+        .map(|task| plan(invoke, ctx, &payload).map(|p| (task, p)))
+    {
+        None => None,
+        Some(Ok(planned)) => Some(planned),
+        Some(Err(failure)) => return without(Err(failure.into())),
+    };
+    let checkout = match workspace::checkout(invoke, ctx, budget).await {
+        Ok(checkout) => checkout,
+        Err(failure) => return without(Err(failure.into())),
+    };
+    match (planned, checkout) {
+        // No task: acknowledged, and the version passed on unchanged (spec §3.4).
+        (None, checkout) => {
+            let accepted = Ok(json!({ "accepted": true }));
+            workspace::finish(checkout.as_ref(), None, accepted, ctx, budget).await
+        }
+        // An older gateway's call: the task runs in its per-run workdir, which stays.
+        (Some((task, plan)), None) => {
+            without(match workdir::prepare(&ctx.workdir_root, &plan.dir) {
+                Ok(dir) => launch(invoke, &payload, task, &plan, dir).await,
+                Err(failure) => Err(failure.into()),
+            })
+        }
+        (Some((task, plan)), Some(checkout)) => {
+            run_in_workspace(invoke, ctx, &payload, task, &plan, &checkout, budget).await
+        }
+    }
+}
+
+/// The task runs in a private copy of the workspace version at its per-run workdir, and whatever it
+/// leaves there becomes the next version, whether it succeeded or not. If the copy cannot be made the
+/// task does not run and no version is produced (the gateway releases the workspace either way).
+async fn run_in_workspace(
+    invoke: &InvokeToolV2,
+    ctx: &RuntimeContext,
+    payload: &ExecutePayload,
+    task: &ShellTask,
+    plan: &Plan<'_>,
+    checkout: &Checkout,
+    budget: &Budget,
+) -> Finished {
+    let claim = ctx.workspaces.claim(plan.dir.clone());
+    let dir = match workdir::prepare(&ctx.workdir_root, claim.path()) {
+        Ok(dir) => dir,
+        Err(failure) => return Finished::without_workspace(Err(failure.into())),
+    };
+    let finished = match checkout.materialize(&dir).await {
+        Ok(()) => {
+            let done = launch(invoke, payload, task, plan, dir.clone()).await;
+            workspace::finish(Some(checkout), Some(&dir), done, ctx, budget).await
+        }
+        Err(failure) => Finished::without_workspace(Err(failure.into())),
+    };
+    // The tree is uploaded and cached (or lost with a failed call): the workdir is scratch now.
+    workspace::discard(&dir).await;
+    drop(claim);
+    finished
+}
+
+/// Where and how the task would run, before anything touches the disk.
+struct Plan<'a> {
+    backend: BackendKind,
+    sandbox: &'a dyn Sandbox,
+    /// The per-run workdir (not yet created).
+    dir: PathBuf,
+}
+
+fn plan<'a>(
+    invoke: &InvokeToolV2,
+    ctx: &'a RuntimeContext,
+    payload: &ExecutePayload,
+) -> Result<Plan<'a>, Failure> {
     let spec = payload.sandbox();
     let backend = choose_backend(ctx.default_backend, spec.and_then(|s| s.backend))?;
     let sandbox = sandbox_for(ctx, backend)?;
@@ -30,13 +111,27 @@ pub(super) async fn run(invoke: &InvokeToolV2, ctx: &RuntimeContext) -> Result<V
         &payload.node_id,
         payload.attempt_count,
     )?;
-    let dir = workdir::prepare(&ctx.workdir_root, &dir)?;
+    Ok(Plan {
+        backend,
+        sandbox,
+        dir,
+    })
+}
+
+async fn launch(
+    invoke: &InvokeToolV2,
+    payload: &ExecutePayload,
+    task: &ShellTask,
+    plan: &Plan<'_>,
+    workdir: PathBuf,
+) -> Result<Value, Failed> {
+    let spec = payload.sandbox();
     let policy = &invoke.tool_policy;
     let task = Task {
         script: task.script.clone(),
         shell: task.shell.unwrap_or_default(),
         env: task.env.clone().unwrap_or_default(),
-        workdir: dir,
+        workdir,
         timeout: timeout(policy, spec.and_then(|s| s.timeout_ms)),
         network: network(policy, spec.and_then(|s| s.network)),
         output_max_bytes: usize::try_from(policy.output_max_chars).unwrap_or(usize::MAX),
@@ -46,12 +141,12 @@ pub(super) async fn run(invoke: &InvokeToolV2, ctx: &RuntimeContext) -> Result<V
         run_id = ?payload.run_id,
         workflow_id = ?payload.workflow_id,
         node_id = %payload.node_id,
-        backend = ?backend,
+        backend = ?plan.backend,
         network = ?task.network,
         timeout_ms = task.timeout.as_millis(),
         "running a shell task"
     );
-    match sandbox.run(task).await {
+    match plan.sandbox.run(task).await {
         Ok(outcome) => result_of(outcome),
         Err(SandboxError::NetworkModeUnsupported) => {
             Err(Failure::HostNetworkModeUnsupported.into())
