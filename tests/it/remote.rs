@@ -926,3 +926,37 @@ async fn calls_beyond_an_executors_max_in_flight_wait_for_a_slot() {
         assert_eq!(done["status"], "succeeded", "{done}");
     }
 }
+
+#[tokio::test]
+async fn a_second_node_of_a_run_sees_the_files_the_first_wrote_through_a_real_agent() {
+    let dir = std::env::temp_dir().join(format!("vespid-files-{}", Uuid::new_v4().simple()));
+    let e = edge(opts().env("WORKSPACE_DIR", &dir.join("store").to_string_lossy())).await;
+    let _roles = start_roles(&e.app.state);
+    let owner = e.app.signup("remote-files").await;
+    let org = owner.personal_org;
+    let agent = real_agent(&e, &owner, &dir).await;
+    let node = |id: &str, script: &str| {
+        json!({"id": id, "type": "agent.execute", "config": {
+            "execution": {"mode": "executor"},
+            "task": {"type": "shell", "script": script}}})
+    };
+    let dsl = json!({"version": "v2", "trigger": {"type": "trigger.manual"}, "nodes": [
+        node("write", "mkdir -p out && echo shared-bytes > out/f.txt"),
+        node("read", "cat out/f.txt && echo more >> out/f.txt"),
+        node("again", "cat out/f.txt"),
+    ]});
+    let wf = published(&e.app, &owner, org, dsl).await;
+    let run = start_run(&e.app, &owner, org, wf, json!({})).await;
+    let done = wait_terminal(&e.app, &owner, org, wf, run, Duration::from_secs(30)).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    let steps = done["output"]["steps"].as_array().unwrap();
+    assert_eq!(steps[1]["output"]["stdout"], "shared-bytes\n");
+    assert_eq!(steps[2]["output"]["stdout"], "shared-bytes\nmore\n");
+    assert_eq!(
+        workspace_row(&e.app, org, run).await.map(|r| (r.0, r.1)),
+        Some((3, false))
+    );
+    agent.terminate();
+    let _ = agent.exited(15).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
