@@ -426,7 +426,10 @@ impl Gateway {
         let deadline = tokio::time::Instant::now() + wait;
         let reply = loop {
             tokio::select! {
-                _ = &mut rx => break self.read_reply(&invoke_id).await,
+                woke = &mut rx => match woke {
+                    Ok(Some(text)) => break serde_json::from_str(&text).ok(),
+                    _ => break self.read_reply(&invoke_id).await,
+                },
                 _ = tokio::time::sleep(REPLY_POLL) => {
                     if let Some(r) = self.read_reply(&invoke_id).await {
                         break Some(r);
@@ -540,12 +543,16 @@ impl Gateway {
                 false,
             )
             .await;
-        if let Err(e) = stored {
-            tracing::warn!(request_id = invoke_id, error = %e, "reply not stored; its waiter times out");
-            return;
-        }
+        let written = match stored {
+            Ok(v) => v.is_some(),
+            Err(e) => {
+                tracing::warn!(request_id = invoke_id, error = %e, "reply not stored; its waiter times out");
+                return;
+            }
+        };
         if let Some((_, tx)) = self.waiters.remove(invoke_id) {
-            let _ = tx.send(());
+            // Not written (a real reply was there first): the waiter reads that one.
+            let _ = tx.send(written.then(|| json.to_string()));
         } else {
             let _ = self
                 .redis
@@ -557,7 +564,7 @@ impl Gateway {
     /// A reply landed somewhere: wake its waiter if it is here.
     pub(super) fn wake(&self, invoke_id: &str) {
         if let Some((_, tx)) = self.waiters.remove(invoke_id) {
-            let _ = tx.send(());
+            let _ = tx.send(None);
         }
     }
 

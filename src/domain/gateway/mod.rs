@@ -208,7 +208,8 @@ pub struct Gateway {
     /// Tool calls sent to executors connected here, by call id (failed if the executor drops).
     pending: DashMap<String, ExecutorId>,
     /// Tool calls this instance waits on, woken when their reply lands.
-    waiters: DashMap<String, oneshot::Sender<()>>,
+    /// The reply travels in the wake-up when it landed on this instance (`None`: read it from Redis).
+    waiters: DashMap<String, oneshot::Sender<Option<String>>>,
     listening: AtomicBool,
     /// Woken when this instance releases an executor slot (calls waiting for capacity retry).
     slot_freed: tokio::sync::Notify,
