@@ -2,6 +2,7 @@
 //! runs the task as a process group on the agent's machine (only when explicitly enabled; the Docker
 //! backend, the default, is the next step of remote execution).
 
+pub mod docker;
 pub mod host;
 
 use std::collections::BTreeMap;
