@@ -11,6 +11,18 @@ export PGPORT REDIS_PORT
 echo "==> [test 1/3] starting PostgreSQL and Redis (scripts/deps.sh)"
 bash scripts/deps.sh
 
+# The agent's Docker sandbox tests run against a real engine and the local image. Required in CI; on a
+# machine without Docker they skip themselves (with a notice), so here it is only a warning.
+echo "==> [test 1/3] starting Docker and the sandbox image (scripts/docker.sh)"
+if docker_env="$(bash scripts/docker.sh)"; then
+    set -a; eval "$docker_env"; set +a
+elif [[ -n "${CI:-}" && "${CI}" != false && "${CI}" != 0 ]]; then
+    echo "==> [test] ERROR: CI needs a Docker engine for the sandbox tests, and scripts/docker.sh could not start one (see above)" >&2
+    exit 1
+else
+    echo "==> [test] WARNING: no Docker engine (see above); the Docker sandbox tests will be skipped" >&2
+fi
+
 export DATABASE_URL="${DATABASE_URL:-postgres://vespid_app:vespid_app@127.0.0.1:${PGPORT}/vespid}"
 export DATABASE_MIGRATE_URL="${DATABASE_MIGRATE_URL:-postgres://vespid_owner:vespid_owner@127.0.0.1:${PGPORT}/vespid}"
 export REDIS_URL="${REDIS_URL:-redis://127.0.0.1:${REDIS_PORT}}"

@@ -3,6 +3,7 @@
 //! Docker backend (the default) and the provider hook are not built yet, so a task that needs them
 //! fails with their error code.
 
+pub mod docker;
 pub mod host;
 
 use std::collections::BTreeMap;
