@@ -202,7 +202,7 @@ pub async fn connect(args: ConnectArgs, shutdown: watch::Receiver<bool>) -> Resu
     }
     let labels = csv(args.tags.clone());
     check_labels(labels.as_ref())?;
-    let ctx = args.runtime.context()?;
+    let ctx = args.runtime.context()?.with_docker().await;
     let capabilities = match &labels {
         Some(l) => json!({ "kinds": ["connector.action", "agent.execute"], "labels": l }),
         None => json!({ "kinds": ["connector.action", "agent.execute"] }),
@@ -253,7 +253,7 @@ pub async fn connect(args: ConnectArgs, shutdown: watch::Receiver<bool>) -> Resu
     let path = config::path(args.config_path.as_deref());
     config.save(&path)?;
     tracing::info!(executor_id = %config.executor_id, org_id = %paired.organization_id, path = %path.display(), "paired; config written");
-    session::run(&config, ctx, args.runtime.shutdown_grace(), shutdown).await
+    run_then_clean_up(&config, ctx, args.runtime.shutdown_grace(), shutdown).await
 }
 
 /// Runs from flags (when id, token and URL are all given) or from the config file.
@@ -294,8 +294,23 @@ pub async fn start(args: StartArgs, shutdown: watch::Receiver<bool>) -> Result<(
             "a byon executor needs --organization-id".into(),
         )));
     }
-    let ctx = args.runtime.context()?;
-    session::run(&config, ctx, args.runtime.shutdown_grace(), shutdown).await
+    let ctx = args.runtime.context()?.with_docker().await;
+    run_then_clean_up(&config, ctx, args.runtime.shutdown_grace(), shutdown).await
+}
+
+/// Runs the session, then removes the Docker sandbox's warm containers.
+async fn run_then_clean_up(
+    config: &AgentConfig,
+    ctx: RuntimeContext,
+    grace: std::time::Duration,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) -> Result<(), AgentError> {
+    let docker = ctx.docker.clone();
+    let ran = session::run(config, ctx, grace, shutdown).await;
+    if let Some(d) = docker {
+        d.shutdown().await;
+    }
+    ran
 }
 
 #[cfg(test)]

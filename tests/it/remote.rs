@@ -742,6 +742,15 @@ async fn a_snapshot_claimed_but_never_uploaded_does_not_advance_the_workspace() 
 /// A real `vespid agent connect` process (host backend, explicitly enabled) paired with `owner`'s org,
 /// online; its work and config in a temporary directory.
 async fn real_agent(e: &Edge, owner: &User, dir: &std::path::Path) -> crate::gateway::AgentProc {
+    real_agent_with(e, owner, dir, "host").await
+}
+
+async fn real_agent_with(
+    e: &Edge,
+    owner: &User,
+    dir: &std::path::Path,
+    backend: &str,
+) -> crate::gateway::AgentProc {
     let org = owner.personal_org;
     let token = crate::agents::new_token(&e.app, owner, org).await;
     let config = dir.join("agent.json").to_string_lossy().to_string();
@@ -755,7 +764,7 @@ async fn real_agent(e: &Edge, owner: &User, dir: &std::path::Path) -> crate::gat
         "--config-path",
         &config,
         "--exec-backend",
-        "host",
+        backend,
         "--workdir-root",
         &workdir,
     ]);
@@ -958,5 +967,60 @@ async fn a_second_node_of_a_run_sees_the_files_the_first_wrote_through_a_real_ag
     );
     agent.terminate();
     let _ = agent.exited(15).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn in_the_docker_sandbox_files_persist_and_escapes_are_contained() {
+    let dir = std::env::temp_dir().join(format!("vespid-docker-{}", Uuid::new_v4().simple()));
+    let e = edge(opts().env("WORKSPACE_DIR", &dir.join("store").to_string_lossy())).await;
+    let _roles = start_roles(&e.app.state);
+    let owner = e.app.signup("remote-docker").await;
+    let org = owner.personal_org;
+    let agent = real_agent_with(&e, &owner, &dir, "docker").await;
+    let config = dir.join("agent.json").to_string_lossy().to_string();
+    let node = |id: &str, script: &str, timeout: u64| {
+        json!({"id": id, "type": "agent.execute", "config": {
+            "execution": {"mode": "executor"},
+            "sandbox": {"timeoutMs": timeout},
+            "task": {"type": "shell", "script": script}}})
+    };
+    // Every escape must fail for the script to exit 0: writing outside /work, the agent's config and
+    // token, any network interface but loopback, root.
+    let escapes = format!(
+        "! touch /etc/escaped 2>/dev/null && ! cat {config} 2>/dev/null && ! ls /root/.vespid 2>/dev/null \
+         && [ \"$(ls /sys/class/net)\" = lo ] && [ \"$(id -u)\" != 0 ] && echo contained"
+    );
+    let dsl = json!({"version": "v2", "trigger": {"type": "trigger.manual"}, "nodes": [
+        node("write", "echo from-docker > /work/f.txt && echo tmp > /tmp/t", 30_000),
+        node("read", "cat /work/f.txt", 30_000),
+        node("escape", &escapes, 30_000),
+    ]});
+    let wf = published(&e.app, &owner, org, dsl).await;
+    let run = start_run(&e.app, &owner, org, wf, json!({})).await;
+    let done = wait_terminal(&e.app, &owner, org, wf, run, Duration::from_secs(60)).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    let steps = done["output"]["steps"].as_array().unwrap();
+    assert_eq!(steps[0]["output"]["backend"], "docker");
+    assert_eq!(steps[1]["output"]["stdout"], "from-docker\n");
+    assert_eq!(steps[2]["output"]["stdout"], "contained\n");
+
+    // Sleeping past the timeout is killed; huge output is capped.
+    let dsl = json!({"version": "v2", "trigger": {"type": "trigger.manual"}, "nodes": [
+        node("flood", "yes | head -c 5000000; echo done", 30_000),
+        node("sleep", "sleep 30", 1000),
+    ]});
+    let wf = published(&e.app, &owner, org, dsl).await;
+    let run = start_run(&e.app, &owner, org, wf, json!({})).await;
+    let started = Instant::now();
+    let done = wait_terminal(&e.app, &owner, org, wf, run, Duration::from_secs(60)).await;
+    assert_eq!(done["status"], "failed", "{done}");
+    assert_eq!(done["error"], "NODE_EXECUTION_TIMEOUT");
+    assert!(started.elapsed() < Duration::from_secs(25));
+    let flood = &done["output"]["steps"][0]["output"];
+    assert_eq!(flood["stdoutTruncated"], true);
+    assert!(flood["stdout"].as_str().unwrap().len() <= 200_000);
+    agent.terminate();
+    let _ = agent.exited(20).await;
     let _ = std::fs::remove_dir_all(&dir);
 }

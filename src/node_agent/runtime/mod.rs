@@ -14,6 +14,8 @@ pub mod workspace;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::node_agent::sandbox::docker::{DockerConfig, DockerSandbox};
+
 use crate::domain::agents::identity::ToolKind;
 use crate::domain::gateway::protocol::{InvokeToolV2, ToolResultV2};
 use crate::node_agent::sandbox::host::HostSandbox;
@@ -35,6 +37,8 @@ pub struct RuntimeContext {
     /// carry the secret along, and a presigned URL has no business redirecting.
     pub http: reqwest::Client,
     pub workspaces: Workspaces,
+    /// The Docker backend, when an engine answered at start (see [`RuntimeContext::with_docker`]).
+    pub docker: Option<std::sync::Arc<DockerSandbox>>,
 }
 
 impl RuntimeContext {
@@ -50,7 +54,28 @@ impl RuntimeContext {
             host: Box::new(HostSandbox::default()),
             http,
             workspaces: Workspaces::new(WorkspaceConfig::from_env()),
+            docker: None,
         })
+    }
+
+    /// Connects the Docker backend (its settings from `VESPID_AGENT_DOCKER_*`). Without an engine the
+    /// agent still runs: tasks that need Docker fail with `DOCKER_FAILED`, and the log says why.
+    pub async fn with_docker(mut self) -> Self {
+        // Only an agent whose operator chose Docker keeps an engine connection and warm containers.
+        if self.default_backend != BackendKind::Docker {
+            return self;
+        }
+        let connected = match DockerConfig::from_env() {
+            Ok(config) => DockerSandbox::connect(config).await,
+            Err(e) => Err(e),
+        };
+        match connected {
+            Ok(d) => self.docker = Some(std::sync::Arc::new(d)),
+            Err(e) => {
+                tracing::warn!(error = %e, "no Docker sandbox: docker tasks will fail with DOCKER_FAILED")
+            }
+        }
+        self
     }
 }
 

@@ -12,6 +12,7 @@ use super::payload::{ExecutePayload, ShellTask};
 use super::workspace::{self, Budget, Checkout, Finished};
 use super::{workdir, RuntimeContext};
 use crate::domain::gateway::protocol::{InvokeToolV2, ToolPolicy};
+use crate::node_agent::sandbox::docker::DockerSandbox;
 use crate::node_agent::sandbox::{BackendKind, NetworkMode, Outcome, Sandbox, SandboxError, Task};
 
 pub(super) async fn run(invoke: &InvokeToolV2, ctx: &RuntimeContext, budget: &Budget) -> Finished {
@@ -92,6 +93,8 @@ async fn run_in_workspace(
 struct Plan<'a> {
     backend: BackendKind,
     sandbox: &'a dyn Sandbox,
+    /// The Docker backend itself when chosen (a node may name its image).
+    docker: Option<&'a DockerSandbox>,
     /// The per-run workdir (not yet created).
     dir: PathBuf,
 }
@@ -104,6 +107,10 @@ fn plan<'a>(
     let spec = payload.sandbox();
     let backend = choose_backend(ctx.default_backend, spec.and_then(|s| s.backend))?;
     let sandbox = sandbox_for(ctx, backend)?;
+    let docker = match backend {
+        BackendKind::Docker => ctx.docker.as_deref(),
+        _ => None,
+    };
     let dir = workdir::path(
         &ctx.workdir_root,
         invoke.organization_id,
@@ -114,6 +121,7 @@ fn plan<'a>(
     Ok(Plan {
         backend,
         sandbox,
+        docker,
         dir,
     })
 }
@@ -146,10 +154,23 @@ async fn launch(
         timeout_ms = task.timeout.as_millis(),
         "running a shell task"
     );
-    match plan.sandbox.run(task).await {
+    let ran = match plan.docker {
+        Some(docker) => {
+            let image = spec
+                .and_then(|s| s.docker.as_ref())
+                .and_then(|d| d.image.as_deref());
+            docker.run_with_image(task, image).await
+        }
+        None => plan.sandbox.run(task).await,
+    };
+    match ran {
         Ok(outcome) => result_of(outcome),
         Err(SandboxError::NetworkModeUnsupported) => {
             Err(Failure::HostNetworkModeUnsupported.into())
+        }
+        Err(SandboxError::Failed(why)) if plan.backend == BackendKind::Docker => {
+            tracing::warn!(request_id = %invoke.request_id, error = %why, "docker sandbox failed");
+            Err(Failure::DockerFailed.into())
         }
         Err(SandboxError::Failed(why)) => Err(Failure::ExecutionFailedWith(why).into()),
     }
@@ -171,13 +192,16 @@ fn choose_backend(
 fn sandbox_for(ctx: &RuntimeContext, backend: BackendKind) -> Result<&dyn Sandbox, Failure> {
     match backend {
         BackendKind::Host => Ok(ctx.host.as_ref()),
-        BackendKind::Docker => {
-            tracing::warn!(
-                "a task needs the docker backend, which this agent does not have yet; \
-                 start it with --exec-backend host to run tasks on this machine"
-            );
-            Err(Failure::DockerFailed)
-        }
+        BackendKind::Docker => match ctx.docker.as_deref() {
+            Some(d) => Ok(d),
+            None => {
+                tracing::warn!(
+                    "a task needs the docker backend, but no Docker engine answered when this agent \
+                     started; start Docker (or the agent with --exec-backend host)"
+                );
+                Err(Failure::DockerFailed)
+            }
+        },
         BackendKind::Provider => Err(Failure::SandboxProviderNotConfigured),
     }
 }

@@ -1,7 +1,7 @@
 //! Where an agent runs a shell task: one trait, one backend per way of isolating it. The host backend
 //! runs the task as a process group on the agent's machine (only when the operator chose it); the
-//! Docker backend (the default) and the provider hook are not built yet, so a task that needs them
-//! fails with their error code.
+//! Docker backend (the default, [`docker`]) runs it in a hardened container, through a warm pool when it
+//! can. The provider hook is not built yet: a task that needs it fails with its error code.
 
 pub mod docker;
 pub mod host;
