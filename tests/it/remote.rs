@@ -104,7 +104,7 @@ fn shell_dsl(selector: Option<Value>, timeout_ms: Option<u64>) -> Value {
     }
     let mut config = json!({
         "execution": execution,
-        "task": {"type": "shell", "script": "echo hello > /work/a.txt && cat /work/a.txt"},
+        "task": {"type": "shell", "script": "echo hello > a.txt && cat a.txt"},
     });
     if let Some(t) = timeout_ms {
         config["sandbox"] = json!({"timeoutMs": t});
@@ -163,7 +163,7 @@ async fn an_executor_node_runs_end_to_end_and_the_run_resumes_when_its_result_la
     assert_eq!(
         invoke["payload"]["node"],
         json!({"id": "remote", "type": "agent.execute", "config": {
-            "task": {"type": "shell", "script": "echo hello > /work/a.txt && cat /work/a.txt"},
+            "task": {"type": "shell", "script": "echo hello > a.txt && cat a.txt"},
             "sandbox": {"timeoutMs": 30000},
             "execution": {"mode": "executor"}}})
     );
@@ -992,8 +992,8 @@ async fn in_the_docker_sandbox_files_persist_and_escapes_are_contained() {
          && [ \"$(ls /sys/class/net)\" = lo ] && [ \"$(id -u)\" != 0 ] && echo contained"
     );
     let dsl = json!({"version": "v2", "trigger": {"type": "trigger.manual"}, "nodes": [
-        node("write", "echo from-docker > /work/f.txt && echo tmp > /tmp/t", 30_000),
-        node("read", "cat /work/f.txt", 30_000),
+        node("write", "echo from-docker > f.txt && echo tmp > /tmp/t", 30_000),
+        node("read", "cat f.txt", 30_000),
         node("escape", &escapes, 30_000),
     ]});
     let wf = published(&e.app, &owner, org, dsl).await;

@@ -1615,7 +1615,7 @@ mod tests {
         };
         let t = task(
             "touch /etc/x 2>/dev/null && echo root-writable || echo root-ro; \
-             echo data > /work/out.txt && echo work-ok; \
+             echo data > out.txt && echo work-ok; \
              echo t > /tmp/t && echo tmp-ok; \
              mkdir -p sub && echo nested > sub/n.txt",
         );
