@@ -22,6 +22,7 @@ use uuid::Uuid;
 use crate::domain::agents::identity::Pool;
 use config::{AgentConfig, Capabilities, ConfigError};
 use runtime::RuntimeContext;
+use sandbox::provider::ProviderSandbox;
 use sandbox::BackendKind;
 
 #[derive(Debug, thiserror::Error)]
@@ -78,6 +79,11 @@ pub struct RuntimeArgs {
     /// On SIGTERM/ctrl-c: how long running tasks may take to finish and report before the agent quits.
     #[arg(long, env = "VESPID_AGENT_SHUTDOWN_GRACE_MS", default_value_t = 10_000)]
     pub shutdown_grace_ms: u64,
+    /// The command behind the `provider` backend (split like a shell would, e.g.
+    /// `python3 /opt/vm-provider.py`): it reads a task's context as JSON on stdin and answers with a
+    /// result as JSON on stdout. Unset: tasks for the provider fail with SANDBOX_PROVIDER_NOT_CONFIGURED.
+    #[arg(long, env = "VESPID_AGENT_SANDBOX_PROVIDER_COMMAND")]
+    pub sandbox_provider_command: Option<String>,
 }
 
 impl Default for RuntimeArgs {
@@ -86,6 +92,7 @@ impl Default for RuntimeArgs {
             exec_backend: BackendKind::Docker,
             workdir_root: None,
             shutdown_grace_ms: 10_000,
+            sandbox_provider_command: None,
         }
     }
 }
@@ -97,7 +104,11 @@ impl RuntimeArgs {
             .clone()
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or_else(runtime::workdir::default_root);
-        RuntimeContext::new(self.exec_backend, root)
+        let provider = ProviderSandbox::from_setting(self.sandbox_provider_command.as_deref())
+            .map_err(|e| AgentError::Flag(format!("--sandbox-provider-command: {e}")))?;
+        let mut ctx = RuntimeContext::new(self.exec_backend, root)?;
+        ctx.provider = provider;
+        Ok(ctx)
     }
 
     fn shutdown_grace(&self) -> Duration {

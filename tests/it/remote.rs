@@ -751,11 +751,21 @@ async fn real_agent_with(
     dir: &std::path::Path,
     backend: &str,
 ) -> crate::gateway::AgentProc {
+    real_agent_args(e, owner, dir, backend, &[]).await
+}
+
+async fn real_agent_args(
+    e: &Edge,
+    owner: &User,
+    dir: &std::path::Path,
+    backend: &str,
+    extra: &[&str],
+) -> crate::gateway::AgentProc {
     let org = owner.personal_org;
     let token = crate::agents::new_token(&e.app, owner, org).await;
     let config = dir.join("agent.json").to_string_lossy().to_string();
     let workdir = dir.join("work").to_string_lossy().to_string();
-    let agent = crate::gateway::AgentProc::spawn(&[
+    let mut args = vec![
         "connect",
         "--pairing-token",
         &token,
@@ -767,7 +777,9 @@ async fn real_agent_with(
         backend,
         "--workdir-root",
         &workdir,
-    ]);
+    ];
+    args.extend_from_slice(extra);
+    let agent = crate::gateway::AgentProc::spawn(&args);
     for _ in 0..200 {
         let r = e
             .app
@@ -965,6 +977,79 @@ async fn a_second_node_of_a_run_sees_the_files_the_first_wrote_through_a_real_ag
         workspace_row(&e.app, org, run).await.map(|r| (r.0, r.1)),
         Some((3, false))
     );
+    agent.terminate();
+    let _ = agent.exited(15).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A sandbox provider as an operator would write one (here in Python, running the task on the host):
+/// the task's context on stdin, the result on stdout.
+const PY_PROVIDER: &str = r#"
+import json, os, subprocess, sys
+ctx = json.load(sys.stdin)
+env = {"PATH": "/usr/bin:/bin"}
+env.update(ctx["taskEnv"])
+try:
+    p = subprocess.run([ctx["shell"], "-c", ctx["script"]], cwd=ctx["workdirHostPath"], env=env,
+                       capture_output=True, text=True, timeout=ctx["timeoutMs"] / 1000)
+except subprocess.TimeoutExpired:
+    print(json.dumps({"status": "failed", "error": "NODE_EXECUTION_TIMEOUT"}))
+    sys.exit(0)
+out = {"backend": "provider", "exitCode": p.returncode, "stdout": p.stdout, "stderr": p.stderr,
+       "network": ctx["networkMode"], "sawToken": "VESPID" in json.dumps(dict(os.environ))}
+if p.returncode == 0:
+    print(json.dumps({"status": "succeeded", "output": out}))
+else:
+    print(json.dumps({"status": "failed", "error": "PROVIDER_EXIT_CODE:%d" % p.returncode, "output": out}))
+"#;
+
+#[tokio::test]
+async fn a_real_agent_runs_shell_nodes_through_an_external_sandbox_provider() {
+    let dir = std::env::temp_dir().join(format!("vespid-provider-{}", Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let provider = dir.join("provider.py");
+    std::fs::write(&provider, PY_PROVIDER).unwrap();
+    let command = format!("python3 {}", provider.display());
+    let e = edge(opts().env("WORKSPACE_DIR", &dir.join("store").to_string_lossy())).await;
+    let _roles = start_roles(&e.app.state);
+    let owner = e.app.signup("remote-provider").await;
+    let org = owner.personal_org;
+    let agent = real_agent_args(
+        &e,
+        &owner,
+        &dir,
+        "provider",
+        &["--sandbox-provider-command", &command],
+    )
+    .await;
+    let node = |id: &str, script: &str| {
+        json!({"id": id, "type": "agent.execute", "config": {
+            "execution": {"mode": "executor"},
+            "task": {"type": "shell", "script": script, "env": {"GREETING": "hello"}}}})
+    };
+    // Files written by one provider call are there for the next: the workspace is the agent's.
+    let dsl = json!({"version": "v2", "trigger": {"type": "trigger.manual"}, "nodes": [
+        node("write", "echo \"$GREETING\" > f.txt"),
+        node("read", "cat f.txt"),
+    ]});
+    let wf = published(&e.app, &owner, org, dsl).await;
+    let run = start_run(&e.app, &owner, org, wf, json!({})).await;
+    let done = wait_terminal(&e.app, &owner, org, wf, run, Duration::from_secs(30)).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    let steps = done["output"]["steps"].as_array().unwrap();
+    let read = &steps[1]["output"];
+    assert_eq!(read["backend"], "provider");
+    assert_eq!(read["stdout"], "hello\n");
+    // The provider is told the policy (no network), and nothing of the agent's environment.
+    assert_eq!(read["network"], "none");
+    assert_eq!(read["sawToken"], false);
+
+    // A failing task fails the node with the provider's own code.
+    let wf = published(&e.app, &owner, org, script_dsl("exit 5")).await;
+    let run = start_run(&e.app, &owner, org, wf, json!({})).await;
+    let done = wait_terminal(&e.app, &owner, org, wf, run, Duration::from_secs(30)).await;
+    assert_eq!(done["status"], "failed", "{done}");
+    assert_eq!(done["error"], "PROVIDER_EXIT_CODE:5", "{done}");
     agent.terminate();
     let _ = agent.exited(15).await;
     let _ = std::fs::remove_dir_all(&dir);

@@ -18,11 +18,20 @@ pub enum Failure {
     /// A node asked for the host backend on an agent whose operator did not choose it.
     #[error("HOST_BACKEND_NOT_ENABLED")]
     HostBackendNotEnabled,
-    /// The task needs the Docker backend, which this agent cannot run (not built yet).
+    /// The task needs the Docker backend and the engine failed (or none answered at start).
     #[error("DOCKER_FAILED")]
     DockerFailed,
     #[error("SANDBOX_PROVIDER_NOT_CONFIGURED")]
     SandboxProviderNotConfigured,
+    /// The provider command could not be started.
+    #[error("SANDBOX_PROVIDER_LOAD_FAILED")]
+    SandboxProviderLoadFailed,
+    /// The provider answered with something that is not a result.
+    #[error("SANDBOX_PROVIDER_INVALID")]
+    SandboxProviderInvalid,
+    /// The provider's own error code, passed on as it gave it (checked to be a short one-line code).
+    #[error("{0}")]
+    Provider(String),
     #[error("HOST_NETWORK_MODE_UNSUPPORTED")]
     HostNetworkModeUnsupported,
     #[error("NODE_EXECUTION_TIMEOUT")]

@@ -19,6 +19,7 @@ use crate::node_agent::sandbox::docker::{DockerConfig, DockerSandbox};
 use crate::domain::agents::identity::ToolKind;
 use crate::domain::gateway::protocol::{InvokeToolV2, ToolResultV2};
 use crate::node_agent::sandbox::host::HostSandbox;
+use crate::node_agent::sandbox::provider::ProviderSandbox;
 use crate::node_agent::sandbox::{BackendKind, Sandbox};
 use crate::node_agent::AgentError;
 
@@ -39,6 +40,8 @@ pub struct RuntimeContext {
     pub workspaces: Workspaces,
     /// The Docker backend, when an engine answered at start (see [`RuntimeContext::with_docker`]).
     pub docker: Option<std::sync::Arc<DockerSandbox>>,
+    /// The operator's provider command (`--sandbox-provider-command`), when set.
+    pub provider: Option<ProviderSandbox>,
 }
 
 impl RuntimeContext {
@@ -55,6 +58,7 @@ impl RuntimeContext {
             http,
             workspaces: Workspaces::new(WorkspaceConfig::from_env()),
             docker: None,
+            provider: None,
         })
     }
 

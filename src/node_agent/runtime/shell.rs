@@ -13,6 +13,9 @@ use super::workspace::{self, Budget, Checkout, Finished};
 use super::{workdir, RuntimeContext};
 use crate::domain::gateway::protocol::{InvokeToolV2, ToolPolicy};
 use crate::node_agent::sandbox::docker::DockerSandbox;
+use crate::node_agent::sandbox::provider::{
+    ProviderError, ProviderResult, ProviderSandbox, ProviderTask,
+};
 use crate::node_agent::sandbox::{BackendKind, NetworkMode, Outcome, Sandbox, SandboxError, Task};
 
 pub(super) async fn run(invoke: &InvokeToolV2, ctx: &RuntimeContext, budget: &Budget) -> Finished {
@@ -92,11 +95,17 @@ async fn run_in_workspace(
 /// Where and how the task would run, before anything touches the disk.
 struct Plan<'a> {
     backend: BackendKind,
-    sandbox: &'a dyn Sandbox,
-    /// The Docker backend itself when chosen (a node may name its image).
-    docker: Option<&'a DockerSandbox>,
+    runner: Runner<'a>,
     /// The per-run workdir (not yet created).
     dir: PathBuf,
+}
+
+/// The backend that takes the task.
+enum Runner<'a> {
+    Host(&'a dyn Sandbox),
+    /// The Docker backend itself (a node may name its image).
+    Docker(&'a DockerSandbox),
+    Provider(&'a ProviderSandbox),
 }
 
 fn plan<'a>(
@@ -106,11 +115,7 @@ fn plan<'a>(
 ) -> Result<Plan<'a>, Failure> {
     let spec = payload.sandbox();
     let backend = choose_backend(ctx.default_backend, spec.and_then(|s| s.backend))?;
-    let sandbox = sandbox_for(ctx, backend)?;
-    let docker = match backend {
-        BackendKind::Docker => ctx.docker.as_deref(),
-        _ => None,
-    };
+    let runner = runner_for(ctx, backend)?;
     let dir = workdir::path(
         &ctx.workdir_root,
         invoke.organization_id,
@@ -120,8 +125,7 @@ fn plan<'a>(
     )?;
     Ok(Plan {
         backend,
-        sandbox,
-        docker,
+        runner,
         dir,
     })
 }
@@ -135,6 +139,9 @@ async fn launch(
 ) -> Result<Value, Failed> {
     let spec = payload.sandbox();
     let policy = &invoke.tool_policy;
+    let image = spec
+        .and_then(|s| s.docker.as_ref())
+        .and_then(|d| d.image.as_deref());
     let task = Task {
         script: task.script.clone(),
         shell: task.shell.unwrap_or_default(),
@@ -154,14 +161,12 @@ async fn launch(
         timeout_ms = task.timeout.as_millis(),
         "running a shell task"
     );
-    let ran = match plan.docker {
-        Some(docker) => {
-            let image = spec
-                .and_then(|s| s.docker.as_ref())
-                .and_then(|d| d.image.as_deref());
-            docker.run_with_image(task, image).await
+    let ran = match plan.runner {
+        Runner::Docker(docker) => docker.run_with_image(task, image).await,
+        Runner::Host(host) => host.run(task).await,
+        Runner::Provider(provider) => {
+            return run_on_provider(provider, invoke, payload, &task, image).await
         }
-        None => plan.sandbox.run(task).await,
     };
     match ran {
         Ok(outcome) => result_of(outcome),
@@ -173,6 +178,51 @@ async fn launch(
             Err(Failure::DockerFailed.into())
         }
         Err(SandboxError::Failed(why)) => Err(Failure::ExecutionFailedWith(why).into()),
+    }
+}
+
+/// The provider answers with the result itself: its success and output, or its error code.
+async fn run_on_provider(
+    provider: &ProviderSandbox,
+    invoke: &InvokeToolV2,
+    payload: &ExecutePayload,
+    task: &Task,
+    image: Option<&str>,
+) -> Result<Value, Failed> {
+    let context = ProviderTask {
+        request_id: &invoke.request_id,
+        organization_id: invoke.organization_id,
+        user_id: invoke.user_id,
+        run_id: payload.run_id,
+        workflow_id: payload.workflow_id,
+        node_id: &payload.node_id,
+        attempt_count: payload.attempt_count,
+        script: &task.script,
+        shell: task.shell.into(),
+        task_env: &task.env,
+        backend: "provider",
+        network_mode: task.network.into(),
+        timeout_ms: u64::try_from(task.timeout.as_millis()).unwrap_or(u64::MAX),
+        docker_image: image,
+        env_passthrough_allowlist: [],
+        workdir_host_path: &task.workdir,
+        output_max_bytes: task.output_max_bytes,
+    };
+    match provider.run(&context).await {
+        Ok(ProviderResult::Succeeded { output }) => Ok(output),
+        Ok(ProviderResult::Failed { error, output }) => Err(Failed {
+            failure: Failure::Provider(error),
+            output,
+        }),
+        Err(e) => {
+            tracing::warn!(request_id = %invoke.request_id, error = %e, "sandbox provider failed");
+            Err(match e {
+                ProviderError::LoadFailed(_) => Failure::SandboxProviderLoadFailed,
+                ProviderError::Invalid(_) => Failure::SandboxProviderInvalid,
+                ProviderError::TimedOut => Failure::Timeout,
+            }
+            .into())
+        }
     }
 }
 
@@ -189,11 +239,11 @@ fn choose_backend(
     Ok(chosen)
 }
 
-fn sandbox_for(ctx: &RuntimeContext, backend: BackendKind) -> Result<&dyn Sandbox, Failure> {
+fn runner_for(ctx: &RuntimeContext, backend: BackendKind) -> Result<Runner<'_>, Failure> {
     match backend {
-        BackendKind::Host => Ok(ctx.host.as_ref()),
+        BackendKind::Host => Ok(Runner::Host(ctx.host.as_ref())),
         BackendKind::Docker => match ctx.docker.as_deref() {
-            Some(d) => Ok(d),
+            Some(d) => Ok(Runner::Docker(d)),
             None => {
                 tracing::warn!(
                     "a task needs the docker backend, but no Docker engine answered when this agent \
@@ -202,7 +252,11 @@ fn sandbox_for(ctx: &RuntimeContext, backend: BackendKind) -> Result<&dyn Sandbo
                 Err(Failure::DockerFailed)
             }
         },
-        BackendKind::Provider => Err(Failure::SandboxProviderNotConfigured),
+        BackendKind::Provider => ctx
+            .provider
+            .as_ref()
+            .map(Runner::Provider)
+            .ok_or(Failure::SandboxProviderNotConfigured),
     }
 }
 

@@ -185,6 +185,83 @@ async fn backends_that_are_missing_or_not_enabled_fail_clearly() {
     }
 }
 
+/// A provider written in sh that runs the task itself (on the host, for the test) and reports it the
+/// way a real provider would: the context on stdin names the script and the workdir.
+fn sh_provider(ctx: &mut RuntimeContext) {
+    let script = r#"
+        ctx=$(cat)
+        # The script and workdir out of the context, by the test's own conventions.
+        script=$(printf '%s' "$ctx" | sed -n 's/.*"script":"\([^"]*\)".*/\1/p')
+        net=$(printf '%s' "$ctx" | sed -n 's/.*"networkMode":"\([a-z]*\)".*/\1/p')
+        out=$(sh -c "$script" 2>&1); code=$?
+        if [ $code -eq 0 ]; then
+            printf '{"status":"succeeded","output":{"stdout":"%s","net":"%s","cwd":"%s"}}' "$out" "$net" "$(pwd)"
+        else
+            printf '{"status":"failed","error":"VM_EXIT_CODE:%d","output":{"stdout":"%s"}}' $code "$out"
+        fi
+    "#;
+    let line = format!("sh -c '{}'", script.replace('\'', "'\\''"));
+    ctx.provider = Some(
+        crate::node_agent::sandbox::provider::ProviderSandbox::from_command_line(&line).unwrap(),
+    );
+}
+
+#[tokio::test]
+async fn the_provider_backend_runs_the_task_and_passes_its_result_on() {
+    let mut ctx = ctx(BackendKind::Docker);
+    sh_provider(&mut ctx);
+    let result = execute(
+        shell("echo made > f; cat f", json!({"backend": "provider"})),
+        &ctx,
+    )
+    .await;
+    assert_eq!(result.status, ResultStatus::Succeeded, "{result:?}");
+    let output = result.output.unwrap();
+    assert_eq!(output["stdout"], "made");
+    // The gateway's policy says no network, and the provider is told so.
+    assert_eq!(output["net"], "none");
+    // It runs in the task's per-run workdir.
+    let cwd = output["cwd"].as_str().unwrap();
+    assert!(
+        cwd.starts_with(&ctx.workdir_root.display().to_string()),
+        "{cwd}"
+    );
+
+    let result = execute(
+        shell("echo no; exit 4", json!({"backend": "provider"})),
+        &ctx,
+    )
+    .await;
+    assert_eq!(error_of(&result), Some("VM_EXIT_CODE:4"));
+    assert_eq!(result.output.unwrap()["stdout"], "no");
+
+    // The operator's default backend may be the provider itself.
+    let mut ctx = RuntimeContext::new(BackendKind::Provider, ctx.workdir_root.clone()).unwrap();
+    sh_provider(&mut ctx);
+    let result = execute(shell("echo default", json!({})), &ctx).await;
+    assert_eq!(result.output.unwrap()["stdout"], "default");
+    let _ = std::fs::remove_dir_all(&ctx.workdir_root);
+}
+
+#[tokio::test]
+async fn a_provider_that_cannot_start_or_answers_nonsense_fails_with_its_code() {
+    for (line, code) in [
+        ("/nonexistent/provider", "SANDBOX_PROVIDER_LOAD_FAILED"),
+        (
+            "sh -c 'cat >/dev/null; echo nonsense'",
+            "SANDBOX_PROVIDER_INVALID",
+        ),
+    ] {
+        let mut ctx = ctx(BackendKind::Docker);
+        ctx.provider = Some(
+            crate::node_agent::sandbox::provider::ProviderSandbox::from_command_line(line).unwrap(),
+        );
+        let result = execute(shell("true", json!({"backend": "provider"})), &ctx).await;
+        assert_eq!(error_of(&result), Some(code), "{line}");
+        let _ = std::fs::remove_dir_all(&ctx.workdir_root);
+    }
+}
+
 /// What the fake GitHub received.
 struct Received {
     request_line: String,

@@ -23,7 +23,7 @@ use tokio::process::Command;
 use super::{NetworkMode, Outcome, Running, Sandbox, SandboxError, Task};
 
 /// Variables of the agent's own environment a task may see.
-const PASSTHROUGH: [&str; 6] = ["PATH", "HOME", "USER", "TMPDIR", "LANG", "LC_ALL"];
+pub(super) const PASSTHROUGH: [&str; 6] = ["PATH", "HOME", "USER", "TMPDIR", "LANG", "LC_ALL"];
 
 pub struct HostSandbox {
     /// Between SIGTERM and SIGKILL on timeout.
@@ -39,7 +39,7 @@ impl Default for HostSandbox {
 }
 
 /// Reads `stream` to its end, keeping at most `max` bytes; whether anything was dropped.
-async fn capped(mut stream: impl AsyncRead + Unpin, max: usize) -> (Vec<u8>, bool) {
+pub(super) async fn capped(mut stream: impl AsyncRead + Unpin, max: usize) -> (Vec<u8>, bool) {
     let mut kept = Vec::new();
     let mut dropped = false;
     let mut buf = [0u8; 8192];
@@ -59,7 +59,7 @@ async fn capped(mut stream: impl AsyncRead + Unpin, max: usize) -> (Vec<u8>, boo
     (kept, dropped)
 }
 
-fn signal_group(pgid: i32, signal: Signal) {
+pub(super) fn signal_group(pgid: i32, signal: Signal) {
     // ESRCH (the group is gone) is the normal case after a clean exit.
     let _ = killpg(Pid::from_raw(pgid), signal);
 }
@@ -67,7 +67,7 @@ fn signal_group(pgid: i32, signal: Signal) {
 /// Kills the task's process group when dropped: at the end of a run, and also when the run's future is
 /// dropped half-way (the agent shutting down), which `kill_on_drop` alone would not cover since it
 /// kills only the shell, not what the shell started.
-struct GroupGuard(i32);
+pub(super) struct GroupGuard(pub(super) i32);
 
 impl Drop for GroupGuard {
     fn drop(&mut self) {

@@ -1,10 +1,13 @@
 //! Where an agent runs a shell task: one trait, one backend per way of isolating it. The host backend
 //! runs the task as a process group on the agent's machine (only when the operator chose it); the
 //! Docker backend (the default, [`docker`]) runs it in a hardened container, through a warm pool when it
-//! can. The provider hook is not built yet: a task that needs it fails with its error code.
+//! can. The provider backend ([`provider`]) hands a task to an external command of the operator's
+//! choosing, over JSON on stdio; it answers with a result rather than an [`Outcome`], so it is not a
+//! [`Sandbox`].
 
 pub mod docker;
 pub mod host;
+pub mod provider;
 
 use std::collections::BTreeMap;
 use std::future::Future;
