@@ -12,6 +12,7 @@ pub use crate::domain::gateway::config::{GatewayConfig, WorkspaceConfig};
 pub use crate::domain::orgs::config::OrgsConfig;
 pub use crate::domain::runs::config::WorkflowsConfig;
 pub use crate::domain::secrets::config::SecretsConfig;
+pub use crate::domain::triggers::config::TriggersConfig;
 pub use crate::platform::secret::Secret;
 
 const DEFAULT_TOML: &str = include_str!("../../config/default.toml");
@@ -28,6 +29,7 @@ pub struct Config {
     pub oauth: OAuthConfig,
     pub secrets: SecretsConfig,
     pub workflows: WorkflowsConfig,
+    pub triggers: TriggersConfig,
     pub agents: AgentsConfig,
     pub gateway: GatewayConfig,
     pub workspace: WorkspaceConfig,
@@ -240,6 +242,21 @@ const ENV_KEYS: &[(&str, &str)] = &[
         "workflows.redispatch_after_ms",
     ),
     ("GATEWAY_HTTP_URL", "workflows.gateway_http_url"),
+    ("TRIGGERS_CRON_POLL_MS", "triggers.cron_poll_ms"),
+    ("TRIGGERS_CRON_CATCH_UP", "triggers.cron_catch_up"),
+    (
+        "TRIGGERS_CRON_CATCH_UP_MAX_AGE_SEC",
+        "triggers.cron_catch_up_max_age_secs",
+    ),
+    ("WEBHOOK_MAX_BYTES", "triggers.webhook_max_bytes"),
+    (
+        "WEBHOOK_SIGNATURE_TOLERANCE_SEC",
+        "triggers.webhook_signature_tolerance_secs",
+    ),
+    (
+        "WEBHOOK_RATE_PER_MINUTE",
+        "triggers.webhook_rate_per_minute",
+    ),
     ("WORKSPACE_DIR", "workspace.dir"),
     ("WORKSPACE_PUBLIC_URL", "workspace.public_url"),
     (

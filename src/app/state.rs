@@ -22,6 +22,7 @@ use crate::domain::runs::remote::{HttpDispatch, NoGateway, RemoteDispatch};
 use crate::domain::runs::worker::WorkerParts;
 use crate::domain::runs::{Runs, RunsParts};
 use crate::domain::secrets::{Secrets, SecretsParts};
+use crate::domain::triggers::{Triggers, TriggersParts};
 use crate::domain::workflows::dsl::Limits;
 use crate::domain::workflows::Workflows;
 use crate::platform::crypto::envelope::Keyring;
@@ -44,6 +45,7 @@ pub struct AppState {
     pub runs: Arc<Runs>,
     pub agents: Arc<Agents>,
     pub gateway: Arc<Gateway>,
+    pub triggers: Arc<Triggers>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -129,6 +131,14 @@ impl AppState {
             enqueue_timeout: Duration::from_millis(config.workflows.enqueue_timeout_ms),
             retry_attempts: config.workflows.retry_attempts,
         }));
+        let triggers = Arc::new(Triggers::new(TriggersParts {
+            config: Arc::new(config.triggers.clone()),
+            db: db.clone(),
+            redis: redis.clone(),
+            queue: Self::work_queue(&config, &redis),
+            retry_attempts: config.workflows.retry_attempts,
+            enqueue_timeout: Duration::from_millis(config.workflows.enqueue_timeout_ms),
+        }));
         let agents = Arc::new(Agents::new(AgentsParts {
             config: config.agents.clone(),
             db: db.clone(),
@@ -169,6 +179,7 @@ impl AppState {
             runs,
             agents,
             gateway,
+            triggers,
         })
     }
 

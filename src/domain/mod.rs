@@ -8,4 +8,5 @@ pub mod meta;
 pub mod orgs;
 pub mod runs;
 pub mod secrets;
+pub mod triggers;
 pub mod workflows;

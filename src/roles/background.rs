@@ -8,6 +8,7 @@ use super::role::Role;
 use crate::app::state::AppState;
 use crate::domain::runs;
 use crate::domain::runs::continuation::Continuation;
+use crate::domain::triggers::scheduler;
 
 pub fn spawn(
     role: Role,
@@ -19,7 +20,14 @@ pub fn spawn(
             runs::worker::spawn(state.worker_parts(), stop).map_err(BackgroundError::WorkerHttp)?
         }
         Role::Continuation => {
-            std::sync::Arc::new(Continuation::new(state.continuation_parts())).spawn(stop)
+            // The cron scheduler lives with the continuation: both are the background work that
+            // starts or resumes runs without a request, and any number of instances may run them.
+            let scheduler = scheduler::spawn(state.triggers.clone(), stop.clone());
+            let continuation =
+                std::sync::Arc::new(Continuation::new(state.continuation_parts())).spawn(stop);
+            tokio::spawn(async move {
+                let _ = tokio::join!(scheduler, continuation);
+            })
         }
         other => {
             tracing::info!(

@@ -22,4 +22,5 @@ mod remote;
 mod rls;
 mod runs;
 mod secrets;
+mod triggers;
 mod workflows;

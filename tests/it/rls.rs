@@ -12,7 +12,7 @@ use uuid::Uuid;
 use crate::common::{spawn, spawn_with, Options, TestApp, User, PASSWORD};
 
 /// Tenant tables keyed by organization, with their org column.
-const ORG_TABLES: [(&str, &str); 9] = [
+const ORG_TABLES: [(&str, &str); 11] = [
     ("organizations", "id"),
     ("memberships", "organization_id"),
     ("organization_invitations", "organization_id"),
@@ -22,9 +22,11 @@ const ORG_TABLES: [(&str, &str); 9] = [
     ("organization_executors", "organization_id"),
     ("executor_pairing_tokens", "organization_id"),
     ("execution_workspaces", "organization_id"),
+    ("workflow_cron_ticks", "organization_id"),
+    ("webhook_deliveries", "organization_id"),
 ];
 
-const ALL_TABLES: [&str; 10] = [
+const ALL_TABLES: [&str; 12] = [
     "organizations",
     "memberships",
     "organization_invitations",
@@ -35,6 +37,8 @@ const ALL_TABLES: [&str; 10] = [
     "organization_executors",
     "executor_pairing_tokens",
     "execution_workspaces",
+    "workflow_cron_ticks",
+    "webhook_deliveries",
 ];
 
 const SET_CTX: &str =
@@ -179,6 +183,25 @@ async fn fixture() -> Fixture {
         )
         .await
         .expect("seed workspace");
+        // A cron tick and a webhook delivery, as the triggers write them.
+        tx.execute(
+            &format!(
+                "INSERT INTO workflow_cron_ticks (family_id, organization_id, last_tick_at) \
+                 VALUES (gen_random_uuid(), '{org}', now())"
+            ),
+            &[],
+        )
+        .await
+        .expect("seed cron tick");
+        tx.execute(
+            &format!(
+                "INSERT INTO webhook_deliveries (organization_id, family_id, idempotency_key, run_id) \
+                 VALUES ('{org}', gen_random_uuid(), 'k', gen_random_uuid())"
+            ),
+            &[],
+        )
+        .await
+        .expect("seed delivery");
         tx.commit().await.expect("commit");
     }
     Fixture {

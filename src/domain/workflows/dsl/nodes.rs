@@ -66,8 +66,29 @@ pub(super) fn parse_trigger(trigger: &mut Obj<'_>, errors: &mut Errors) {
         _ => return,
     };
     trigger.object(errors, "config", Absent::Required, |config, errors| {
-        config.req(errors, key, NON_EMPTY);
+        let value = config.req(errors, key, NON_EMPTY);
+        if key == "cron" {
+            cron_schedule(config, errors, value);
+        }
     });
+}
+
+/// Ours, not the original's (which stored the text unparsed): a schedule fires, so one that cannot
+/// fire is refused when the workflow is saved, with the reason, instead of silently never running.
+/// `timezone` (optional, IANA) is the zone the ticks are computed in.
+fn cron_schedule(config: &mut Obj<'_>, errors: &mut Errors, cron: Option<Value>) {
+    let zone = config.opt(errors, "timezone", text(1, 64));
+    let Some(Value::String(expression)) = cron else {
+        return;
+    };
+    let zone = zone.as_ref().and_then(Value::as_str);
+    match crate::domain::triggers::schedule::Schedule::parse(&expression, zone) {
+        Ok(_) => {}
+        Err(e @ crate::domain::triggers::schedule::ScheduleError::TimeZone(_)) => {
+            errors.push(&config.path_of("timezone"), e.to_string())
+        }
+        Err(e) => errors.push(&config.path_of("cron"), e.to_string()),
+    }
 }
 
 /// A node as parsed: its id, the typed node when its config passed the schema, and its normalised JSON.
