@@ -13,6 +13,14 @@ pub use crate::domain::orgs::config::OrgsConfig;
 pub use crate::domain::runs::config::WorkflowsConfig;
 pub use crate::domain::secrets::config::SecretsConfig;
 pub use crate::domain::triggers::config::TriggersConfig;
+
+/// The audit log's retention.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    /// Rows older than this many days are deleted (0 = kept forever).
+    pub retention_days: u64,
+}
 pub use crate::platform::secret::Secret;
 
 const DEFAULT_TOML: &str = include_str!("../../config/default.toml");
@@ -30,6 +38,7 @@ pub struct Config {
     pub secrets: SecretsConfig,
     pub workflows: WorkflowsConfig,
     pub triggers: TriggersConfig,
+    pub audit: AuditConfig,
     pub agents: AgentsConfig,
     pub gateway: GatewayConfig,
     pub workspace: WorkspaceConfig,
@@ -243,6 +252,7 @@ const ENV_KEYS: &[(&str, &str)] = &[
     ),
     ("GATEWAY_HTTP_URL", "workflows.gateway_http_url"),
     ("TRIGGERS_CRON_POLL_MS", "triggers.cron_poll_ms"),
+    ("AUDIT_RETENTION_DAYS", "audit.retention_days"),
     ("TRIGGERS_CRON_CATCH_UP", "triggers.cron_catch_up"),
     (
         "TRIGGERS_CRON_CATCH_UP_MAX_AGE_SEC",

@@ -8,6 +8,7 @@ use crate::app::config::Config;
 use crate::app::dev_kek;
 use crate::app::remote::LocalGateway;
 use crate::domain::agents::{Agents, AgentsParts};
+use crate::domain::audit::Audit;
 #[cfg(feature = "oidc")]
 use crate::domain::auth::oauth::{OAuthParts, OAuthService};
 use crate::domain::auth::{AuthParts, AuthService};
@@ -46,6 +47,7 @@ pub struct AppState {
     pub agents: Arc<Agents>,
     pub gateway: Arc<Gateway>,
     pub triggers: Arc<Triggers>,
+    pub audit: Arc<Audit>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -139,6 +141,7 @@ impl AppState {
             retry_attempts: config.workflows.retry_attempts,
             enqueue_timeout: Duration::from_millis(config.workflows.enqueue_timeout_ms),
         }));
+        let audit = Arc::new(Audit::new(db.clone(), config.audit.retention_days));
         let agents = Arc::new(Agents::new(AgentsParts {
             config: config.agents.clone(),
             db: db.clone(),
@@ -180,6 +183,7 @@ impl AppState {
             agents,
             gateway,
             triggers,
+            audit,
         })
     }
 

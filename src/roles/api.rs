@@ -10,7 +10,7 @@ use serde_json::json;
 
 use crate::app::state::AppState;
 use crate::domain::common::access::{Authenticator, Memberships};
-use crate::domain::{agents, auth, meta, orgs, runs, secrets, triggers, workflows};
+use crate::domain::{agents, audit, auth, meta, orgs, runs, secrets, triggers, workflows};
 use crate::platform::db;
 use crate::platform::http::body::BodyConfig;
 use crate::platform::http::client_ip::{ForwardedHeader, TrustedProxies};
@@ -30,6 +30,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     workflows::routes::configure(cfg);
     agents::routes::configure(cfg);
     triggers::routes::configure(cfg);
+    audit::routes::configure(cfg);
 }
 
 /// Every service a handler or extractor may ask for, as app data.
@@ -66,7 +67,8 @@ fn services(state: &AppState) -> impl Fn(&mut web::ServiceConfig) + Clone {
             .app_data(web::Data::from(state.workflows.clone()))
             .app_data(web::Data::from(state.runs.clone()))
             .app_data(web::Data::from(state.agents.clone()))
-            .app_data(web::Data::from(state.triggers.clone()));
+            .app_data(web::Data::from(state.triggers.clone()))
+            .app_data(web::Data::from(state.audit.clone()));
         #[cfg(feature = "oidc")]
         cfg.app_data(web::Data::from(state.oauth.clone()));
     }

@@ -23,10 +23,11 @@ pub fn spawn(
             // The cron scheduler lives with the continuation: both are the background work that
             // starts or resumes runs without a request, and any number of instances may run them.
             let scheduler = scheduler::spawn(state.triggers.clone(), stop.clone());
+            let retention = state.audit.clone().spawn_retention(stop.clone());
             let continuation =
                 std::sync::Arc::new(Continuation::new(state.continuation_parts())).spawn(stop);
             tokio::spawn(async move {
-                let _ = tokio::join!(scheduler, continuation);
+                let _ = tokio::join!(scheduler, continuation, retention);
             })
         }
         other => {

@@ -7,6 +7,7 @@
 mod common;
 
 mod agents;
+mod audit;
 mod auth;
 mod authz;
 mod basics;

@@ -12,7 +12,7 @@ use uuid::Uuid;
 use crate::common::{spawn, spawn_with, Options, TestApp, User, PASSWORD};
 
 /// Tenant tables keyed by organization, with their org column.
-const ORG_TABLES: [(&str, &str); 11] = [
+const ORG_TABLES: [(&str, &str); 12] = [
     ("organizations", "id"),
     ("memberships", "organization_id"),
     ("organization_invitations", "organization_id"),
@@ -24,9 +24,10 @@ const ORG_TABLES: [(&str, &str); 11] = [
     ("execution_workspaces", "organization_id"),
     ("workflow_cron_ticks", "organization_id"),
     ("webhook_deliveries", "organization_id"),
+    ("audit_log", "organization_id"),
 ];
 
-const ALL_TABLES: [&str; 12] = [
+const ALL_TABLES: [&str; 13] = [
     "organizations",
     "memberships",
     "organization_invitations",
@@ -39,6 +40,7 @@ const ALL_TABLES: [&str; 12] = [
     "execution_workspaces",
     "workflow_cron_ticks",
     "webhook_deliveries",
+    "audit_log",
 ];
 
 const SET_CTX: &str =

@@ -12,6 +12,9 @@ pub mod routes;
 pub mod store;
 pub mod throttle;
 
+use crate::domain::audit::{self, Action, Entry};
+use crate::domain::common::time::iso;
+use serde_json::json;
 use std::collections::HashSet;
 use std::net::IpAddr;
 
@@ -73,9 +76,11 @@ impl Agents {
         let expires_at = Utc::now() + chrono::Duration::seconds(ttl.min(365 * 86_400));
         db::tenant_tx(&self.db, ctx.tenant(), |c| {
             async move {
-                store::insert_pairing_token(c, org, &hash, &labels, expires_at, user)
-                    .await
-                    .map_err(AgentError::from)
+                store::insert_pairing_token(c, org, &hash, &labels, expires_at, user).await?;
+                let entry = Entry::by(user, org, Action::AgentPairingTokenCreate, "pairing_token")
+                    .details(json!({"labels": labels, "expiresAt": iso(expires_at)}));
+                audit::record(c, &entry).await?;
+                Ok::<_, AgentError>(())
             }
             .scope_boxed()
         })
@@ -138,9 +143,14 @@ impl Agents {
                     labels: &token.labels,
                     by_user: token.created_by_user_id,
                 };
-                store::insert_executor(c, new)
-                    .await
-                    .map_err(AgentError::from)
+                let row = store::insert_executor(c, new).await?;
+                // Done by the pairing agent with a token an admin issued: the platform's act, for
+                // the admin who issued the token.
+                let entry = Entry::system(org, Action::AgentPair, "executor")
+                    .target(row.id)
+                    .details(json!({"name": row.name, "issuedBy": token.created_by_user_id}));
+                audit::record(c, &entry).await?;
+                Ok::<_, AgentError>(row)
             }
             .scope_boxed()
         })
@@ -195,9 +205,17 @@ impl Agents {
     /// Revokes the executor: its token stops working, and the gateway instance holding its socket is told
     /// to close it; its route record is dropped so nothing routes to it meanwhile.
     pub async fn revoke(&self, ctx: &OrgCtx, id: ExecutorId) -> Result<(), AgentError> {
-        let org = ctx.org_id;
+        let (org, user) = (ctx.org_id, ctx.user.user_id);
         let found = db::tenant_tx(&self.db, ctx.tenant(), |c| {
-            async move { store::revoke(c, org, id).await.map_err(AgentError::from) }.scope_boxed()
+            async move {
+                let found = store::revoke(c, org, id).await?;
+                if found {
+                    let entry = Entry::by(user, org, Action::AgentRevoke, "executor").target(id);
+                    audit::record(c, &entry).await?;
+                }
+                Ok::<_, AgentError>(found)
+            }
+            .scope_boxed()
         })
         .await?;
         if !found {
@@ -231,12 +249,17 @@ impl Agents {
         id: ExecutorId,
         labels: Vec<String>,
     ) -> Result<Vec<String>, AgentError> {
-        let org = ctx.org_id;
+        let (org, user) = (ctx.org_id, ctx.user.user_id);
         db::tenant_tx(&self.db, ctx.tenant(), |c| {
             async move {
-                store::set_labels(c, org, id, &labels)
+                let stored = store::set_labels(c, org, id, &labels)
                     .await?
-                    .ok_or(AgentError::NotFound)
+                    .ok_or(AgentError::NotFound)?;
+                let entry = Entry::by(user, org, Action::AgentLabelsUpdate, "executor")
+                    .target(id)
+                    .details(json!({"labels": stored}));
+                audit::record(c, &entry).await?;
+                Ok(stored)
             }
             .scope_boxed()
         })

@@ -73,6 +73,7 @@ const fn admin(method: &'static str, path: &'static str, denied: &'static str) -
 const WORKFLOWS: &str = "Role is not allowed to manage workflows";
 const SECRETS: &str = "Role is not allowed to manage secrets";
 const EXECUTORS: &str = "Role is not allowed to manage executors";
+const AUDIT: &str = "Role is not allowed to read the audit log";
 
 /// Every route of the API.
 pub const ROUTES: &[Rule] = &[
@@ -188,6 +189,9 @@ pub const ROUTES: &[Rule] = &[
     // The pairing token is the credential.
     rule("POST", "/v1/agents/pair", Access::Public),
     rule("POST", "/v1/executors/pair", Access::Public),
+    // The trigger's token (or a signature made with it) is the credential.
+    rule("POST", "/v1/hooks/{workflowId}", Access::Public),
+    admin("GET", "/v1/orgs/{orgId}/audit", AUDIT),
 ];
 
 /// Rules by path template (a few methods each).

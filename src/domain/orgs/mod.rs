@@ -9,6 +9,7 @@ pub mod routes;
 pub mod settings;
 pub mod store;
 
+use crate::domain::audit::{self, Action, Entry};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -198,11 +199,22 @@ impl Orgs {
             expires_at: now + chrono::Duration::hours(INVITATION_TTL_HOURS),
             created_at: now,
         };
+        let actor = ctx.user.user_id;
         let saved = db::tenant_tx(&self.db, ctx.tenant(), |c| {
             async move {
-                store::insert_invitation(c, &inv)
-                    .await
-                    .map_err(OrgError::from)
+                let saved = store::insert_invitation(c, &inv).await?;
+                // The email is personal data, but it is what an admin needs to see here; the token is
+                // never recorded.
+                let entry = Entry::by(
+                    actor,
+                    saved.organization_id,
+                    Action::InvitationCreate,
+                    "invitation",
+                )
+                .target(saved.id)
+                .details(serde_json::json!({"email": saved.email, "roleKey": saved.role_key}));
+                audit::record(c, &entry).await?;
+                Ok::<_, OrgError>(saved)
             }
             .scope_boxed()
         })
@@ -243,7 +255,19 @@ impl Orgs {
                         return Err(OrgError::LastOwner);
                     }
                 }
-                Ok(store::set_role(c, current.id, role).await?)
+                let updated = store::set_role(c, current.id, role).await?;
+                let entry = Entry::by(
+                    ctx.user.user_id,
+                    org,
+                    Action::MemberRoleChange,
+                    "membership",
+                )
+                .target(current.id)
+                .details(serde_json::json!({
+                    "userId": target, "from": current.role_key, "to": role
+                }));
+                audit::record(c, &entry).await?;
+                Ok(updated)
             }
             .scope_boxed()
         })
@@ -297,6 +321,12 @@ impl Orgs {
                 };
                 if inv.status == InvitationStatus::Pending {
                     store::mark_invitation_accepted(c, inv.id).await?;
+                    let entry = Entry::by(user, org, Action::InvitationAccept, "invitation")
+                        .target(inv.id)
+                        .details(serde_json::json!({
+                            "membershipId": membership.id, "roleKey": membership.role_key
+                        }));
+                    audit::record(c, &entry).await?;
                 }
                 Ok(Accepted {
                     invitation_id: inv.id,
@@ -329,6 +359,7 @@ impl Orgs {
         let org = ctx.org_id;
         // Validate before taking the row lock, then read-merge-write under it.
         settings::merge_update(&serde_json::json!({}), &patch)?;
+        let actor = ctx.user.user_id;
         let saved = db::tenant_tx(&self.db, ctx.tenant(), |c| {
             async move {
                 let current = store::settings_for_update(c, org)
@@ -336,6 +367,11 @@ impl Orgs {
                     .ok_or(OrgError::OrgNotFound)?;
                 let merged = settings::merge_update(&current, &patch)?;
                 store::save_settings(c, org, &merged).await?;
+                // What was asked to change (settings hold no secrets).
+                let entry = Entry::by(actor, org, Action::OrgSettingsUpdate, "organization")
+                    .target(org)
+                    .details(serde_json::json!({"patch": patch}));
+                audit::record(c, &entry).await?;
                 Ok::<_, OrgError>(merged)
             }
             .scope_boxed()
@@ -405,5 +441,9 @@ async fn create_org_rows(
     )
     .await?;
     store::init_credits(c, new.id, new.grant, new.owner).await?;
+    let entry = Entry::by(new.owner, new.id, Action::OrgCreate, "organization")
+        .target(new.id)
+        .details(serde_json::json!({"name": new.name, "slug": new.slug}));
+    audit::record(c, &entry).await?;
     Ok(Some((org, membership)))
 }

@@ -8,6 +8,9 @@ pub mod model;
 pub mod routes;
 pub mod store;
 
+use crate::domain::audit::{self, Action, Entry};
+use crate::domain::common::ids::RunId;
+use serde_json::json;
 use std::sync::Arc;
 
 use diesel_async::scoped_futures::ScopedFutureExt;
@@ -97,9 +100,14 @@ impl Secrets {
                     by_user: user,
                     sealed: &sealed,
                 };
-                store::insert(c, new)
+                let meta = store::insert(c, new)
                     .await?
-                    .ok_or(SecretError::AlreadyExists)
+                    .ok_or(SecretError::AlreadyExists)?;
+                let entry = Entry::by(user, org, Action::SecretCreate, "secret")
+                    .target(id)
+                    .details(json!({"connectorId": connector_id, "name": name}));
+                audit::record(c, &entry).await?;
+                Ok(meta)
             }
             .scope_boxed()
         })
@@ -116,9 +124,12 @@ impl Secrets {
         let sealed = self.keyring.seal(org.uuid(), id.uuid(), value.as_bytes())?;
         db::tenant_tx(&self.db, ctx.tenant(), |c| {
             async move {
-                store::replace_value(c, id, Some(user), &sealed)
+                let meta = store::replace_value(c, id, Some(user), &sealed)
                     .await?
-                    .ok_or(SecretError::NotFound)
+                    .ok_or(SecretError::NotFound)?;
+                let entry = Entry::by(user, org, Action::SecretUpdate, "secret").target(id);
+                audit::record(c, &entry).await?;
+                Ok(meta)
             }
             .scope_boxed()
         })
@@ -126,21 +137,44 @@ impl Secrets {
     }
 
     pub async fn delete(&self, ctx: &OrgCtx, id: SecretId) -> Result<(), SecretError> {
-        let n = db::tenant_tx(&self.db, ctx.tenant(), |c| {
-            async move { store::delete(c, id).await.map_err(SecretError::from) }.scope_boxed()
+        let (org, user) = (ctx.org_id, ctx.user.user_id);
+        db::tenant_tx(&self.db, ctx.tenant(), |c| {
+            async move {
+                // Nothing deleted, nothing recorded (and the answer is 404).
+                if store::delete(c, id).await? == 0 {
+                    return Err(SecretError::NotFound);
+                }
+                let entry = Entry::by(user, org, Action::SecretDelete, "secret").target(id);
+                audit::record(c, &entry).await?;
+                Ok(())
+            }
+            .scope_boxed()
         })
-        .await?;
-        if n == 0 {
-            return Err(SecretError::NotFound);
-        }
-        Ok(())
+        .await
     }
 
     /// Decrypts secret `id` of `org` for the runtime. Another org's secret is invisible (RLS and the
     /// explicit org filter), and a row moved to another org does not decrypt (AAD).
     pub async fn reveal(&self, org: OrgId, id: SecretId) -> Result<Revealed, SecretError> {
+        self.reveal_for(org, id, None).await
+    }
+
+    /// As [`Secrets::reveal`], for a run: the read and its `secret.decrypt` audit row commit together.
+    pub async fn reveal_for(
+        &self,
+        org: OrgId,
+        id: SecretId,
+        run: Option<RunId>,
+    ) -> Result<Revealed, SecretError> {
         let row = db::tenant_tx(&self.db, TenantCtx::org(org), |c| {
-            async move { store::sealed(c, org, id).await.map_err(SecretError::from) }.scope_boxed()
+            async move {
+                let row = store::sealed(c, org, id).await?;
+                if let (Some(row), Some(run)) = (&row, run) {
+                    audit::record(c, &decrypt_entry(org, row, run)).await?;
+                }
+                Ok::<_, SecretError>(row)
+            }
+            .scope_boxed()
         })
         .await?
         .ok_or(SecretError::NotFound)?;
@@ -150,12 +184,25 @@ impl Secrets {
     /// The org's secret called `name`, whatever its connector. Names are unique per connector only, so
     /// a name used under two connectors is ambiguous and refused rather than guessed.
     pub async fn reveal_by_name(&self, org: OrgId, name: &str) -> Result<Revealed, SecretError> {
+        self.reveal_by_name_for(org, name, None).await
+    }
+
+    /// As [`Secrets::reveal_by_name`], for a run (audited with the read, as [`Secrets::reveal_for`]).
+    pub async fn reveal_by_name_for(
+        &self,
+        org: OrgId,
+        name: &str,
+        run: Option<RunId>,
+    ) -> Result<Revealed, SecretError> {
         let name = name.to_string();
         let mut rows = db::tenant_tx(&self.db, TenantCtx::org(org), |c| {
             async move {
-                store::sealed_by_name(c, org, &name)
-                    .await
-                    .map_err(SecretError::from)
+                let rows = store::sealed_by_name(c, org, &name).await?;
+                // Only an unambiguous name is decrypted, so only then is a decrypt recorded.
+                if let ([row], Some(run)) = (rows.as_slice(), run) {
+                    audit::record(c, &decrypt_entry(org, row, run)).await?;
+                }
+                Ok::<_, SecretError>(rows)
             }
             .scope_boxed()
         })
@@ -237,4 +284,11 @@ impl Secrets {
         }
         Ok(report)
     }
+}
+
+/// The platform decrypting a secret for a run's node.
+fn decrypt_entry(org: OrgId, row: &SealedRow, run: RunId) -> Entry {
+    Entry::system(org, Action::SecretDecrypt, "secret")
+        .target(row.id)
+        .details(json!({"runId": run, "connectorId": row.connector_id}))
 }

@@ -24,7 +24,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 }
 
 fn not_found() -> ApiError {
-    ApiError::not_found("Not Found")
+    ApiError::not_found("Workflow not found")
 }
 
 impl From<TriggerError> for ApiError {

@@ -7,6 +7,7 @@ pub mod model;
 pub mod routes;
 pub mod store;
 
+use crate::domain::audit::{self, Action, Entry};
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use diesel_async::scoped_futures::ScopedFutureExt;
 use serde_json::Value;
@@ -171,12 +172,19 @@ impl Workflows {
         ctx: &OrgCtx,
         id: WorkflowId,
     ) -> Result<WorkflowRow, WorkflowError> {
-        let org = ctx.org_id;
+        let (org, user) = (ctx.org_id, ctx.user.user_id);
         db::tenant_tx(&self.db, ctx.tenant(), |c| {
             async move {
-                store::publish(c, org, id)
+                let row = store::publish(c, org, id)
                     .await?
-                    .ok_or(WorkflowError::NotFound)
+                    .ok_or(WorkflowError::NotFound)?;
+                let entry = Entry::by(user, org, Action::WorkflowPublish, "workflow")
+                    .target(id)
+                    .details(serde_json::json!({
+                        "name": row.name, "familyId": row.family_id, "revision": row.revision
+                    }));
+                audit::record(c, &entry).await?;
+                Ok(row)
             }
             .scope_boxed()
         })

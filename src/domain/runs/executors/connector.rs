@@ -143,7 +143,7 @@ async fn execute(deps: &ExecDeps, ctx: &ExecCtx<'_>, cfg: Action<'_>) -> Outcome
     else {
         return Outcome::fail("INVALID_ACTION_INPUT", false);
     };
-    let secret = match secret_store::by_id(deps, ctx.org_id, cfg.secret_id).await {
+    let secret = match secret_store::by_id(deps, ctx.org_id, ctx.run_id, cfg.secret_id).await {
         Ok(s) => s,
         Err(failed) => return failed,
     };

@@ -85,10 +85,11 @@ pub async fn run(deps: &ExecDeps, ctx: &ExecCtx<'_>, cfg: Option<&HttpRequest>) 
         return Outcome::fail("INVALID_NODE_CONFIG", false);
     };
     let mut secrets = Vec::new();
-    let mut headers = match resolve_headers(deps, ctx.org_id, &cfg.headers, &mut secrets).await {
-        Ok(h) => h,
-        Err(o) => return o,
-    };
+    let mut headers =
+        match resolve_headers(deps, ctx.org_id, ctx.run_id, &cfg.headers, &mut secrets).await {
+            Ok(h) => h,
+            Err(o) => return o,
+        };
     let body = encode_body(cfg.body.as_ref()).map(|(bytes, content_type)| {
         if !headers.iter().any(|h| h.name == header::CONTENT_TYPE) {
             headers.push(Header {
@@ -125,6 +126,7 @@ pub async fn run(deps: &ExecDeps, ctx: &ExecCtx<'_>, cfg: Option<&HttpRequest>) 
 async fn resolve_headers(
     deps: &ExecDeps,
     org: OrgId,
+    run: RunId,
     raw: &BTreeMap<String, String>,
     used: &mut Vec<(String, Zeroizing<String>)>,
 ) -> Result<Vec<Header>, Outcome> {
@@ -141,7 +143,7 @@ async fn resolve_headers(
                 Piece::Secret(ref_name) => {
                     secret = true;
                     if !used.iter().any(|(n, _)| n == ref_name) {
-                        let found = secret_store::by_name(deps, org, ref_name).await?;
+                        let found = secret_store::by_name(deps, org, run, ref_name).await?;
                         used.push((ref_name.to_string(), found.value));
                     }
                     if let Some((_, v)) = used.iter().find(|(n, _)| n == ref_name) {

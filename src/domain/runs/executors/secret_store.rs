@@ -3,21 +3,31 @@
 //! outcome; internal causes are logged here, values never.
 
 use super::context::{ExecDeps, Outcome};
-use crate::domain::common::ids::{OrgId, SecretId};
+use crate::domain::common::ids::{OrgId, RunId, SecretId};
 use crate::domain::secrets::model::Revealed;
 use crate::domain::secrets::SecretError;
 use crate::platform::crypto::envelope::EnvelopeError;
 
-pub async fn by_id(deps: &ExecDeps, org: OrgId, id: SecretId) -> Result<Revealed, Outcome> {
+pub async fn by_id(
+    deps: &ExecDeps,
+    org: OrgId,
+    run: RunId,
+    id: SecretId,
+) -> Result<Revealed, Outcome> {
     deps.secrets
-        .reveal(org, id)
+        .reveal_for(org, id, Some(run))
         .await
         .map_err(|e| failure(org, &e))
 }
 
-pub async fn by_name(deps: &ExecDeps, org: OrgId, name: &str) -> Result<Revealed, Outcome> {
+pub async fn by_name(
+    deps: &ExecDeps,
+    org: OrgId,
+    run: RunId,
+    name: &str,
+) -> Result<Revealed, Outcome> {
     deps.secrets
-        .reveal_by_name(org, name)
+        .reveal_by_name_for(org, name, Some(run))
         .await
         .map_err(|e| failure(org, &e))
 }
