@@ -176,6 +176,27 @@ async fn metrics_are_token_protected_parse_and_move_with_requests_and_runs() {
     assert!(find(&after, "vespid_queue_inflight", &[]).is_some());
     assert!(find(&after, "vespid_gateway_executors_connected", &[]).is_some());
     assert!(find(&after, "vespid_gateway_tasks_in_flight", &[]).is_some());
+
+    // The Grafana dashboard only charts metrics that exist.
+    let dashboard = include_str!("../../deploy/grafana/vespid.json");
+    let known: std::collections::HashSet<&str> =
+        after.samples.iter().map(|s| s.metric.as_str()).collect();
+    let mut rest = dashboard;
+    let mut charted = 0;
+    while let Some(at) = rest.find("vespid_") {
+        let name: String = rest[at..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        rest = &rest[at + name.len()..];
+        let base = name.strip_suffix("_bucket").unwrap_or(&name);
+        assert!(
+            known.contains(base),
+            "the dashboard charts {name}, which /metrics lacks"
+        );
+        charted += 1;
+    }
+    assert!(charted >= 20, "{charted}");
 }
 
 #[tokio::test]

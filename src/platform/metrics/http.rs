@@ -199,4 +199,26 @@ mod tests {
         };
         assert_eq!(dedicated.allows(&req), Ok(()));
     }
+
+    /// The per-request cost of recording (an upper bound: debug build). `cargo test --lib
+    /// observe_cost -- --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn observe_cost() {
+        let registry = Registry::new();
+        let m = HttpMetrics::register(&registry).unwrap();
+        let routes = [
+            "/v1/orgs/{orgId}/settings",
+            "/v1/orgs/{orgId}/secrets",
+            "/healthz",
+        ];
+        let n = 300_000;
+        let started = std::time::Instant::now();
+        for i in 0..n {
+            let route = routes[i % routes.len()];
+            m.observe(route, &Method::GET, StatusCode::OK, 0.0004);
+        }
+        let ns = started.elapsed().as_nanos() / n as u128;
+        println!("observe: {ns} ns per request");
+    }
 }
