@@ -390,4 +390,26 @@ async fn streams_are_bounded_per_org() {
         }
     }
     split_end(again.expect("slot freed").rest().await);
+
+    // A client that goes away frees its slot too (actix notices the closed connection; at the latest the
+    // next heartbeat fails to go out).
+    let run2 = start_run(&app, &owner, org, wf, json!({})).await;
+    let path2 = stream_path(org, wf, run2);
+    drop(open(&app, &owner, org, &path2, None).await.expect("stream"));
+    let gone = Instant::now();
+    let mut reopened = None;
+    while gone.elapsed() < Duration::from_secs(20) {
+        match open(&app, &owner, org, &path2, None).await {
+            Ok(s) => {
+                reopened = Some(s);
+                break;
+            }
+            Err((429, _)) => tokio::time::sleep(Duration::from_millis(50)).await,
+            Err(other) => panic!("{other:?}"),
+        }
+    }
+    assert!(
+        reopened.is_some(),
+        "the dropped stream's slot was never freed"
+    );
 }
