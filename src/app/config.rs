@@ -42,6 +42,7 @@ pub struct Config {
     pub agents: AgentsConfig,
     pub gateway: GatewayConfig,
     pub workspace: WorkspaceConfig,
+    pub metrics: MetricsConfig,
     pub enterprise: EnterpriseConfig,
 }
 
@@ -99,6 +100,15 @@ pub struct RedisConfig {
 #[serde(deny_unknown_fields)]
 pub struct WebConfig {
     pub base_url: String,
+}
+
+/// `/metrics`: who may scrape it and where (see config/default.toml).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    pub token: Secret,
+    pub addr: String,
+    pub queue_top_orgs: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -295,6 +305,18 @@ const ENV_KEYS: &[(&str, &str)] = &[
         "VESPID_ENTERPRISE_PROVIDER_MODULE",
         "enterprise.provider_module",
     ),
+    ("METRICS_TOKEN", "metrics.token"),
+    ("METRICS_ADDR", "metrics.addr"),
+    ("METRICS_QUEUE_TOP_ORGS", "metrics.queue_top_orgs"),
+    ("RUN_EVENTS_STREAM_MAX", "workflows.events_stream_max"),
+    (
+        "RUN_EVENTS_STREAM_MAX_PER_ORG",
+        "workflows.events_stream_max_per_org",
+    ),
+    (
+        "RUN_EVENTS_STREAM_POLL_MS",
+        "workflows.events_stream_poll_ms",
+    ),
 ];
 
 /// Known default secrets that production refuses.
@@ -422,6 +444,23 @@ impl Config {
             &self.server.trusted_proxy_header,
         ) {
             return Err(invalid("server.trusted_proxy_header", &e));
+        }
+        if !self.metrics.addr.is_empty()
+            && self.metrics.addr.parse::<std::net::SocketAddr>().is_err()
+        {
+            return Err(invalid(
+                "metrics.addr",
+                "must be host:port with an IP address, e.g. 127.0.0.1:9464",
+            ));
+        }
+        if self.is_production()
+            && !self.metrics.token.is_empty()
+            && self.metrics.token.expose().len() < 16
+        {
+            return Err(invalid(
+                "metrics.token",
+                "production needs a token of at least 16 bytes",
+            ));
         }
         if self.database.pool_size == 0 {
             return Err(invalid("database.pool_size", "must be at least 1"));

@@ -19,6 +19,8 @@ use crate::domain::meta::provider::{self, EnterpriseProvider};
 use crate::domain::meta::Meta;
 use crate::domain::orgs::{Orgs, OrgsParts};
 use crate::domain::runs::continuation::ContinuationParts;
+use crate::domain::runs::live::{LiveEvents, StreamLimits};
+use crate::domain::runs::metrics::RunMetrics;
 use crate::domain::runs::remote::{HttpDispatch, NoGateway, RemoteDispatch};
 use crate::domain::runs::worker::WorkerParts;
 use crate::domain::runs::{Runs, RunsParts};
@@ -28,6 +30,7 @@ use crate::domain::workflows::dsl::Limits;
 use crate::domain::workflows::Workflows;
 use crate::platform::crypto::envelope::Keyring;
 use crate::platform::db::{self, PgPool};
+use crate::platform::metrics::{self, Metrics, MetricsError};
 use crate::platform::queue::WorkQueue;
 use crate::platform::redis::Redis;
 
@@ -48,6 +51,11 @@ pub struct AppState {
     pub gateway: Arc<Gateway>,
     pub triggers: Arc<Triggers>,
     pub audit: Arc<Audit>,
+    /// This process's metrics registry (each in-process test app has its own).
+    pub metrics: Arc<Metrics>,
+    pub run_metrics: Arc<RunMetrics>,
+    /// Announcements of committed run events, for live streams on every instance.
+    pub live: Arc<LiveEvents>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -62,6 +70,8 @@ pub enum StartError {
     DevKek(#[from] dev_kek::DevKekError),
     #[error("config keys `workspace.s3_*`: {0}")]
     Workspace(String),
+    #[error("metrics: {0}")]
+    Metrics(#[from] MetricsError),
     #[error("the application database role `{0}` bypasses row-level security (superuser or BYPASSRLS); production refuses it")]
     RlsBypass(String),
 }
@@ -127,11 +137,28 @@ impl AppState {
             keyring,
             allowed_connectors: meta.allowed_secret_connectors(),
         }));
+        let metrics = Metrics::new()?;
+        metrics::infra::watch_pool(&metrics, &db)?;
+        metrics::infra::watch_redis(&metrics, &redis)?;
+        let run_metrics = RunMetrics::register(
+            &metrics,
+            Self::work_queue(&config, &redis),
+            config.metrics.queue_top_orgs,
+        )?;
+        let live = LiveEvents::new(
+            redis.clone(),
+            StreamLimits {
+                per_process: config.workflows.events_stream_max,
+                per_org: config.workflows.events_stream_max_per_org,
+                fallback_poll: Duration::from_millis(config.workflows.events_stream_poll_ms),
+            },
+        );
         let runs = Arc::new(Runs::new(RunsParts {
             db: db.clone(),
             queue: Self::work_queue(&config, &redis),
             enqueue_timeout: Duration::from_millis(config.workflows.enqueue_timeout_ms),
             retry_attempts: config.workflows.retry_attempts,
+            live: live.clone(),
         }));
         let triggers = Arc::new(Triggers::new(TriggersParts {
             config: Arc::new(config.triggers.clone()),
@@ -155,6 +182,7 @@ impl AppState {
             db: db.clone(),
             objects: object_store(&config)?,
         }));
+        crate::domain::gateway::metrics::register(&metrics, gateway.clone())?;
         Ok(Self {
             #[cfg(feature = "oidc")]
             oauth: Arc::new(OAuthService::new(OAuthParts {
@@ -184,7 +212,18 @@ impl AppState {
             gateway,
             triggers,
             audit,
+            metrics,
+            run_metrics,
+            live,
         })
+    }
+
+    /// Who may scrape `/metrics` on a listener (`dedicated`: the `METRICS_ADDR` one).
+    pub fn metrics_access(&self, dedicated: bool) -> metrics::http::MetricsAccess {
+        metrics::http::MetricsAccess {
+            token: self.config.metrics.token.clone(),
+            dedicated,
+        }
     }
 
     fn work_queue(config: &Config, redis: &Redis) -> WorkQueue {
@@ -222,6 +261,7 @@ impl AppState {
             db: self.db.clone(),
             redis: self.redis.clone(),
             queue: Self::work_queue(&self.config, &self.redis),
+            live: self.live.clone(),
         }
     }
 
@@ -237,6 +277,8 @@ impl AppState {
             remote: self
                 .remote_dispatch()
                 .unwrap_or_else(|_| Arc::new(NoGateway)),
+            metrics: self.run_metrics.clone(),
+            live: self.live.clone(),
         }
     }
 }

@@ -4,6 +4,7 @@ pub mod cache;
 pub mod crypto;
 pub mod db;
 pub mod http;
+pub mod metrics;
 pub mod queue;
 pub mod redis;
 pub mod secret;

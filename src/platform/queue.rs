@@ -90,6 +90,45 @@ end
 return #due
 "#;
 
+/// ARGV: prefix, max tenants. Totals, then each of the first `max` tenants with ready work: its id, how many
+/// ids it has ready and the oldest of them. Read-only; one round trip per scrape.
+const STATS: &str = r#"
+local p = ARGV[1]
+local max = tonumber(ARGV[2])
+local out = {
+  tostring(redis.call('SCARD', p .. 'pending')),
+  tostring(redis.call('ZCARD', p .. 'delayed')),
+  tostring(redis.call('ZCARD', p .. 'inflight')),
+}
+for _, org in ipairs(redis.call('LRANGE', p .. 'orgs', 0, max - 1)) do
+  out[#out + 1] = org
+  out[#out + 1] = tostring(redis.call('LLEN', p .. 'org:' .. org))
+  out[#out + 1] = redis.call('LINDEX', p .. 'org:' .. org, 0) or ''
+end
+return out
+"#;
+
+/// A snapshot of the queue, for metrics.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct QueueStats {
+    /// Ids ready to be claimed, over every tenant.
+    pub ready: u64,
+    /// Ids waiting for their due time (retries).
+    pub delayed: u64,
+    /// Ids claimed and not yet acknowledged.
+    pub inflight: u64,
+    /// Tenants with ready work (at most the number asked for), in rotation order.
+    pub tenants: Vec<TenantQueue>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TenantQueue {
+    pub tenant: Uuid,
+    pub ready: u64,
+    /// The id that has waited longest (the next one this tenant gets).
+    pub oldest: Option<Uuid>,
+}
+
 #[derive(Clone)]
 pub struct WorkQueue {
     client: Client,
@@ -283,6 +322,39 @@ impl WorkQueue {
             .zscore(format!("{}inflight", self.prefix), &m)
             .await?;
         Ok(delayed.is_some() || inflight.is_some())
+    }
+
+    /// Totals and the first `max_tenants` tenants with ready work (see [`QueueStats`]).
+    pub async fn stats(&self, max_tenants: usize) -> Result<QueueStats, RedisError> {
+        let raw: Vec<String> = self
+            .client
+            .eval(
+                STATS,
+                Vec::<String>::new(),
+                vec![self.prefix.clone(), max_tenants.max(1).to_string()],
+            )
+            .await?;
+        let num = |s: Option<&String>| s.and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        let mut it = raw.iter();
+        let (ready, delayed, inflight) = (num(it.next()), num(it.next()), num(it.next()));
+        let rest: Vec<&String> = it.collect();
+        let tenants = rest
+            .chunks(3)
+            .filter_map(|c| match c {
+                [tenant, n, oldest] => Some(TenantQueue {
+                    tenant: Uuid::parse_str(tenant).ok()?,
+                    ready: n.parse().unwrap_or(0),
+                    oldest: Uuid::parse_str(oldest).ok(),
+                }),
+                _ => None,
+            })
+            .collect();
+        Ok(QueueStats {
+            ready,
+            delayed,
+            inflight,
+            tenants,
+        })
     }
 
     /// Blocks up to `timeout` for a wake-up, on `blocking` (a connection of its own: BLPOP would stall

@@ -55,6 +55,7 @@ fn services(state: &AppState) -> impl Fn(&mut web::ServiceConfig) + Clone {
         web::Data::from(state.orgs.clone() as std::sync::Arc<dyn Memberships>);
     move |cfg: &mut web::ServiceConfig| {
         cfg.app_data(web::Data::new(state.clone()))
+            .app_data(web::Data::from(state.metrics.clone()))
             .app_data(body.clone())
             .app_data(proxies.clone())
             .app_data(access.clone())
@@ -98,6 +99,9 @@ pub fn server(state: AppState, listener: TcpListener) -> std::io::Result<Server>
     let workers = state.config.server.workers;
     let grace = state.config.server.shutdown_grace_secs;
     let services = services(&state);
+    let metrics = crate::platform::metrics::http::configure(state.metrics_access(false));
+    // Live event streams wake on announcements from every instance.
+    state.runs.listen();
     let cors = web::Data::new(CorsOrigin(
         state.config.web.base_url.trim_end_matches('/').to_string(),
     ));
@@ -108,6 +112,7 @@ pub fn server(state: AppState, listener: TcpListener) -> std::io::Result<Server>
             .app_data(http::query_config("Invalid query"))
             .wrap(from_fn(http::edge))
             .configure(routes)
+            .configure(metrics.clone())
             .default_service(web::to(http::not_found))
     })
     .listen(listener)?

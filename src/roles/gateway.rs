@@ -18,13 +18,17 @@ pub fn server(state: &AppState, listener: TcpListener) -> std::io::Result<Server
     state.gateway.listen();
     let data = web::Data::from(state.gateway.clone());
     let grace = state.config.server.shutdown_grace_secs;
+    let metrics = web::Data::from(state.metrics.clone());
+    let scrape = crate::platform::metrics::http::configure(state.metrics_access(false));
     let server = HttpServer::new(move || {
         App::new()
             .app_data(data.clone())
+            .app_data(metrics.clone())
             // Dispatch bodies up to 1 MiB (the original's limit).
             .app_data(web::PayloadConfig::new(1 << 20))
             .wrap(from_fn(http::edge))
             .configure(gateway::routes::configure)
+            .configure(scrape.clone())
             .default_service(web::to(http::not_found))
     })
     .listen(listener)?

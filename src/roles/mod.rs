@@ -3,6 +3,7 @@
 pub mod api;
 pub mod background;
 pub mod gateway;
+pub mod metrics;
 pub mod role;
 
 use std::net::TcpListener;
@@ -127,6 +128,24 @@ pub async fn serve(config: Config, roles: Roles, run_migrations: bool) -> Result
     } else {
         None
     };
+    let metrics = if state.config.metrics.addr.is_empty() {
+        None
+    } else {
+        let addr = state.config.metrics.addr.clone();
+        let listener = TcpListener::bind(&addr).map_err(|source| ServeError::Listen {
+            addr: addr.clone(),
+            source,
+        })?;
+        tracing::info!(%addr, "metrics listening");
+        let server = metrics::server(&state, listener).map_err(ServeError::Server)?;
+        let handle = server.handle();
+        tokio::spawn(async move {
+            if let Err(e) = server.await {
+                tracing::error!(error = %e, "metrics server failed");
+            }
+        });
+        Some(handle)
+    };
     if roles.0.contains(&Role::Api) {
         let addr = format!("{}:{}", state.config.server.host, state.config.server.port);
         let listener = TcpListener::bind(&addr).map_err(|source| ServeError::Listen {
@@ -143,6 +162,9 @@ pub async fn serve(config: Config, roles: Roles, run_migrations: bool) -> Result
         crate::app::shutdown::signal().await;
     }
     tracing::info!("shutting down");
+    if let Some(handle) = metrics {
+        handle.stop(true).await;
+    }
     if let Some(handle) = gateway {
         // Executor sockets never end by themselves: close them, then stop the server gracefully.
         state

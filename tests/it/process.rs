@@ -381,3 +381,50 @@ async fn first_development_start_generates_a_kek_and_says_so() {
     assert!(kek_file.exists());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A worker-only process has no API listener: `METRICS_ADDR` gives it one that serves `/metrics` alone
+/// (open without a token), and the token is asked for there too once set.
+#[tokio::test]
+async fn a_worker_is_scraped_on_its_own_metrics_listener() {
+    let db = common::fresh_db().await;
+    let kek = [
+        ("SECRETS_KEK_ID", "k1"),
+        (
+            "SECRETS_KEK_BASE64",
+            "BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc=",
+        ),
+    ];
+    let http = reqwest::Client::new();
+    for token in ["", "a-metrics-token-of-some-length"] {
+        let addr = format!("127.0.0.1:{}", free_port());
+        let mut env = kek.to_vec();
+        env.push(("METRICS_ADDR", &addr));
+        env.push(("METRICS_TOKEN", token));
+        let served = Served::start("--role=worker", &db, &env);
+        let url = format!("http://{addr}/metrics");
+        let mut up = None;
+        for _ in 0..100 {
+            if let Ok(r) = http.get(&url).bearer_auth(token).send().await {
+                up = Some(r);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let r = up.expect("metrics listener up");
+        assert_eq!(r.status(), 200);
+        let text = r.text().await.expect("body");
+        assert!(text.contains("vespid_worker_slots "), "{text}");
+        assert!(text.contains("vespid_db_pool_max_connections"), "{text}");
+        let anonymous = http.get(&url).send().await.expect("request").status();
+        assert_eq!(anonymous, if token.is_empty() { 200 } else { 401 });
+        let other = http
+            .get(format!("http://{addr}/v1/meta/capabilities"))
+            .send()
+            .await
+            .expect("request")
+            .status();
+        assert_eq!(other, 404, "the metrics listener serves nothing else");
+        let (exited, logs) = served.stop();
+        assert!(exited.is_some_and(|s| s.success()), "{logs}");
+    }
+}

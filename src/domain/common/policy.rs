@@ -161,6 +161,11 @@ pub const ROUTES: &[Rule] = &[
         "/v1/orgs/{orgId}/workflows/{workflowId}/runs/{runId}/events",
         Access::Member,
     ),
+    rule(
+        "GET",
+        "/v1/orgs/{orgId}/workflows/{workflowId}/runs/{runId}/events/stream",
+        Access::Member,
+    ),
     // Executors (node agents); `agents` and `executors` name the same thing.
     admin("GET", "/v1/orgs/{orgId}/agents", EXECUTORS),
     admin("GET", "/v1/orgs/{orgId}/executors", EXECUTORS),

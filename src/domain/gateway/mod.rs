@@ -9,6 +9,7 @@ pub mod config;
 pub mod dispatch;
 pub mod error;
 mod invoke;
+pub mod metrics;
 pub mod objects;
 pub mod protocol;
 pub mod results;
@@ -255,6 +256,11 @@ impl Gateway {
     /// How many executors hold a connection to this instance.
     pub fn connected(&self) -> usize {
         self.live.len()
+    }
+
+    /// Tool calls sent to executors connected here and not answered yet.
+    pub fn in_flight(&self) -> usize {
+        self.pending.len()
     }
 
     /// Closes the sockets of executors revoked anywhere, as soon as the revocation is announced; after

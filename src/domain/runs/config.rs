@@ -32,4 +32,10 @@ pub struct WorkflowsConfig {
     pub redispatch_after_ms: u64,
     /// The gateway a worker without one in its own process dispatches to ("" = none).
     pub gateway_http_url: String,
+    /// Live event streams open at once per process.
+    pub events_stream_max: usize,
+    /// Live event streams open at once per org (per process).
+    pub events_stream_max_per_org: usize,
+    /// How often a live stream re-reads without an announcement (a lost Redis message costs this much).
+    pub events_stream_poll_ms: u64,
 }

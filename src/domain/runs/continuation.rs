@@ -18,6 +18,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use super::config::WorkflowsConfig;
+use super::live::LiveEvents;
 use super::model::{summarize, EventKind, Level, NewEvent};
 use super::store;
 use crate::domain::common::ids::{OrgId, RunId};
@@ -34,6 +35,7 @@ pub struct ContinuationParts {
     pub db: PgPool,
     pub redis: Redis,
     pub queue: WorkQueue,
+    pub live: Arc<LiveEvents>,
 }
 
 pub struct Continuation {
@@ -41,6 +43,7 @@ pub struct Continuation {
     db: PgPool,
     redis: Redis,
     queue: WorkQueue,
+    live: Arc<LiveEvents>,
 }
 
 /// What became of one result.
@@ -59,6 +62,7 @@ impl Continuation {
             db: parts.db,
             redis: parts.redis,
             queue: parts.queue,
+            live: parts.live,
         }
     }
 
@@ -111,6 +115,9 @@ impl Continuation {
         .await?;
         if !applied {
             return Ok(Applied::Stale);
+        }
+        if result.is_some() {
+            self.live.notify([run]);
         }
         // A failed enqueue leaves the run running without a lease: the worker's sweep re-enqueues it.
         if let Err(e) = self.queue.enqueue(org.uuid(), run.uuid()).await {

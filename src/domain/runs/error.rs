@@ -19,6 +19,9 @@ pub enum RunError {
     /// The process's run intake is gone (shutting down).
     #[error("run intake stopped")]
     IntakeStopped,
+    /// The live event stream limits (per org, per process) are reached.
+    #[error("too many live event streams")]
+    TooManyStreams,
     #[error(transparent)]
     Db(Arc<DbError>),
 }

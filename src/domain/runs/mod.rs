@@ -7,12 +7,15 @@ pub mod engine;
 pub mod error;
 pub mod executors;
 pub mod intake;
+pub mod live;
+pub mod metrics;
 pub mod model;
 pub mod remote;
 pub mod routes;
 pub mod store;
 pub mod worker;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use diesel_async::scoped_futures::ScopedFutureExt;
@@ -20,11 +23,12 @@ use serde_json::Value;
 
 use crate::domain::common::access::OrgCtx;
 use crate::domain::common::ids::{EventId, RunId, WorkflowId};
-use crate::domain::common::page::{next_cursor, Page};
+use crate::domain::common::page::{next_cursor, Page, Position};
 use crate::platform::db::{self, PgPool};
 use crate::platform::queue::WorkQueue;
 pub use error::RunError;
 use intake::{CreateRun, RunIntake};
+use live::{EventStream, LiveEvents};
 use model::{Event, Run};
 
 /// What the runs service is built from.
@@ -35,12 +39,15 @@ pub struct RunsParts {
     pub enqueue_timeout: Duration,
     /// Attempts a new run gets.
     pub retry_attempts: i32,
+    /// Live event streams.
+    pub live: Arc<LiveEvents>,
 }
 
 pub struct Runs {
     db: PgPool,
     intake: RunIntake,
     retry_attempts: i32,
+    live: Arc<LiveEvents>,
 }
 
 impl Runs {
@@ -50,7 +57,13 @@ impl Runs {
             intake: RunIntake::spawn(parts.db.clone(), parts.queue, parts.enqueue_timeout),
             db: parts.db,
             retry_attempts: parts.retry_attempts,
+            live: parts.live,
         }
+    }
+
+    /// Wakes this instance's live event streams on the announcements of every instance (the api role).
+    pub fn listen(&self) {
+        self.live.listen();
     }
 
     /// Creates a queued run of a published workflow and enqueues it; answers once both are done (or
@@ -136,5 +149,36 @@ impl Runs {
         .await?;
         let next = next_cursor(&events, |e| (e.created_at, e.id.uuid()));
         Ok((events, next))
+    }
+
+    /// A live stream of the run's events after the cursor's event (all of them without one), until the
+    /// run ends. 404 for an unknown run, as the paged events.
+    pub async fn stream(
+        &self,
+        ctx: &OrgCtx,
+        workflow: WorkflowId,
+        run: RunId,
+        after: Option<Position>,
+    ) -> Result<EventStream, RunError> {
+        let after = db::tenant_tx(&self.db, ctx.tenant(), |c| {
+            async move {
+                store::run_status(c, workflow, run)
+                    .await?
+                    .ok_or(RunError::NotFound)?;
+                Ok::<_, RunError>(match after {
+                    Some((_, id)) => store::event_seq(c, run, EventId::from(id)).await?,
+                    None => None,
+                })
+            }
+            .scope_boxed()
+        })
+        .await?;
+        EventStream::open(
+            &self.live,
+            self.db.clone(),
+            ctx.tenant(),
+            (ctx.org_id, workflow, run),
+            after,
+        )
     }
 }

@@ -1,16 +1,18 @@
 //! `/v1/orgs/{orgId}/workflows/{workflowId}/runs…`: create (insert + enqueue, or 503 with no row left
-//! behind), list, get, and the run's events.
+//! behind), list, get, the run's events, and their live stream (Server-Sent Events).
 
 use actix_web::http::StatusCode;
+use actix_web::web::Bytes;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::{json, Value};
 
-use super::model::{EventView, RunView};
+use super::live::{Chunk, EventStream};
+use super::model::{Event, EventView, RunView};
 use super::{RunError, Runs};
 use crate::domain::common::access::OrgCtx;
 use crate::domain::common::extract::{authenticate, resolve_org};
 use crate::domain::common::ids::{RunId, WorkflowId};
-use crate::domain::common::page::Page;
+use crate::domain::common::page::{self, Page};
 use crate::platform::http::{path_uuid, request_id, route_of, ApiError, JsonBody};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -29,6 +31,10 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .route(
         "/v1/orgs/{orgId}/workflows/{workflowId}/runs/{runId}/events",
         web::get().to(events),
+    )
+    .route(
+        "/v1/orgs/{orgId}/workflows/{workflowId}/runs/{runId}/events/stream",
+        web::get().to(stream),
     );
 }
 
@@ -48,6 +54,15 @@ impl From<RunError> for ApiError {
             )
             .with_cause(e),
             e @ RunError::IntakeStopped => ApiError::unavailable().with_cause(e),
+            RunError::TooManyStreams => {
+                let mut e = ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "TOO_MANY_STREAMS",
+                    "Too many live event streams, try again later",
+                );
+                e.retry_after = Some(5);
+                e
+            }
             RunError::Db(e) => e.into(),
         }
     }
@@ -132,4 +147,57 @@ async fn events(runs: web::Data<Runs>, req: HttpRequest) -> Result<HttpResponse,
     let (list, next) = runs.events(&ctx, workflow, run, page).await?;
     let views: Vec<EventView> = list.iter().map(EventView::from).collect();
     Ok(HttpResponse::Ok().json(json!({ "events": views, "nextCursor": next })))
+}
+
+/// `GET …/runs/{runId}/events/stream`: the events as Server-Sent Events, each with `id:` = the paged
+/// API's cursor of that event and `data:` = the event object; then `event: end` with the run's status,
+/// and the stream closes. `Last-Event-ID` (or `?cursor=`) resumes after that event. Same access as the
+/// paged route.
+async fn stream(runs: web::Data<Runs>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    authenticate(&req).await?;
+    let page = Page::parse(req.query_string(), 200, 500)?;
+    let last = match req.headers().get("last-event-id") {
+        Some(v) => page::decode(v.to_str().unwrap_or_default())?,
+        None => page.after,
+    };
+    let ctx = resolve_org(&req).await?;
+    ctx.authorize()?;
+    let workflow = workflow_id(&req)?;
+    let run = run_id(&req)?;
+    let stream = runs.stream(&ctx, workflow, run, last).await?;
+    let body = futures_util::stream::unfold(stream, |mut s: EventStream| async move {
+        let chunk = s.next().await?;
+        Some((Ok::<_, std::convert::Infallible>(sse(&chunk)), s))
+    });
+    Ok(HttpResponse::Ok()
+        .content_type("text/event-stream")
+        .insert_header(("cache-control", "no-cache"))
+        // Proxies that buffer responses (nginx) pass this one through as it comes.
+        .insert_header(("x-accel-buffering", "no"))
+        .streaming(body))
+}
+
+/// One chunk in the event-stream format. Event JSON is compact (one line), so one `data:` line each.
+fn sse(chunk: &Chunk) -> Bytes {
+    let mut out = String::new();
+    match chunk {
+        Chunk::Events(events) => {
+            for e in events {
+                out.push_str(&sse_event(e));
+            }
+        }
+        Chunk::Heartbeat => out.push_str(": keepalive\n\n"),
+        Chunk::End(status) => {
+            out.push_str("event: end\ndata: ");
+            out.push_str(&json!({ "status": status }).to_string());
+            out.push_str("\n\n");
+        }
+    }
+    Bytes::from(out)
+}
+
+fn sse_event(e: &Event) -> String {
+    let id = page::encode(e.created_at, e.id.uuid());
+    let data = serde_json::to_string(&EventView::from(e)).unwrap_or_else(|_| "{}".into());
+    format!("id: {id}\ndata: {data}\n\n")
 }

@@ -100,6 +100,21 @@ pub async fn get_run_of(
         .optional()
 }
 
+/// Only the status of a run of `workflow` (what a live event stream checks on every read).
+pub async fn run_status(
+    c: &mut AsyncPgConnection,
+    workflow: WorkflowId,
+    id: RunId,
+) -> QueryResult<Option<RunStatus>> {
+    wr::table
+        .filter(wr::id.eq(id))
+        .filter(wr::workflow_id.eq(workflow))
+        .select(wr::status)
+        .first(c)
+        .await
+        .optional()
+}
+
 /// Newest first; `after` = the last row of the previous page.
 pub async fn list_runs(
     c: &mut AsyncPgConnection,

@@ -14,6 +14,8 @@ use uuid::Uuid;
 use super::config::WorkflowsConfig;
 use super::engine::{Delivery, Engine, EngineError, Plans};
 use super::executors::ExecDeps;
+use super::live::LiveEvents;
+use super::metrics::RunMetrics;
 use super::remote::RemoteDispatch;
 use super::store;
 use crate::domain::common::ids::{OrgId, RunId};
@@ -33,6 +35,8 @@ pub struct WorkerParts {
     pub secrets: Arc<Secrets>,
     /// Where remote nodes are dispatched.
     pub remote: Arc<dyn RemoteDispatch>,
+    pub metrics: Arc<RunMetrics>,
+    pub live: Arc<LiveEvents>,
 }
 
 /// The HTTP client of node executors: no automatic redirects (each hop is checked by the executor)
@@ -59,6 +63,8 @@ pub fn engine(parts: &WorkerParts, http: reqwest::Client) -> Engine {
         queue: parts.queue.clone(),
         worker_id: format!("{}-{}", hostname(), Uuid::new_v4().simple()),
         remote: parts.remote.clone(),
+        metrics: parts.metrics.clone(),
+        live: parts.live.clone(),
     }
 }
 
@@ -89,6 +95,7 @@ pub fn spawn(parts: WorkerParts, stop: watch::Receiver<bool>) -> reqwest::Result
         tracing::info!(event = "workflow_worker_ready", queueName = %config.queue_name, concurrency, claimBatch = batch_max, "worker ready");
         let sweeper = spawn_sweeper(&parts, engine.queue.clone(), stop.clone());
         let slots = Arc::new(Semaphore::new(concurrency));
+        parts.metrics.track_slots(&slots, concurrency);
         let claimers = Arc::new(Semaphore::new(CLAIMERS));
         let mut blocking = None;
         loop {

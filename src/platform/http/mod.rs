@@ -1,5 +1,6 @@
 //! HTTP plumbing shared by every route: the error envelope, body parsing, the edge middleware (request id,
-//! span, CORS, headers that extractors ask for) and small path helpers.
+//! span, CORS, headers that extractors ask for, request metrics when a registry is app data) and small path
+//! helpers.
 
 pub mod body;
 pub mod client_ip;
@@ -127,7 +128,8 @@ pub async fn edge(
         return Ok(req.into_response(res.finish()).map_into_right_body());
     }
 
-    let method = req.method().to_string();
+    let http_method = req.method().clone();
+    let method = http_method.to_string();
     let span = tracing::info_span!(
         "request",
         request_id = %rid,
@@ -171,7 +173,14 @@ pub async fn edge(
         }
     }
     let status = res.status();
-    let duration_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let elapsed = started.elapsed().as_secs_f64();
+    if let Some(m) = res
+        .request()
+        .app_data::<actix_web::web::Data<crate::platform::metrics::Metrics>>()
+    {
+        m.http.observe(&route, &http_method, status, elapsed);
+    }
+    let duration_ms = elapsed * 1000.0;
     span.record("route", route.as_str());
     let cause = status
         .is_server_error()

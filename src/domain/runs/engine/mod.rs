@@ -37,6 +37,8 @@ use tracing::Instrument;
 
 use super::config::WorkflowsConfig;
 use super::executors::{self, Block, ExecCtx, ExecDeps, Outcome};
+use super::live::LiveEvents;
+use super::metrics::{self as run_metrics, RunMetrics};
 use super::model::{summarize, EventKind, Level, NewEvent, Run, RunStatus, Step, StepStatus};
 use super::remote::{DispatchBody, RemoteDispatch};
 use super::store::{self, RunWrite};
@@ -96,6 +98,9 @@ pub struct Engine {
     pub worker_id: String,
     /// Where remote nodes are dispatched (the gateway in this process, or over HTTP).
     pub remote: Arc<dyn RemoteDispatch>,
+    pub metrics: Arc<RunMetrics>,
+    /// Told of every commit that wrote a run's events (live event streams).
+    pub live: Arc<LiveEvents>,
 }
 
 /// Where a stretch of execution stopped.
@@ -206,6 +211,7 @@ impl Engine {
             })
             .await?;
         let taken: HashSet<RunId> = claimed.iter().map(|r| r.run.id).collect();
+        self.live.notify(taken.iter().copied());
         let mut batch = Batch {
             org,
             settled: Vec::new(),
@@ -222,6 +228,7 @@ impl Engine {
         for row in claimed {
             let plan = self.plans.get(row.run.workflow_id, row.version, &row.dsl);
             log_started(&row.run, false);
+            self.metrics.started(&row.run);
             let mut p = Progress::new(Start {
                 run: row.run,
                 plan,
@@ -264,6 +271,7 @@ impl Engine {
             })
             .await?
         };
+        self.live.notify(applied.iter().copied());
         // A run not written lost its lease to another worker in between (only possible after a long stall).
         for (run, kind, error) in ended {
             let delivery = if applied.contains(&run.id) {
@@ -362,6 +370,9 @@ impl Engine {
             Claimed::Done(d) => return Ok(d),
         };
         log_started(&start.run, resumed);
+        if !resumed {
+            self.metrics.started(&start.run);
+        }
         let mut p = Progress::new(start);
         self.run_alone(&mut p, &settings, stop).await
     }
@@ -442,6 +453,14 @@ impl Engine {
     /// Logs a committed end and says what it means for the queue.
     fn ended(&self, r: &Run, kind: EndKind, error: Option<&str>) -> Delivery {
         let error = error.unwrap_or_default();
+        self.metrics.ended(
+            r,
+            match kind {
+                EndKind::Succeeded => run_metrics::Outcome::Succeeded,
+                EndKind::Retry(_) => run_metrics::Outcome::Retried,
+                EndKind::Failed => run_metrics::Outcome::Failed,
+            },
+        );
         match kind {
             EndKind::Succeeded => {
                 tracing::info!(event = "workflow_run_succeeded", runId = %r.id, workflowId = %r.workflow_id, orgId = %r.organization_id,
@@ -532,6 +551,7 @@ impl Engine {
             }
             Decided::Done(Delivery::Failed) => {
                 tx.commit().await?;
+                self.live.notify([run_id]);
                 Ok(Claimed::Done(Delivery::Failed))
             }
             Decided::Done(other) => {
@@ -630,10 +650,11 @@ impl Engine {
     }
 
     /// Commits `f`'s writes: inside the claim's still-open transaction when there is one, else in a new one.
+    /// Either way the run's new events (if any) are announced to live streams once committed.
     async fn commit_in<'a, R, F>(
         &self,
         open: &mut Option<OpenTx>,
-        org: OrgId,
+        (org, run): (OrgId, RunId),
         f: F,
     ) -> Result<R, EngineError>
     where
@@ -647,7 +668,7 @@ impl Engine {
             + 'a,
         R: Send + 'a,
     {
-        match open.take() {
+        let committed = match open.take() {
             Some(mut tx) => match f(tx.conn()).await {
                 Ok(r) => {
                     tx.commit().await?;
@@ -659,7 +680,11 @@ impl Engine {
                 }
             },
             None => self.tx(org, f).await,
+        };
+        if committed.is_ok() {
+            self.live.notify([run]);
         }
+        committed
     }
 
     /// Runs a node through its executor (or inline for v3 condition/join via `inline`).
@@ -695,7 +720,7 @@ impl Engine {
         events: Vec<NewEvent>,
     ) -> Result<bool, EngineError> {
         let (worker, lease) = (self.worker_id.clone(), self.lease_secs());
-        self.commit_in(&mut p.open, p.run.organization_id, |c| {
+        self.commit_in(&mut p.open, (p.run.organization_id, p.run.id), |c| {
             async move {
                 let applied = store::write_runs(c, &worker, lease, &[write], events).await?;
                 Ok(!applied.is_empty())
@@ -1002,7 +1027,7 @@ impl Engine {
         let (worker, lease) = (self.worker_id.clone(), self.lease_secs());
         let write = &write;
         let recorded = self
-            .commit_in(&mut p.open, p.run.organization_id, |c| {
+            .commit_in(&mut p.open, (p.run.organization_id, p.run.id), |c| {
                 async move { Ok(store::block_run(c, &worker, lease, write, &events).await?) }
                     .scope_boxed()
             })
@@ -1048,7 +1073,7 @@ impl Engine {
                 return Ok(Some(Delivery::LeaseLost));
             }
             let (run_id, worker) = (p.run.id, self.worker_id.clone());
-            self.commit_in(&mut p.open, p.run.organization_id, |c| {
+            self.commit_in(&mut p.open, (p.run.organization_id, p.run.id), |c| {
                 async move { Ok(store::release(c, run_id, &worker).await?) }.scope_boxed()
             })
             .await?;
