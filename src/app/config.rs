@@ -5,6 +5,7 @@ use serde::Deserialize;
 use toml::Value;
 
 pub use crate::domain::agents::config::AgentsConfig;
+pub use crate::domain::apikeys::config::ApiKeysConfig;
 pub use crate::domain::auth::config::{AuthConfig, CookieSecure};
 pub use crate::domain::auth::config::{GithubConfig, GoogleConfig, OAuthConfig};
 pub use crate::domain::common::access::Enforcement;
@@ -29,6 +30,7 @@ pub struct Config {
     pub secrets: SecretsConfig,
     pub workflows: WorkflowsConfig,
     pub agents: AgentsConfig,
+    pub api_keys: ApiKeysConfig,
     pub gateway: GatewayConfig,
     pub workspace: WorkspaceConfig,
     pub enterprise: EnterpriseConfig,
@@ -265,6 +267,10 @@ const ENV_KEYS: &[(&str, &str)] = &[
         "agents.pair_failure_window_secs",
     ),
     (
+        "API_KEY_LAST_USED_FLUSH_SEC",
+        "api_keys.last_used_flush_secs",
+    ),
+    (
         "VESPID_ENTERPRISE_PROVIDER_MODULE",
         "enterprise.provider_module",
     ),
@@ -395,6 +401,12 @@ impl Config {
             &self.server.trusted_proxy_header,
         ) {
             return Err(invalid("server.trusted_proxy_header", &e));
+        }
+        if !(1..=3600).contains(&self.api_keys.last_used_flush_secs) {
+            return Err(invalid(
+                "api_keys.last_used_flush_secs",
+                "must be between 1 and 3600",
+            ));
         }
         if self.database.pool_size == 0 {
             return Err(invalid("database.pool_size", "must be at least 1"));

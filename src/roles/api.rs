@@ -10,7 +10,8 @@ use serde_json::json;
 
 use crate::app::state::AppState;
 use crate::domain::common::access::{Authenticator, Memberships};
-use crate::domain::{agents, auth, meta, orgs, runs, secrets, workflows};
+use crate::domain::common::extract::api_key_gate;
+use crate::domain::{agents, apikeys, auth, meta, orgs, runs, secrets, workflows};
 use crate::platform::db;
 use crate::platform::http::body::BodyConfig;
 use crate::platform::http::client_ip::{ForwardedHeader, TrustedProxies};
@@ -29,6 +30,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     runs::routes::configure(cfg);
     workflows::routes::configure(cfg);
     agents::routes::configure(cfg);
+    apikeys::routes::configure(cfg);
 }
 
 /// Every service a handler or extractor may ask for, as app data.
@@ -64,7 +66,8 @@ fn services(state: &AppState) -> impl Fn(&mut web::ServiceConfig) + Clone {
             .app_data(web::Data::from(state.secrets.clone()))
             .app_data(web::Data::from(state.workflows.clone()))
             .app_data(web::Data::from(state.runs.clone()))
-            .app_data(web::Data::from(state.agents.clone()));
+            .app_data(web::Data::from(state.agents.clone()))
+            .app_data(web::Data::from(state.api_keys.clone()));
         #[cfg(feature = "oidc")]
         cfg.app_data(web::Data::from(state.oauth.clone()));
     }
@@ -102,6 +105,7 @@ pub fn server(state: AppState, listener: TcpListener) -> std::io::Result<Server>
             .configure(services.clone())
             .app_data(cors.clone())
             .app_data(http::query_config("Invalid query"))
+            .wrap(from_fn(api_key_gate))
             .wrap(from_fn(http::edge))
             .configure(routes)
             .default_service(web::to(http::not_found))

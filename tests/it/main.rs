@@ -7,6 +7,7 @@
 mod common;
 
 mod agents;
+mod apikeys;
 mod auth;
 mod authz;
 mod basics;
