@@ -5,13 +5,16 @@
 #   bench/api.sh                 # defaults: 64 connections, 1 wrk thread, 15 s per endpoint; 50 signups, 10k runs
 #   CONNS=64 DURATION=30s bench/api.sh
 #   PHASES=mem bench/api.sh      # only the memory phase (PHASES="wrk mem" is the default)
+#   PHASES=keys bench/api.sh     # only bearer token vs API key on the two org GETs, side by side
 #   SIGNUPS=50 SIGNUP_BURSTS=1 RUNS=10000 RUN_CLIENTS=32 MEM_SETTLE=2 PHASES=mem bench/api.sh
 #   VESPID_BIN=/tmp/vespid-old bench/api.sh   # measure a prebuilt binary instead of building this tree
 #
 # Endpoints: GET /v1/meta/capabilities (public), GET /v1/orgs/{org}/settings (bearer + X-Org-Id: the
 # org-scoped authenticated path; session, membership and settings come from the in-process caches),
 # GET /v1/orgs/{org}/secrets (same auth path plus a tenant transaction in PostgreSQL on every request),
-# POST /v1/auth/login (argon2id on purpose: it is CPU-bound by design).
+# POST /v1/auth/login (argon2id on purpose: it is CPU-bound by design). The two org GETs run twice: with the
+# session's bearer token (+ X-Org-Id) and with an API key of that org (`Authorization: Bearer vsk_…`, no
+# X-Org-Id; key, membership and settings from the in-process caches, last use noted in memory).
 # The memory phase (bench/mem.py) runs on a fresh server after the wrk phase, so neither disturbs the other:
 # RSS idle; after SIGNUPS concurrent POST /v1/auth/signup (distinct emails, all in flight at once); after
 # RUNS runs of a 3-node workflow of cheap nodes created by RUN_CLIENTS clients and all finished.
@@ -65,11 +68,9 @@ run() { # name, then wrk args
     printf '%-28s %12s req/s   p50 %-9s p99 %-9s non-2xx %s\n' "$name" "$rps" "$p50" "$p99" "${non2xx:-0}"
 }
 
-if [[ " $PHASES " == *" wrk "* ]]; then
-start_server /tmp/vespid-bench.log
-sleep 1
-RSS_IDLE_KB=$(ps -o rss= -p "$PID" | tr -d ' ')
-
+# A fresh account on the running server: EMAIL, TOKEN, ORG (its personal workspace) and KEY, an API key of
+# that org with the scopes of the two org GETs.
+setup_account() {
 EMAIL="bench-$(date +%s%N)@example.com"
 SIGNUP=$(curl -fs -X POST "$BASE/v1/auth/signup" -H 'content-type: application/json' \
     -d "{\"email\":\"$EMAIL\",\"password\":\"Password123\"}")
@@ -80,6 +81,16 @@ TOKEN=$(printf '%s' "$SIGNUP" | python3 -c 'import json,sys; print(json.load(sys
 curl -fs -X POST "$BASE/v1/auth/login" -H 'content-type: application/json' \
     -d "{\"email\":\"$EMAIL\",\"password\":\"Password123\"}" >/dev/null
 ORG=$(curl -fs "$BASE/v1/me" -H "authorization: Bearer $TOKEN" | python3 -c 'import json,sys; print(json.load(sys.stdin)["defaultOrgId"])')
+KEY=$(curl -fs -X POST "$BASE/v1/orgs/$ORG/api-keys" -H "authorization: Bearer $TOKEN" -H "x-org-id: $ORG" \
+    -H 'content-type: application/json' -d '{"name":"bench","scopes":["org:read","secrets:read"]}' \
+    | python3 -c 'import json,sys; print(json.load(sys.stdin)["key"])')
+}
+
+if [[ " $PHASES " == *" wrk "* ]]; then
+start_server /tmp/vespid-bench.log
+sleep 1
+RSS_IDLE_KB=$(ps -o rss= -p "$PID" | tr -d ' ')
+setup_account
 
 LUA=$(mktemp --suffix .lua)
 cat >"$LUA" <<LUA
@@ -91,11 +102,30 @@ LUA
 echo "== vespid api bench: $CONNS connections, $THREADS wrk thread(s), $DURATION each, $(nproc) cores"
 run "GET /v1/meta/capabilities" "$BASE/v1/meta/capabilities"
 run "GET org settings (authed)" -H "authorization: Bearer $TOKEN" -H "x-org-id: $ORG" "$BASE/v1/orgs/$ORG/settings"
+run "GET org settings (API key)" -H "authorization: Bearer $KEY" "$BASE/v1/orgs/$ORG/settings"
 run "GET org secrets (authed, DB)" -H "authorization: Bearer $TOKEN" -H "x-org-id: $ORG" "$BASE/v1/orgs/$ORG/secrets"
+run "GET org secrets (API key, DB)" -H "authorization: Bearer $KEY" "$BASE/v1/orgs/$ORG/secrets"
 run "POST /v1/auth/login" -s "$LUA" "$BASE/v1/auth/login"
 RSS_AFTER_KB=$(ps -o rss= -p "$PID" | tr -d ' ')
 echo "idle RSS of serve --role=all: $((RSS_IDLE_KB / 1024)) MiB (after load: $((RSS_AFTER_KB / 1024)) MiB)"
 rm -f "$LUA"
+stop_server
+fi
+
+if [[ " $PHASES " == *" keys "* ]]; then
+start_server /tmp/vespid-bench-keys.log
+sleep 1
+setup_account
+echo "== bearer token vs API key: $CONNS connections, $THREADS wrk thread(s), $DURATION each, $(nproc) cores"
+# Warm both paths once, then alternate, so neither gets a cold cache or the quieter half of the run.
+curl -fs -o /dev/null -H "authorization: Bearer $TOKEN" -H "x-org-id: $ORG" "$BASE/v1/orgs/$ORG/settings"
+curl -fs -o /dev/null -H "authorization: Bearer $KEY" "$BASE/v1/orgs/$ORG/settings"
+for round in 1 2; do
+run "settings token (round $round)" -H "authorization: Bearer $TOKEN" -H "x-org-id: $ORG" "$BASE/v1/orgs/$ORG/settings"
+run "settings API key (round $round)" -H "authorization: Bearer $KEY" "$BASE/v1/orgs/$ORG/settings"
+done
+run "secrets token (DB)" -H "authorization: Bearer $TOKEN" -H "x-org-id: $ORG" "$BASE/v1/orgs/$ORG/secrets"
+run "secrets API key (DB)" -H "authorization: Bearer $KEY" "$BASE/v1/orgs/$ORG/secrets"
 stop_server
 fi
 

@@ -19,7 +19,10 @@ pub(crate) async fn create_key(
     scopes: &[&str],
     expires_at: Option<&str>,
 ) -> (String, Value) {
-    let name: String = format!("key {}", scopes.join(" ")).chars().take(120).collect();
+    let name: String = format!("key {}", scopes.join(" "))
+        .chars()
+        .take(120)
+        .collect();
     let mut body = json!({ "name": name, "scopes": scopes });
     if let Some(t) = expires_at {
         body["expiresAt"] = json!(t);

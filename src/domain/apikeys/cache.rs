@@ -1,7 +1,10 @@
 //! In-memory cache of API keys, so a request authenticated by a key needs no database round trip.
 //! Revocations are immediate: this process drops the entry itself and tells every other instance over
 //! Redis pub/sub; the TTL only bounds staleness if that channel is down (and a reconnect drops everything).
+//! A read that raced an invalidation (it read the row before the revocation committed and would cache it
+//! after the entry was dropped) is not cached: every invalidation bumps an epoch that the read checks.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -37,6 +40,7 @@ struct Cached {
 pub struct KeyCache {
     ttl: Duration,
     keys: DashMap<ApiKeyId, Cached>,
+    epoch: AtomicU64,
 }
 
 impl KeyCache {
@@ -44,6 +48,7 @@ impl KeyCache {
         Arc::new(Self {
             ttl,
             keys: DashMap::new(),
+            epoch: AtomicU64::new(0),
         })
     }
 
@@ -55,8 +60,14 @@ impl KeyCache {
         Some((entry.record.clone(), refresh))
     }
 
-    pub fn put(&self, id: ApiKeyId, record: KeyRecord) {
-        if self.ttl.is_zero() {
+    /// Taken before reading a key from the database, and handed to [`KeyCache::put`].
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    /// Caches what was read, unless an invalidation happened since `epoch` was taken.
+    pub fn put(&self, id: ApiKeyId, record: KeyRecord, epoch: u64) {
+        if self.ttl.is_zero() || self.epoch() != epoch {
             return;
         }
         self.keys.insert(
@@ -70,6 +81,7 @@ impl KeyCache {
     }
 
     fn apply(&self, message: &str) {
+        self.epoch.fetch_add(1, Ordering::AcqRel);
         match message
             .strip_prefix("key:")
             .and_then(|id| id.parse::<uuid::Uuid>().ok())
@@ -94,7 +106,43 @@ impl KeyCache {
         redis.listen(
             CHANNEL,
             move |m| on_message.apply(m),
-            move || on_reconnect.keys.clear(),
+            move || {
+                on_reconnect.epoch.fetch_add(1, Ordering::AcqRel);
+                on_reconnect.keys.clear();
+            },
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record() -> KeyRecord {
+        KeyRecord {
+            org: OrgId::random(),
+            secret_hash: "h".into(),
+            scopes: Scopes::default(),
+            creator_role: Role::Admin,
+            creator: UserId::random(),
+            expires_at: None,
+            revoked: false,
+        }
+    }
+
+    #[test]
+    fn a_read_that_raced_an_invalidation_is_not_cached() {
+        let cache = KeyCache::new(Duration::from_secs(30));
+        let id = ApiKeyId::random();
+        let before = cache.epoch();
+        // The revocation lands while the row is being read.
+        cache.apply(&format!("key:{id}"));
+        cache.put(id, record(), before);
+        assert!(cache.get(id).is_none());
+        // A read started after it is cached, and dropped by the next invalidation.
+        cache.put(id, record(), cache.epoch());
+        assert!(cache.get(id).is_some());
+        cache.apply(&format!("key:{id}"));
+        assert!(cache.get(id).is_none());
     }
 }

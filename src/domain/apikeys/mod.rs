@@ -138,8 +138,8 @@ impl ApiKeys {
         let record = match self.cache.get(id) {
             Some((record, false)) => record,
             _ => match self.load(org, id).await? {
-                Some(record) => {
-                    self.cache.put(id, record.clone());
+                Some((record, epoch)) => {
+                    self.cache.put(id, record.clone(), epoch);
                     record
                 }
                 None => return Err(KeyRefusal::Invalid.into()),
@@ -170,19 +170,24 @@ impl ApiKeys {
         })
     }
 
-    async fn load(&self, org: OrgId, id: ApiKeyId) -> Result<Option<KeyRecord>, DbError> {
+    /// The key as stored, with the cache epoch taken before reading it.
+    async fn load(&self, org: OrgId, id: ApiKeyId) -> Result<Option<(KeyRecord, u64)>, DbError> {
+        let epoch = self.cache.epoch();
         let row = db::tenant_tx(&self.db, TenantCtx::org(org), |c| {
             async move { store::for_auth(c, org, id).await.map_err(DbError::from) }.scope_boxed()
         })
         .await?;
-        Ok(row.map(|r| KeyRecord {
-            org: r.organization_id,
-            secret_hash: r.secret_hash,
-            scopes: Scopes::from_names(r.scopes.iter().map(String::as_str)),
-            creator_role: r.creator_role,
-            creator: r.created_by_user_id,
-            expires_at: r.expires_at,
-            revoked: r.revoked_at.is_some(),
+        Ok(row.map(|r| {
+            let record = KeyRecord {
+                org: r.organization_id,
+                secret_hash: r.secret_hash,
+                scopes: Scopes::from_names(r.scopes.iter().map(String::as_str)),
+                creator_role: r.creator_role,
+                creator: r.created_by_user_id,
+                expires_at: r.expires_at,
+                revoked: r.revoked_at.is_some(),
+            };
+            (record, epoch)
         }))
     }
 
