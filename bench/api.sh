@@ -8,6 +8,7 @@
 #   PHASES=keys bench/api.sh     # only bearer token vs API key on the two org GETs, side by side
 #   SIGNUPS=50 SIGNUP_BURSTS=1 RUNS=10000 RUN_CLIENTS=32 MEM_SETTLE=2 PHASES=mem bench/api.sh
 #   VESPID_BIN=/tmp/vespid-old bench/api.sh   # measure a prebuilt binary instead of building this tree
+#   BENCH_DATABASE=vespid_bench BENCH_PORT=3911 bench/api.sh   # a database and port of its own
 #
 # Endpoints: GET /v1/meta/capabilities (public), GET /v1/orgs/{org}/settings (bearer + X-Org-Id: the
 # org-scoped authenticated path; session, membership and settings come from the in-process caches),
@@ -32,6 +33,16 @@ BASE="http://127.0.0.1:${PORT}"
 
 command -v wrk >/dev/null || { echo "installing wrk" >&2; apt-get install -y -qq wrk >/dev/null; }
 set -a; eval "$(bash scripts/deps.sh)"; set +a
+# BENCH_DATABASE=name: measure on that database (created if missing, migrated by the server) instead of the
+# shared development database, with its own Redis key prefix, so a bench never touches anyone's data.
+if [[ -n "${BENCH_DATABASE:-}" ]]; then
+    [[ "$BENCH_DATABASE" =~ ^[a-z0-9_]+$ ]] || { echo "BENCH_DATABASE: lowercase letters, digits and _ only" >&2; exit 1; }
+    psql "${DATABASE_MIGRATE_URL%/*}/postgres" -Atqc "SELECT 1 FROM pg_database WHERE datname = '$BENCH_DATABASE'" | grep -q 1 ||
+        psql "${DATABASE_MIGRATE_URL%/*}/postgres" -qc "CREATE DATABASE $BENCH_DATABASE"
+    DATABASE_URL="${DATABASE_URL%/*}/$BENCH_DATABASE"
+    DATABASE_MIGRATE_URL="${DATABASE_MIGRATE_URL%/*}/$BENCH_DATABASE"
+    export DATABASE_URL DATABASE_MIGRATE_URL REDIS_KEY_PREFIX="bench:$BENCH_DATABASE:"
+fi
 
 BIN="${VESPID_BIN:-}" # a prebuilt binary to measure instead of building this tree (to compare builds)
 if [[ -z "$BIN" ]]; then

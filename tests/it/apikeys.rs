@@ -423,6 +423,25 @@ async fn a_key_names_its_org() {
 }
 
 #[tokio::test]
+async fn warn_mode_gives_keys_no_fallback_and_no_warning() {
+    let app = spawn_with(Options::default().env("ORG_CONTEXT_ENFORCEMENT", "warn")).await;
+    let owner = app.signup("keys-warn").await;
+    let org = app.create_org(&owner).await;
+    let (key, _) = create_key(&app, &owner, org, &["org:read"], None).await;
+    let path = format!("/v1/orgs/{org}/settings");
+    let r = app.get(&path).bearer(&key).send().await;
+    assert_eq!(r.status, 200, "{}", show(&r));
+    assert_eq!(r.header("x-org-context-warning"), None);
+    let r = app.get(&path).bearer(&key).org(Uuid::new_v4()).send().await;
+    assert_code(
+        &r,
+        400,
+        "INVALID_ORG_CONTEXT",
+        "mismatching header in warn mode",
+    );
+}
+
+#[tokio::test]
 async fn an_expired_key_is_refused() {
     let app = spawn().await;
     let owner = app.signup("keys-exp").await;

@@ -4,7 +4,7 @@
 //! A read that raced an invalidation (it read the row before the revocation committed and would cache it
 //! after the entry was dropped) is not cached: every invalidation bumps an epoch that the read checks.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,12 +23,16 @@ const CHANNEL: &str = "apikeys:invalidate";
 #[derive(Debug, Clone)]
 pub struct KeyRecord {
     pub org: OrgId,
-    pub secret_hash: String,
+    /// SHA-256 of the whole key (stored as hex; kept raw here so a check allocates nothing).
+    pub digest: [u8; 32],
     pub scopes: Scopes,
     pub creator_role: Role,
     pub creator: UserId,
     pub expires_at: Option<DateTime<Utc>>,
     pub revoked: bool,
+    /// The last second (Unix) this process noted a use of the key, so a busy key is noted once per
+    /// second rather than on every request (see `usage::LastUsed`).
+    pub noted: Arc<AtomicI64>,
 }
 
 struct Cached {
@@ -52,8 +56,15 @@ impl KeyCache {
         })
     }
 
-    /// The cached key and whether this caller should re-read it (see [`freshness`]).
+    /// The cached key and whether this caller should re-read it (see [`freshness`]). A fresh entry is
+    /// read under the shared lock, so concurrent requests with the same key do not queue on it.
     pub fn get(&self, id: ApiKeyId) -> Option<(KeyRecord, bool)> {
+        {
+            let entry = self.keys.get(&id)?;
+            if entry.checked.elapsed() < self.ttl {
+                return Some((entry.record.clone(), false));
+            }
+        }
         let mut entry = self.keys.get_mut(&id)?;
         let (checked, ttl) = (entry.checked, self.ttl);
         let refresh = freshness(checked, &mut entry.refreshing, ttl)?;
@@ -121,12 +132,13 @@ mod tests {
     fn record() -> KeyRecord {
         KeyRecord {
             org: OrgId::random(),
-            secret_hash: "h".into(),
+            digest: [0; 32],
             scopes: Scopes::default(),
             creator_role: Role::Admin,
             creator: UserId::random(),
             expires_at: None,
             revoked: false,
+            noted: Arc::default(),
         }
     }
 

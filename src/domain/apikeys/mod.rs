@@ -134,7 +134,7 @@ impl ApiKeys {
     /// (constant-time), is revoked or has expired.
     pub async fn authenticate(&self, key: &str) -> Result<Principal, LookupError> {
         let (org, id) = model::parse(key).ok_or(KeyRefusal::Invalid)?;
-        let presented = model::key_hash(key);
+        let presented = crypto::sha256(key.as_bytes());
         let record = match self.cache.get(id) {
             Some((record, false)) => record,
             _ => match self.load(org, id).await? {
@@ -145,8 +145,7 @@ impl ApiKeys {
                 None => return Err(KeyRefusal::Invalid.into()),
             },
         };
-        if record.org != org || !crypto::ct_eq(presented.as_bytes(), record.secret_hash.as_bytes())
-        {
+        if record.org != org || !crypto::ct_eq(&presented, &record.digest) {
             return Err(KeyRefusal::Invalid.into());
         }
         if record.revoked {
@@ -155,7 +154,7 @@ impl ApiKeys {
         if record.expires_at.is_some_and(|t| t <= Utc::now()) {
             return Err(KeyRefusal::Expired.into());
         }
-        self.last_used.mark(id, org);
+        self.last_used.mark(id, org, &record.noted);
         Ok(Principal {
             user_id: record.creator,
             email: String::new(),
@@ -178,14 +177,20 @@ impl ApiKeys {
         })
         .await?;
         Ok(row.map(|r| {
+            // A stored hash that is not 64 hex digits never matches (all zeros is no key's digest).
+            let mut digest = [0u8; 32];
+            if hex::decode_to_slice(&r.secret_hash, &mut digest).is_err() {
+                digest = [0u8; 32];
+            }
             let record = KeyRecord {
                 org: r.organization_id,
-                secret_hash: r.secret_hash,
+                digest,
                 scopes: Scopes::from_names(r.scopes.iter().map(String::as_str)),
                 creator_role: r.creator_role,
                 creator: r.created_by_user_id,
                 expires_at: r.expires_at,
                 revoked: r.revoked_at.is_some(),
+                noted: Arc::default(),
             };
             (record, epoch)
         }))

@@ -1,7 +1,9 @@
 //! The request extractors every domain's routes use: [`AuthUser`] resolves the caller once per request
-//! (bearer token, then refresh cookie) and [`OrgCtx`] applies the org-context rule (identity spec 2.2):
-//! `X-Org-Id` present, well-formed and equal to the route's org (or, in `warn` mode, a recorded fallback),
-//! and a membership in both modes. Both look the route up in the access table first (deny by default).
+//! (an API key, else a bearer token, then the refresh cookie) and [`OrgCtx`] applies the org-context rule
+//! (identity spec 2.2): `X-Org-Id` present, well-formed and equal to the route's org (or, in `warn` mode,
+//! a recorded fallback), and a membership in both modes. Both look the route up in the access table first
+//! (deny by default). An API key must hold the route's scope, and names its own org (see
+//! [`resolve_key_org`]); [`api_key_gate`] refuses keys early on the routes that never take one.
 
 use actix_web::body::MessageBody;
 use actix_web::dev::{Payload, ServiceRequest, ServiceResponse};
@@ -72,8 +74,15 @@ struct NoRule {
     path: String,
 }
 
+/// The access-table entry found by [`api_key_gate`], kept so the route is not matched twice.
+#[derive(Clone, Copy)]
+struct RuleOf(&'static Rule);
+
 /// The route's entry in the access table; a route without one is refused (deny by default).
 fn rule_of(req: &HttpRequest) -> Result<&'static Rule, ApiError> {
+    if let Some(RuleOf(rule)) = req.extensions().get::<RuleOf>() {
+        return Ok(rule);
+    }
     let path = route_of(req);
     policy::rule_for(req.method().as_str(), &path).ok_or_else(|| {
         ApiError::internal_from(NoRule {
@@ -126,11 +135,12 @@ pub async fn api_key_gate(
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
     if bearer_is_api_key(req.request()) {
         let path = route_of(req.request());
-        let refused =
-            policy::rule_for(req.method().as_str(), &path).is_some_and(|r| r.keys == Keys::Refused);
-        if refused {
-            let res = key_not_allowed().error_response();
-            return Ok(req.into_response(res).map_into_right_body());
+        if let Some(rule) = policy::rule_for(req.method().as_str(), &path) {
+            if rule.keys == Keys::Refused {
+                let res = key_not_allowed().error_response();
+                return Ok(req.into_response(res).map_into_right_body());
+            }
+            req.extensions_mut().insert(RuleOf(rule));
         }
     }
     Ok(next.call(req).await?.map_into_left_body())
