@@ -6,6 +6,7 @@
 #   CONNS=64 DURATION=30s bench/api.sh
 #   PHASES=mem bench/api.sh      # only the memory phase (PHASES="wrk mem" is the default)
 #   PHASES=keys bench/api.sh     # only bearer token vs API key on the two org GETs, side by side
+#                                  (ROUNDS=2 alternations of the settings GET)
 #   SIGNUPS=50 SIGNUP_BURSTS=1 RUNS=10000 RUN_CLIENTS=32 MEM_SETTLE=2 PHASES=mem bench/api.sh
 #   VESPID_BIN=/tmp/vespid-old bench/api.sh   # measure a prebuilt binary instead of building this tree
 #   BENCH_DATABASE=vespid_bench BENCH_PORT=3911 bench/api.sh   # a database and port of its own
@@ -67,16 +68,26 @@ stop_server() {
     PID=
 }
 
+# CPU time (user + system, in clock ticks) the server has used so far.
+server_ticks() { awk '{print $14 + $15}' "/proc/$PID/stat"; }
+
 run() { # name, then wrk args
     local name=$1; shift
-    local out
+    local out t0 t1
+    t0=$(server_ticks)
     out=$(wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" --latency "$@")
-    local rps p50 p99 non2xx
+    t1=$(server_ticks)
+    local rps p50 p99 non2xx total cpu
     rps=$(printf '%s\n' "$out" | awk '/Requests\/sec/ {print $2}')
     p50=$(printf '%s\n' "$out" | awk '$1=="50%" {print $2}')
     p99=$(printf '%s\n' "$out" | awk '$1=="99%" {print $2}')
     non2xx=$(printf '%s\n' "$out" | awk '/Non-2xx/ {print $4}')
-    printf '%-28s %12s req/s   p50 %-9s p99 %-9s non-2xx %s\n' "$name" "$rps" "$p50" "$p99" "${non2xx:-0}"
+    total=$(printf '%s\n' "$out" | awk '/requests in/ {print $1}')
+    # Server CPU per request: less disturbed than req/s when other work shares the cores.
+    cpu=$(awk -v t="$((t1 - t0))" -v n="${total:-0}" -v hz="$(getconf CLK_TCK)" \
+        'BEGIN { if (n > 0) printf "%.1f", t / hz * 1e6 / n; else print "-" }')
+    printf '%-28s %12s req/s   p50 %-9s p99 %-9s non-2xx %-4s server CPU %s us/req\n' \
+        "$name" "$rps" "$p50" "$p99" "${non2xx:-0}" "$cpu"
 }
 
 # A fresh account on the running server: EMAIL, TOKEN, ORG (its personal workspace) and KEY, an API key of
@@ -131,7 +142,7 @@ echo "== bearer token vs API key: $CONNS connections, $THREADS wrk thread(s), $D
 # Warm both paths once, then alternate, so neither gets a cold cache or the quieter half of the run.
 curl -fs -o /dev/null -H "authorization: Bearer $TOKEN" -H "x-org-id: $ORG" "$BASE/v1/orgs/$ORG/settings"
 curl -fs -o /dev/null -H "authorization: Bearer $KEY" "$BASE/v1/orgs/$ORG/settings"
-for round in 1 2; do
+for round in $(seq 1 "${ROUNDS:-2}"); do
 run "settings token (round $round)" -H "authorization: Bearer $TOKEN" -H "x-org-id: $ORG" "$BASE/v1/orgs/$ORG/settings"
 run "settings API key (round $round)" -H "authorization: Bearer $KEY" "$BASE/v1/orgs/$ORG/settings"
 done
