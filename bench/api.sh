@@ -139,12 +139,14 @@ start_server /tmp/vespid-bench-keys.log
 sleep 1
 setup_account
 echo "== bearer token vs API key: $CONNS connections, $THREADS wrk thread(s), $DURATION each, $(nproc) cores"
-# Warm both paths once, then alternate, so neither gets a cold cache or the quieter half of the run.
+# Warm both paths once, then alternate.
 curl -fs -o /dev/null -H "authorization: Bearer $TOKEN" -H "x-org-id: $ORG" "$BASE/v1/orgs/$ORG/settings"
 curl -fs -o /dev/null -H "authorization: Bearer $KEY" "$BASE/v1/orgs/$ORG/settings"
+# The order flips every round, so neither side always runs on the warmer (or busier) half.
+token_run() { run "settings token (round $1)" -H "authorization: Bearer $TOKEN" -H "x-org-id: $ORG" "$BASE/v1/orgs/$ORG/settings"; }
+key_run() { run "settings API key (round $1)" -H "authorization: Bearer $KEY" "$BASE/v1/orgs/$ORG/settings"; }
 for round in $(seq 1 "${ROUNDS:-2}"); do
-run "settings token (round $round)" -H "authorization: Bearer $TOKEN" -H "x-org-id: $ORG" "$BASE/v1/orgs/$ORG/settings"
-run "settings API key (round $round)" -H "authorization: Bearer $KEY" "$BASE/v1/orgs/$ORG/settings"
+    if (( round % 2 )); then token_run "$round"; key_run "$round"; else key_run "$round"; token_run "$round"; fi
 done
 run "secrets token (DB)" -H "authorization: Bearer $TOKEN" -H "x-org-id: $ORG" "$BASE/v1/orgs/$ORG/secrets"
 run "secrets API key (DB)" -H "authorization: Bearer $KEY" "$BASE/v1/orgs/$ORG/secrets"

@@ -74,15 +74,8 @@ struct NoRule {
     path: String,
 }
 
-/// The access-table entry found by [`api_key_gate`], kept so the route is not matched twice.
-#[derive(Clone, Copy)]
-struct RuleOf(&'static Rule);
-
 /// The route's entry in the access table; a route without one is refused (deny by default).
 fn rule_of(req: &HttpRequest) -> Result<&'static Rule, ApiError> {
-    if let Some(RuleOf(rule)) = req.extensions().get::<RuleOf>() {
-        return Ok(rule);
-    }
     let path = route_of(req);
     policy::rule_for(req.method().as_str(), &path).ok_or_else(|| {
         ApiError::internal_from(NoRule {
@@ -126,21 +119,21 @@ fn check_key_route(rule: &Rule, grant: &KeyGrant) -> Result<(), ApiError> {
     }
 }
 
-/// Refuses an API key on a route that never takes one, before anything else runs. Authenticated routes
-/// refuse it again when they resolve the caller; this also covers the public sign-in and session routes,
-/// which read no credential themselves.
+/// Refuses an API key on the public routes that never take one (sign-in and sessions), which read no
+/// credential themselves, before their handler runs. Every other route refuses or checks a key when it
+/// resolves the caller. Matching a route before routing scans every route's pattern, so only paths that
+/// begin like one of those public routes are matched here.
 pub async fn api_key_gate(
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
-    if bearer_is_api_key(req.request()) {
+    if bearer_is_api_key(req.request()) && policy::may_refuse_keys_early(req.path()) {
         let path = route_of(req.request());
-        if let Some(rule) = policy::rule_for(req.method().as_str(), &path) {
-            if rule.keys == Keys::Refused {
-                let res = key_not_allowed().error_response();
-                return Ok(req.into_response(res).map_into_right_body());
-            }
-            req.extensions_mut().insert(RuleOf(rule));
+        let refused =
+            policy::rule_for(req.method().as_str(), &path).is_some_and(|r| r.keys == Keys::Refused);
+        if refused {
+            let res = key_not_allowed().error_response();
+            return Ok(req.into_response(res).map_into_right_body());
         }
     }
     Ok(next.call(req).await?.map_into_left_body())

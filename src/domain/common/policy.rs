@@ -254,6 +254,21 @@ static INDEX: LazyLock<HashMap<&'static str, Vec<&'static Rule>>> = LazyLock::ne
     index
 });
 
+/// The literal beginnings of the public routes that refuse API keys.
+static KEYLESS_PUBLIC: LazyLock<Vec<&'static str>> = LazyLock::new(|| {
+    ROUTES
+        .iter()
+        .filter(|r| r.access == Access::Public && r.keys == Keys::Refused)
+        .map(|r| r.path.split('{').next().unwrap_or(r.path))
+        .collect()
+});
+
+/// Whether a request path may be one of the public routes that refuse API keys (those are refused before
+/// routing; every other route checks a key when it resolves the caller).
+pub fn may_refuse_keys_early(path: &str) -> bool {
+    KEYLESS_PUBLIC.iter().any(|p| path.starts_with(p))
+}
+
 /// The rule of `method` on the route template `path` (as the router matched it).
 pub fn rule_for(method: &str, path: &str) -> Option<&'static Rule> {
     INDEX
@@ -314,6 +329,9 @@ mod tests {
                 assert_eq!(r.keys, Keys::Refused, "{} {}", r.method, r.path);
             }
         }
+        assert!(may_refuse_keys_early("/v1/auth/oauth/github/start"));
+        assert!(may_refuse_keys_early("/v1/auth/login"));
+        assert!(!may_refuse_keys_early("/v1/orgs/x/settings"));
         for s in Scope::ALL {
             assert!(
                 ROUTES.iter().any(|r| r.keys == Keys::Scope(*s)),
