@@ -5,6 +5,7 @@ use serde::Deserialize;
 use toml::Value;
 
 pub use crate::domain::agents::config::AgentsConfig;
+pub use crate::domain::apikeys::config::ApiKeysConfig;
 pub use crate::domain::auth::config::{AuthConfig, CookieSecure};
 pub use crate::domain::auth::config::{GithubConfig, GoogleConfig, OAuthConfig};
 pub use crate::domain::common::access::Enforcement;
@@ -40,6 +41,7 @@ pub struct Config {
     pub triggers: TriggersConfig,
     pub audit: AuditConfig,
     pub agents: AgentsConfig,
+    pub api_keys: ApiKeysConfig,
     pub gateway: GatewayConfig,
     pub workspace: WorkspaceConfig,
     pub metrics: MetricsConfig,
@@ -302,6 +304,10 @@ const ENV_KEYS: &[(&str, &str)] = &[
         "agents.pair_failure_window_secs",
     ),
     (
+        "API_KEY_LAST_USED_FLUSH_SEC",
+        "api_keys.last_used_flush_secs",
+    ),
+    (
         "VESPID_ENTERPRISE_PROVIDER_MODULE",
         "enterprise.provider_module",
     ),
@@ -451,6 +457,12 @@ impl Config {
             return Err(invalid(
                 "metrics.addr",
                 "must be host:port with an IP address, e.g. 127.0.0.1:9464",
+            ));
+        }
+        if !(1..=3600).contains(&self.api_keys.last_used_flush_secs) {
+            return Err(invalid(
+                "api_keys.last_used_flush_secs",
+                "must be between 1 and 3600",
             ));
         }
         if self.is_production()

@@ -8,6 +8,7 @@ use crate::app::config::Config;
 use crate::app::dev_kek;
 use crate::app::remote::LocalGateway;
 use crate::domain::agents::{Agents, AgentsParts};
+use crate::domain::apikeys::{ApiKeys, ApiKeysParts};
 use crate::domain::audit::Audit;
 #[cfg(feature = "oidc")]
 use crate::domain::auth::oauth::{OAuthParts, OAuthService};
@@ -56,6 +57,7 @@ pub struct AppState {
     pub run_metrics: Arc<RunMetrics>,
     /// Announcements of committed run events, for live streams on every instance.
     pub live: Arc<LiveEvents>,
+    pub api_keys: Arc<ApiKeys>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -125,12 +127,19 @@ impl AppState {
             db: db.clone(),
             redis: redis.clone(),
         }));
+        let api_keys = Arc::new(ApiKeys::new(ApiKeysParts {
+            config: config.api_keys.clone(),
+            cache_ttl: Duration::from_secs(config.auth.session_cache_ttl_secs),
+            db: db.clone(),
+            redis: redis.clone(),
+        }));
         let auth = Arc::new(AuthService::new(AuthParts {
             config: config.auth.clone(),
             secure_cookies: config.cookie_secure(),
             db: db.clone(),
             redis: redis.clone(),
             orgs: orgs.clone(),
+            api_keys: api_keys.clone(),
         }));
         let secrets = Arc::new(Secrets::new(SecretsParts {
             db: db.clone(),
@@ -215,6 +224,7 @@ impl AppState {
             metrics,
             run_metrics,
             live,
+            api_keys,
         })
     }
 

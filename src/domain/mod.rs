@@ -1,6 +1,7 @@
 //! Domains: each folder owns its model, queries, service functions and routes.
 
 pub mod agents;
+pub mod apikeys;
 pub mod audit;
 pub mod auth;
 pub mod common;

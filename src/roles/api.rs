@@ -10,7 +10,8 @@ use serde_json::json;
 
 use crate::app::state::AppState;
 use crate::domain::common::access::{Authenticator, Memberships};
-use crate::domain::{agents, audit, auth, meta, orgs, runs, secrets, triggers, workflows};
+use crate::domain::common::extract::api_key_gate;
+use crate::domain::{agents, apikeys, audit, auth, meta, orgs, runs, secrets, triggers, workflows};
 use crate::platform::db;
 use crate::platform::http::body::BodyConfig;
 use crate::platform::http::client_ip::{ForwardedHeader, TrustedProxies};
@@ -31,6 +32,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     agents::routes::configure(cfg);
     triggers::routes::configure(cfg);
     audit::routes::configure(cfg);
+    apikeys::routes::configure(cfg);
 }
 
 /// Every service a handler or extractor may ask for, as app data.
@@ -69,7 +71,8 @@ fn services(state: &AppState) -> impl Fn(&mut web::ServiceConfig) + Clone {
             .app_data(web::Data::from(state.runs.clone()))
             .app_data(web::Data::from(state.agents.clone()))
             .app_data(web::Data::from(state.triggers.clone()))
-            .app_data(web::Data::from(state.audit.clone()));
+            .app_data(web::Data::from(state.audit.clone()))
+            .app_data(web::Data::from(state.api_keys.clone()));
         #[cfg(feature = "oidc")]
         cfg.app_data(web::Data::from(state.oauth.clone()));
     }
@@ -110,6 +113,7 @@ pub fn server(state: AppState, listener: TcpListener) -> std::io::Result<Server>
             .configure(services.clone())
             .app_data(cors.clone())
             .app_data(http::query_config("Invalid query"))
+            .wrap(from_fn(api_key_gate))
             .wrap(from_fn(http::edge))
             .configure(routes)
             .configure(metrics.clone())

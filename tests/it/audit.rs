@@ -177,6 +177,26 @@ async fn every_audited_mutation_leaves_exactly_one_row_and_failures_none() {
         .await;
     assert_eq!(r.status, 200, "{:?}", r.body);
 
+    // An API key created, revoked twice (the second changes nothing).
+    let r = app
+        .post(&o("/api-keys"))
+        .by(&owner)
+        .org(org)
+        .json(json!({"name": "ci", "scopes": ["runs:read"]}))
+        .send()
+        .await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let key_id = r.body["apiKey"]["id"].as_str().unwrap().to_string();
+    for _ in 0..2 {
+        let r = app
+            .delete(&o(&format!("/api-keys/{key_id}")))
+            .by(&owner)
+            .org(org)
+            .send()
+            .await;
+        assert_eq!(r.status, 200, "{:?}", r.body);
+    }
+
     let list = entries(&app, &owner, org, "").await;
     let want: BTreeMap<String, usize> = [
         ("org.create", 1),
@@ -193,6 +213,8 @@ async fn every_audited_mutation_leaves_exactly_one_row_and_failures_none() {
         ("agent.pair", 1),
         ("agent.labels.update", 1),
         ("agent.revoke", 1),
+        ("api_key.create", 1),
+        ("api_key.revoke", 1),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))

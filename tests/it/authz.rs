@@ -357,3 +357,127 @@ fn every_registered_route_is_in_the_access_table() {
         "the table lists routes the code does not register: {found:?}"
     );
 }
+
+/// The access table's API-key column walked: every route against a key of each scope (and a key of
+/// every scope), each key of the test org, sent without `X-Org-Id` (a key names its org). A route that
+/// names a scope lets through exactly the keys whose scopes grant it and answers the others 403
+/// `API_KEY_SCOPE_MISSING`; a route that refuses keys answers every key 403 `API_KEY_NOT_ALLOWED`
+/// (the public sign-in and session routes included); a public route that ignores keys treats the request
+/// as any other.
+#[tokio::test]
+async fn every_api_key_scope_against_every_route_of_the_access_table() {
+    use vespid::domain::common::policy::Keys;
+    use vespid::domain::common::scope::{Scope, Scopes};
+
+    let started = Instant::now();
+    let app = spawn().await;
+    let owner = app.signup("authz-keys").await;
+    let org = app.create_org(&owner).await;
+    // One key per scope, then one with every scope.
+    let mut keys: Vec<(String, Scopes, String)> = Vec::new();
+    for s in Scope::ALL {
+        let (key, _) = crate::apikeys::create_key(&app, &owner, org, &[s.as_str()], None).await;
+        keys.push((key, [*s].into_iter().collect(), s.as_str().to_string()));
+    }
+    let every: Vec<&str> = Scope::ALL.iter().map(|s| s.as_str()).collect();
+    let (key, _) = crate::apikeys::create_key(&app, &owner, org, &every, None).await;
+    keys.push((
+        key,
+        Scope::ALL.iter().copied().collect(),
+        "every scope".into(),
+    ));
+
+    let mut problems: Vec<String> = Vec::new();
+    let mut requests = 0usize;
+    for rule in ROUTES {
+        let method = Method::from_bytes(rule.method.as_bytes())
+            .unwrap_or_else(|e| panic!("{} {}: bad method: {e}", rule.method, rule.path));
+        for (key, scopes, name) in &keys {
+            let path = concrete_path(rule.path, org);
+            let mut req = app.req(method.clone(), &path).bearer(key);
+            if method == Method::POST || method == Method::PUT {
+                req = req.json(json!({}));
+            }
+            let r = req.send().await;
+            requests += 1;
+            let verdict = match rule.keys {
+                _ if r.status == 500 => Err(format!("server error: {}", show(&r))),
+                Keys::Ignored => judge(rule, Caller::Anonymous, &r),
+                Keys::Refused => {
+                    if r.status == 403 && r.code() == "API_KEY_NOT_ALLOWED" {
+                        Ok(())
+                    } else {
+                        Err(format!(
+                            "expected 403 API_KEY_NOT_ALLOWED, got {}",
+                            show(&r)
+                        ))
+                    }
+                }
+                Keys::Scope(s) if scopes.grants(s) => {
+                    if r.status == 401 || r.status == 403 {
+                        Err(format!(
+                            "expected to get through with {s}, got {}",
+                            show(&r)
+                        ))
+                    } else {
+                        Ok(())
+                    }
+                }
+                Keys::Scope(s) => {
+                    if r.status == 403
+                        && r.code() == "API_KEY_SCOPE_MISSING"
+                        && r.body["details"]["requiredScope"] == s.as_str()
+                    {
+                        Ok(())
+                    } else {
+                        Err(format!(
+                            "expected 403 API_KEY_SCOPE_MISSING ({s}), got {}",
+                            show(&r)
+                        ))
+                    }
+                }
+            };
+            if let Err(e) = verdict {
+                problems.push(format!(
+                    "{} {} ({path}) with a key of {name}: {e}",
+                    rule.method, rule.path
+                ));
+            }
+        }
+    }
+    // Every key is still live (no route a key reached revoked one) and the owner still signed in.
+    for (key, _, name) in &keys {
+        let r = app
+            .get(&format!("/v1/orgs/{org}/settings"))
+            .bearer(key)
+            .send()
+            .await;
+        let want = if name == "org:read" || name == "org:write" || name == "every scope" {
+            200
+        } else {
+            403
+        };
+        assert_eq!(
+            r.status.as_u16(),
+            want,
+            "key of {name} after the walk: {}",
+            show(&r)
+        );
+    }
+    assert_eq!(app.get("/v1/me").by(&owner).send().await.status, 200);
+    eprintln!(
+        "authz keys: {} routes x {} keys, {requests} requests in {:?}",
+        ROUTES.len(),
+        keys.len(),
+        started.elapsed()
+    );
+    let mut report = String::new();
+    for p in &problems {
+        let _ = writeln!(report, "  {p}");
+    }
+    assert!(
+        problems.is_empty(),
+        "{} API-key access problem(s):\n{report}",
+        problems.len()
+    );
+}

@@ -7,6 +7,7 @@
 mod common;
 
 mod agents;
+mod apikeys;
 mod audit;
 mod auth;
 mod authz;
@@ -24,6 +25,6 @@ mod remote;
 mod rls;
 mod runs;
 mod secrets;
-mod triggers;
 mod sse;
+mod triggers;
 mod workflows;

@@ -21,7 +21,10 @@ use chrono::{TimeZone, Utc};
 use diesel_async::scoped_futures::ScopedFutureExt;
 use futures_util::future::BoxFuture;
 
-use crate::domain::common::access::{Authenticated, Authenticator, LookupError, Principal};
+use crate::domain::apikeys::ApiKeys;
+use crate::domain::common::access::{
+    Authenticated, Authenticator, LookupError, Principal, API_KEY_PREFIX,
+};
 use crate::domain::common::ids::{SessionId, UserId};
 use crate::domain::orgs::model::MyOrg;
 use crate::domain::orgs::Orgs;
@@ -48,6 +51,8 @@ pub struct AuthParts {
     pub db: PgPool,
     pub redis: Redis,
     pub orgs: Arc<Orgs>,
+    /// Resolves bearer credentials that are API keys.
+    pub api_keys: Arc<ApiKeys>,
 }
 
 pub struct AuthService {
@@ -59,6 +64,7 @@ pub struct AuthService {
     db: PgPool,
     redis: Redis,
     orgs: Arc<Orgs>,
+    api_keys: Arc<ApiKeys>,
 }
 
 fn now() -> i64 {
@@ -73,6 +79,7 @@ impl AuthService {
             db,
             redis,
             orgs,
+            api_keys,
         } = parts;
         let cache = AuthCache::new(Duration::from_secs(config.session_cache_ttl_secs));
         cache.spawn_listener(&redis);
@@ -85,6 +92,7 @@ impl AuthService {
             db,
             redis,
             orgs,
+            api_keys,
         }
     }
 
@@ -274,6 +282,7 @@ impl AuthService {
                         email: claims.email,
                         session_id: claims.sid,
                         via_cookie: false,
+                        api_key: None,
                     },
                     minted_access_token: None,
                 }));
@@ -351,6 +360,7 @@ impl AuthService {
             email: user.email,
             session_id: payload.session_id,
             via_cookie: true,
+            api_key: None,
         }))
     }
 
@@ -564,7 +574,17 @@ impl Authenticator for AuthService {
         bearer: Option<&'a str>,
         cookie: Option<&'a str>,
     ) -> BoxFuture<'a, Result<Option<Authenticated>, LookupError>> {
-        Box::pin(async move { Ok(self.resolve(bearer, cookie).await?) })
+        Box::pin(async move {
+            // An API key is the whole credential: refused means refused, with no fallback to a cookie.
+            if let Some(key) = bearer.filter(|t| t.starts_with(API_KEY_PREFIX)) {
+                let principal = self.api_keys.authenticate(key).await?;
+                return Ok(Some(Authenticated {
+                    principal,
+                    minted_access_token: None,
+                }));
+            }
+            Ok(self.resolve(bearer, cookie).await?)
+        })
     }
 }
 

@@ -6,7 +6,8 @@
 use futures_util::future::BoxFuture;
 use serde::Deserialize;
 
-use super::ids::{MembershipId, OrgId, SessionId, UserId};
+use super::ids::{ApiKeyId, MembershipId, OrgId, SessionId, UserId};
+use super::scope::Scopes;
 use crate::platform::db::{DbError, TenantCtx};
 
 crate::text_enum! {
@@ -31,17 +32,57 @@ impl Role {
     pub const fn at_least(self, min: Role) -> bool {
         self.rank() >= min.rank()
     }
+
+    /// The lower of the two roles.
+    pub const fn lower(self, other: Role) -> Role {
+        if self.rank() <= other.rank() {
+            self
+        } else {
+            other
+        }
+    }
 }
+
+/// How an API key starts (`vsk_<public id>_<secret>`): a bearer credential with it is an API key.
+pub const API_KEY_PREFIX: &str = "vsk_";
 
 /// The authenticated caller.
 #[derive(Debug, Clone)]
 pub struct Principal {
+    /// For an API key: the member who created it (the key acts inside the org on their behalf).
     pub user_id: UserId,
+    /// Empty for an API key (no route that reads it accepts keys).
     pub email: String,
+    /// For an API key: nil (a key has no session; the session routes refuse keys).
     pub session_id: SessionId,
     /// Authenticated by the refresh cookie (browser) rather than a bearer token: cross-site writes are
     /// refused for these.
     pub via_cookie: bool,
+    /// Set when the caller is an API key: what the key may do, checked against every route.
+    pub api_key: Option<KeyGrant>,
+}
+
+/// What an API key carries: its org, its scopes and the most it may act as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyGrant {
+    pub key_id: ApiKeyId,
+    pub org_id: OrgId,
+    pub scopes: Scopes,
+    /// The role its scopes call for, never above its creator's role when it was created (the org
+    /// context lowers it further to the creator's current role).
+    pub role: Role,
+}
+
+/// Why an API key presented as a bearer credential was refused (it was well-formed and its secret matched
+/// for `Expired` and `Revoked`; anything else is `Invalid`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum KeyRefusal {
+    #[error("API key is invalid")]
+    Invalid,
+    #[error("API key has expired")]
+    Expired,
+    #[error("API key has been revoked")]
+    Revoked,
 }
 
 /// A caller resolved inside one org by the org-context rule: a member with a role.
@@ -121,6 +162,9 @@ pub struct AccessConfig {
 pub enum LookupError {
     #[error(transparent)]
     Db(#[from] DbError),
+    /// The bearer credential is an API key that must not be accepted.
+    #[error(transparent)]
+    KeyRefused(#[from] KeyRefusal),
 }
 
 /// The caller resolved from a bearer token or the refresh cookie, plus a freshly minted access token when

@@ -1,18 +1,24 @@
 //! The request extractors every domain's routes use: [`AuthUser`] resolves the caller once per request
-//! (bearer token, then refresh cookie) and [`OrgCtx`] applies the org-context rule (identity spec 2.2):
-//! `X-Org-Id` present, well-formed and equal to the route's org (or, in `warn` mode, a recorded fallback),
-//! and a membership in both modes. Both look the route up in the access table first (deny by default).
+//! (an API key, else a bearer token, then the refresh cookie) and [`OrgCtx`] applies the org-context rule
+//! (identity spec 2.2): `X-Org-Id` present, well-formed and equal to the route's org (or, in `warn` mode,
+//! a recorded fallback), and a membership in both modes. Both look the route up in the access table first
+//! (deny by default). An API key must hold the route's scope, and names its own org (see
+//! [`resolve_key_org`]); [`api_key_gate`] refuses keys early on the routes that never take one.
 
-use actix_web::dev::Payload;
+use actix_web::body::MessageBody;
+use actix_web::dev::{Payload, ServiceRequest, ServiceResponse};
 use actix_web::http::{header, Method, StatusCode};
-use actix_web::{web, FromRequest, HttpMessage, HttpRequest};
+use actix_web::middleware::Next;
+use actix_web::{web, FromRequest, HttpMessage, HttpRequest, ResponseError};
 use futures_util::future::LocalBoxFuture;
+use serde_json::json;
 
 use super::access::{
-    AccessConfig, Authenticator, Enforcement, LookupError, Memberships, OrgCtx, Principal,
+    AccessConfig, Authenticator, Enforcement, KeyGrant, KeyRefusal, LookupError, Memberships,
+    OrgCtx, Principal, Role, API_KEY_PREFIX,
 };
-use super::ids::{OrgId, UserId};
-use super::policy::{self, Rule};
+use super::ids::{MembershipId, OrgId, UserId};
+use super::policy::{self, Keys, Rule};
 use crate::platform::http::{hint, org_header, parse_uuid, request_id, route_of, ApiError};
 
 /// An authenticated caller; extraction fails with 401 for anonymous requests.
@@ -79,12 +85,66 @@ fn rule_of(req: &HttpRequest) -> Result<&'static Rule, ApiError> {
     })
 }
 
+/// Whether the bearer credential is an API key (by its prefix; the key itself is checked later). Read
+/// on every request by [`api_key_gate`], so it allocates nothing.
+fn bearer_is_api_key(req: &HttpRequest) -> bool {
+    req.headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .is_some_and(|(scheme, token)| {
+            scheme.eq_ignore_ascii_case("bearer") && token.starts_with(API_KEY_PREFIX)
+        })
+}
+
+fn key_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::FORBIDDEN,
+        "API_KEY_NOT_ALLOWED",
+        "API keys cannot be used on this route",
+    )
+}
+
+/// What the route's rule says about this key: its scopes must grant the route's scope.
+fn check_key_route(rule: &Rule, grant: &KeyGrant) -> Result<(), ApiError> {
+    match rule.keys {
+        Keys::Scope(s) if grant.scopes.grants(s) => Ok(()),
+        Keys::Scope(s) => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "API_KEY_SCOPE_MISSING",
+            format!("API key lacks the scope {s}"),
+        )
+        .with_details(json!({ "requiredScope": s }))),
+        Keys::Ignored | Keys::Refused => Err(key_not_allowed()),
+    }
+}
+
+/// Refuses an API key on the public routes that never take one (sign-in and sessions), which read no
+/// credential themselves, before their handler runs. Every other route refuses or checks a key when it
+/// resolves the caller. Matching a route before routing scans every route's pattern, so only paths that
+/// begin like one of those public routes are matched here.
+pub async fn api_key_gate(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    if bearer_is_api_key(req.request()) && policy::may_refuse_keys_early(req.path()) {
+        let path = route_of(req.request());
+        let refused =
+            policy::rule_for(req.method().as_str(), &path).is_some_and(|r| r.keys == Keys::Refused);
+        if refused {
+            let res = key_not_allowed().error_response();
+            return Ok(req.into_response(res).map_into_right_body());
+        }
+    }
+    Ok(next.call(req).await?.map_into_left_body())
+}
+
 /// The caller of `req`, resolved once per request.
 pub async fn authenticate(req: &HttpRequest) -> Result<Principal, ApiError> {
     if let Some(p) = req.extensions().get::<Principal>() {
         return Ok(p.clone());
     }
-    rule_of(req)?;
+    let rule = rule_of(req)?;
     let config = access_config(req)?;
     let auth = req
         .app_data::<web::Data<dyn Authenticator>>()
@@ -100,6 +160,9 @@ pub async fn authenticate(req: &HttpRequest) -> Result<Principal, ApiError> {
         return Err(ApiError::unauthenticated());
     };
     let principal = found.principal;
+    if let Some(grant) = &principal.api_key {
+        check_key_route(rule, grant)?;
+    }
     if principal.via_cookie && !same_origin(req, &config.web_origin) {
         return Err(ApiError::forbidden("Cross-site request rejected"));
     }
@@ -164,6 +227,9 @@ pub async fn resolve_org(req: &HttpRequest) -> Result<OrgCtx, ApiError> {
                 "Route organization id must be a valid UUID",
             )
         })?;
+    if let Some(grant) = user.api_key {
+        return resolve_key_org(req, user, grant, route_org, rule).await;
+    }
     let strict = config.enforcement == Enforcement::Strict;
     let header = org_header(req);
     let bad = |code: &'static str, message: &'static str| {
@@ -216,12 +282,7 @@ pub async fn resolve_org(req: &HttpRequest) -> Result<OrgCtx, ApiError> {
             Some(_) => {}
         },
     }
-    let members = req
-        .app_data::<web::Data<dyn Memberships>>()
-        .cloned()
-        .ok_or_else(|| ApiError::internal_from(Missing("Memberships")))?;
-    let found = members.membership(route_org, user.user_id).await?;
-    let Some((role, membership_id)) = found else {
+    let Some((role, membership_id)) = membership(req, route_org, user.user_id).await? else {
         tracing::warn!(
             event = "org_context_access_denied",
             userId = %user.user_id,
@@ -247,6 +308,70 @@ pub async fn resolve_org(req: &HttpRequest) -> Result<OrgCtx, ApiError> {
     })
 }
 
+async fn membership(
+    req: &HttpRequest,
+    org: OrgId,
+    user: UserId,
+) -> Result<Option<(Role, MembershipId)>, ApiError> {
+    let members = req
+        .app_data::<web::Data<dyn Memberships>>()
+        .cloned()
+        .ok_or_else(|| ApiError::internal_from(Missing("Memberships")))?;
+    Ok(members.membership(org, user).await?)
+}
+
+/// The org context of an API key: the key names its org, so `X-Org-Id` is optional, but when given it
+/// must be that org (in either enforcement mode: keys are new, no client relies on a fallback). A route
+/// of another org is refused as for a non-member. The key acts as its creator, at the lowest of the
+/// key's role and the creator's current role; a creator who left the org takes the key's access along.
+async fn resolve_key_org(
+    req: &HttpRequest,
+    user: Principal,
+    grant: KeyGrant,
+    route_org: OrgId,
+    rule: &Rule,
+) -> Result<OrgCtx, ApiError> {
+    let denied =
+        |message: &'static str| ApiError::new(StatusCode::FORBIDDEN, "ORG_ACCESS_DENIED", message);
+    if route_org != grant.org_id {
+        return Err(denied("API key does not belong to this organization"));
+    }
+    let header = org_header(req);
+    match header.as_deref().map(str::trim) {
+        None | Some("") => {}
+        Some(raw) => match parse_uuid(raw).map(OrgId::from) {
+            None => {
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    INVALID,
+                    "X-Org-Id must be a valid UUID",
+                ))
+            }
+            Some(h) if h != grant.org_id => {
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    INVALID,
+                    "X-Org-Id does not match the API key's organization",
+                ))
+            }
+            Some(_) => {}
+        },
+    }
+    let Some((member_role, membership_id)) = membership(req, route_org, user.user_id).await? else {
+        return Err(denied(
+            "The API key's creator is no longer a member of this organization",
+        ));
+    };
+    tracing::Span::current().record("org_id", tracing::field::display(route_org));
+    Ok(OrgCtx {
+        org_id: route_org,
+        role: grant.role.lower(member_role),
+        user,
+        membership_id,
+        required: rule.required(),
+    })
+}
+
 impl FromRequest for OrgCtx {
     type Error = ApiError;
     type Future = LocalBoxFuture<'static, Result<Self, ApiError>>;
@@ -262,6 +387,14 @@ impl From<LookupError> for ApiError {
     fn from(e: LookupError) -> Self {
         match e {
             LookupError::Db(db) => db.into(),
+            LookupError::KeyRefused(r) => {
+                let code = match r {
+                    KeyRefusal::Invalid => "API_KEY_INVALID",
+                    KeyRefusal::Expired => "API_KEY_EXPIRED",
+                    KeyRefusal::Revoked => "API_KEY_REVOKED",
+                };
+                ApiError::new(StatusCode::UNAUTHORIZED, code, r.to_string())
+            }
         }
     }
 }

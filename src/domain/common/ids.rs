@@ -70,6 +70,8 @@ id_type! {
     EventId,
     /// An org's paired executor (node agent).
     ExecutorId,
+    /// An org's API key.
+    ApiKeyId,
 }
 
 impl RunId {

@@ -6,4 +6,5 @@ pub mod extract;
 pub mod ids;
 pub mod page;
 pub mod policy;
+pub mod scope;
 pub mod time;

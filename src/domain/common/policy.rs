@@ -3,11 +3,15 @@
 //! `OrgCtx::authorize` enforces the role, and one test walks every role against every entry.
 //!
 //! Routes added by later work get their line here first.
+//!
+//! The table also says what an API key may do on each route ([`Keys`]): org routes name the scope a key
+//! needs; routes that manage sessions, users, memberships or the keys themselves refuse keys outright.
 
 use std::collections::HashMap;
 use std::sync::LazyLock;
 
 use super::access::{Required, Role};
+use super::scope::Scope;
 
 /// The least a caller needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,13 +37,26 @@ impl Access {
     }
 }
 
-/// One route: method, path template (as registered), access, and the message of a role refusal.
+/// Whether an API key may call a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Keys {
+    /// A public route that reads no credential: a key there is neither used nor refused.
+    Ignored,
+    /// Never with an API key (sessions and sign-in, users, memberships, invitations, the keys themselves).
+    Refused,
+    /// A key whose scopes grant this one (see `Scopes::grants`).
+    Scope(Scope),
+}
+
+/// One route: method, path template (as registered), access, the message of a role refusal, and what an
+/// API key needs there.
 #[derive(Debug, Clone, Copy)]
 pub struct Rule {
     pub method: &'static str,
     pub path: &'static str,
     pub access: Access,
     pub denied: &'static str,
+    pub keys: Keys,
 }
 
 impl Rule {
@@ -52,12 +69,17 @@ impl Rule {
     }
 }
 
+/// A route of `access`; public routes ignore keys, every other route refuses them until it names a scope.
 const fn rule(method: &'static str, path: &'static str, access: Access) -> Rule {
     Rule {
         method,
         path,
         access,
         denied: "Forbidden",
+        keys: match access {
+            Access::Public => Keys::Ignored,
+            _ => Keys::Refused,
+        },
     }
 }
 
@@ -67,6 +89,21 @@ const fn admin(method: &'static str, path: &'static str, denied: &'static str) -
         path,
         access: Access::Admin,
         denied,
+        keys: Keys::Refused,
+    }
+}
+
+impl Rule {
+    /// An API key holding `scope` may call it.
+    const fn scope(mut self, scope: Scope) -> Rule {
+        self.keys = Keys::Scope(scope);
+        self
+    }
+
+    /// A public route that refuses a key anyway (sign-in and session routes: a key is never a way in).
+    const fn no_keys(mut self) -> Rule {
+        self.keys = Keys::Refused;
+        self
     }
 }
 
@@ -74,6 +111,7 @@ const WORKFLOWS: &str = "Role is not allowed to manage workflows";
 const SECRETS: &str = "Role is not allowed to manage secrets";
 const EXECUTORS: &str = "Role is not allowed to manage executors";
 const AUDIT: &str = "Role is not allowed to read the audit log";
+const API_KEYS: &str = "Role is not allowed to manage API keys";
 
 /// Every route of the API.
 pub const ROUTES: &[Rule] = &[
@@ -83,11 +121,11 @@ pub const ROUTES: &[Rule] = &[
     rule("GET", "/v1/meta/capabilities", Access::Public),
     rule("GET", "/v1/meta/connectors", Access::Public),
     // Identity.
-    rule("POST", "/v1/auth/signup", Access::Public),
-    rule("POST", "/v1/auth/login", Access::Public),
-    rule("POST", "/v1/auth/refresh", Access::Public),
-    rule("GET", "/v1/auth/oauth/{provider}/start", Access::Public),
-    rule("GET", "/v1/auth/oauth/{provider}/callback", Access::Public),
+    rule("POST", "/v1/auth/signup", Access::Public).no_keys(),
+    rule("POST", "/v1/auth/login", Access::Public).no_keys(),
+    rule("POST", "/v1/auth/refresh", Access::Public).no_keys(),
+    rule("GET", "/v1/auth/oauth/{provider}/start", Access::Public).no_keys(),
+    rule("GET", "/v1/auth/oauth/{provider}/callback", Access::Public).no_keys(),
     rule("POST", "/v1/auth/logout", Access::User),
     rule("POST", "/v1/auth/logout-all", Access::User),
     rule("GET", "/v1/me", Access::User),
@@ -104,93 +142,111 @@ pub const ROUTES: &[Rule] = &[
         "/v1/orgs/{orgId}/members/{memberId}/role",
         "Role is not allowed to change membership roles",
     ),
-    rule("GET", "/v1/orgs/{orgId}/settings", Access::Member),
+    rule("GET", "/v1/orgs/{orgId}/settings", Access::Member).scope(Scope::OrgRead),
     admin(
         "PUT",
         "/v1/orgs/{orgId}/settings",
         "Role is not allowed to manage org settings",
-    ),
-    rule("GET", "/v1/orgs/{orgId}/billing/credits", Access::Member),
+    )
+    .scope(Scope::OrgWrite),
+    rule("GET", "/v1/orgs/{orgId}/billing/credits", Access::Member).scope(Scope::OrgRead),
+    // API keys: managed by signed-in owners and admins only, never by a key.
+    admin("POST", "/v1/orgs/{orgId}/api-keys", API_KEYS),
+    admin("GET", "/v1/orgs/{orgId}/api-keys", API_KEYS),
+    admin("DELETE", "/v1/orgs/{orgId}/api-keys/{keyId}", API_KEYS),
     // Connector secrets.
-    admin("GET", "/v1/orgs/{orgId}/secrets", SECRETS),
-    admin("POST", "/v1/orgs/{orgId}/secrets", SECRETS),
-    admin("PUT", "/v1/orgs/{orgId}/secrets/{secretId}", SECRETS),
-    admin("DELETE", "/v1/orgs/{orgId}/secrets/{secretId}", SECRETS),
+    admin("GET", "/v1/orgs/{orgId}/secrets", SECRETS).scope(Scope::SecretsRead),
+    admin("POST", "/v1/orgs/{orgId}/secrets", SECRETS).scope(Scope::SecretsWrite),
+    admin("PUT", "/v1/orgs/{orgId}/secrets/{secretId}", SECRETS).scope(Scope::SecretsWrite),
+    admin("DELETE", "/v1/orgs/{orgId}/secrets/{secretId}", SECRETS).scope(Scope::SecretsWrite),
     // Workflows.
-    admin("POST", "/v1/orgs/{orgId}/workflows", WORKFLOWS),
-    rule("GET", "/v1/orgs/{orgId}/workflows", Access::Member),
+    admin("POST", "/v1/orgs/{orgId}/workflows", WORKFLOWS).scope(Scope::WorkflowsWrite),
+    rule("GET", "/v1/orgs/{orgId}/workflows", Access::Member).scope(Scope::WorkflowsRead),
     rule(
         "GET",
         "/v1/orgs/{orgId}/workflows/{workflowId}",
         Access::Member,
-    ),
-    admin("PUT", "/v1/orgs/{orgId}/workflows/{workflowId}", WORKFLOWS),
+    )
+    .scope(Scope::WorkflowsRead),
+    admin("PUT", "/v1/orgs/{orgId}/workflows/{workflowId}", WORKFLOWS).scope(Scope::WorkflowsWrite),
     admin(
         "POST",
         "/v1/orgs/{orgId}/workflows/{workflowId}/publish",
         WORKFLOWS,
-    ),
+    )
+    .scope(Scope::WorkflowsWrite),
     admin(
         "POST",
         "/v1/orgs/{orgId}/workflows/{workflowId}/drafts",
         WORKFLOWS,
-    ),
+    )
+    .scope(Scope::WorkflowsWrite),
     rule(
         "GET",
         "/v1/orgs/{orgId}/workflows/{workflowId}/revisions",
         Access::Member,
-    ),
+    )
+    .scope(Scope::WorkflowsRead),
     // Runs.
     rule(
         "POST",
         "/v1/orgs/{orgId}/workflows/{workflowId}/runs",
         Access::Member,
-    ),
+    )
+    .scope(Scope::RunsWrite),
     rule(
         "GET",
         "/v1/orgs/{orgId}/workflows/{workflowId}/runs",
         Access::Member,
-    ),
+    )
+    .scope(Scope::RunsRead),
     rule(
         "GET",
         "/v1/orgs/{orgId}/workflows/{workflowId}/runs/{runId}",
         Access::Member,
-    ),
+    )
+    .scope(Scope::RunsRead),
     rule(
         "GET",
         "/v1/orgs/{orgId}/workflows/{workflowId}/runs/{runId}/events",
         Access::Member,
-    ),
+    )
+    .scope(Scope::RunsRead),
     rule(
         "GET",
         "/v1/orgs/{orgId}/workflows/{workflowId}/runs/{runId}/events/stream",
         Access::Member,
-    ),
+    )
+    .scope(Scope::RunsRead),
     // Executors (node agents); `agents` and `executors` name the same thing.
-    admin("GET", "/v1/orgs/{orgId}/agents", EXECUTORS),
-    admin("GET", "/v1/orgs/{orgId}/executors", EXECUTORS),
-    admin("POST", "/v1/orgs/{orgId}/agents/pairing-tokens", EXECUTORS),
+    admin("GET", "/v1/orgs/{orgId}/agents", EXECUTORS).scope(Scope::AgentsRead),
+    admin("GET", "/v1/orgs/{orgId}/executors", EXECUTORS).scope(Scope::AgentsRead),
+    admin("POST", "/v1/orgs/{orgId}/agents/pairing-tokens", EXECUTORS).scope(Scope::AgentsAdmin),
     admin(
         "POST",
         "/v1/orgs/{orgId}/executors/pairing-tokens",
         EXECUTORS,
-    ),
+    )
+    .scope(Scope::AgentsAdmin),
     admin(
         "POST",
         "/v1/orgs/{orgId}/agents/{agentId}/revoke",
         EXECUTORS,
-    ),
+    )
+    .scope(Scope::AgentsAdmin),
     admin(
         "POST",
         "/v1/orgs/{orgId}/executors/{executorId}/revoke",
         EXECUTORS,
-    ),
+    )
+    .scope(Scope::AgentsAdmin),
     admin(
         "PUT",
         "/v1/orgs/{orgId}/executors/{executorId}/labels",
         EXECUTORS,
-    ),
-    admin("PUT", "/v1/orgs/{orgId}/agents/{agentId}/tags", EXECUTORS),
+    )
+    .scope(Scope::AgentsAdmin),
+    admin("PUT", "/v1/orgs/{orgId}/agents/{agentId}/tags", EXECUTORS).scope(Scope::AgentsAdmin),
     // The pairing token is the credential.
     rule("POST", "/v1/agents/pair", Access::Public),
     rule("POST", "/v1/executors/pair", Access::Public),
@@ -207,6 +263,21 @@ static INDEX: LazyLock<HashMap<&'static str, Vec<&'static Rule>>> = LazyLock::ne
     }
     index
 });
+
+/// The literal beginnings of the public routes that refuse API keys.
+static KEYLESS_PUBLIC: LazyLock<Vec<&'static str>> = LazyLock::new(|| {
+    ROUTES
+        .iter()
+        .filter(|r| r.access == Access::Public && r.keys == Keys::Refused)
+        .map(|r| r.path.split('{').next().unwrap_or(r.path))
+        .collect()
+});
+
+/// Whether a request path may be one of the public routes that refuse API keys (those are refused before
+/// routing; every other route checks a key when it resolves the caller).
+pub fn may_refuse_keys_early(path: &str) -> bool {
+    KEYLESS_PUBLIC.iter().any(|p| path.starts_with(p))
+}
 
 /// The rule of `method` on the route template `path` (as the router matched it).
 pub fn rule_for(method: &str, path: &str) -> Option<&'static Rule> {
@@ -242,5 +313,40 @@ mod tests {
             assert_eq!(rule_for(r.method, r.path).map(|x| x.path), Some(r.path));
         }
         assert!(rule_for("GET", "/v1/nope").is_none());
+    }
+
+    #[test]
+    fn keys_reach_org_routes_only_and_every_scope_is_used() {
+        for r in ROUTES {
+            if let Keys::Scope(s) = r.keys {
+                assert!(
+                    r.path.starts_with("/v1/orgs/{orgId}"),
+                    "{} {}",
+                    r.method,
+                    r.path
+                );
+                assert!(!r.path.contains("/api-keys"), "{} {}", r.method, r.path);
+                // The scope's role is the route's role, so a key's role derived from its scopes fits.
+                assert_eq!(
+                    Some(s.role()),
+                    r.access.min_role(),
+                    "{} {}",
+                    r.method,
+                    r.path
+                );
+            }
+            if r.path.starts_with("/v1/auth/") || r.access == Access::User {
+                assert_eq!(r.keys, Keys::Refused, "{} {}", r.method, r.path);
+            }
+        }
+        assert!(may_refuse_keys_early("/v1/auth/oauth/github/start"));
+        assert!(may_refuse_keys_early("/v1/auth/login"));
+        assert!(!may_refuse_keys_early("/v1/orgs/x/settings"));
+        for s in Scope::ALL {
+            assert!(
+                ROUTES.iter().any(|r| r.keys == Keys::Scope(*s)),
+                "scope {s} names no route"
+            );
+        }
     }
 }

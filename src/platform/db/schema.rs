@@ -296,3 +296,20 @@ diesel::table! {
 }
 
 diesel::allow_tables_to_appear_in_same_query!(organization_executors, executor_pairing_tokens);
+
+diesel::table! {
+    api_keys (id) {
+        id -> Uuid,
+        organization_id -> Uuid,
+        name -> Text,
+        prefix -> Text,
+        secret_hash -> Text,
+        scopes -> Array<Text>,
+        creator_role -> Text,
+        created_by_user_id -> Uuid,
+        created_at -> Timestamptz,
+        expires_at -> Nullable<Timestamptz>,
+        last_used_at -> Nullable<Timestamptz>,
+        revoked_at -> Nullable<Timestamptz>,
+    }
+}
