@@ -3,6 +3,7 @@
 pub mod api;
 pub mod background;
 pub mod gateway;
+pub mod openapi;
 pub mod role;
 
 use std::net::TcpListener;

@@ -16,6 +16,7 @@ mod fake_oauth;
 mod gateway;
 mod hostile;
 mod oauth;
+mod openapi;
 mod orgs;
 mod process;
 mod remote;
