@@ -1,6 +1,7 @@
 //! The OpenAPI document (`GET /v1/openapi.json`) against the code: it describes every route the api role
 //! registers and nothing else (the registrations are read from the sources, see `common::routes`), it is
-//! OpenAPI 3.1, every reference resolves, and every error answer is described with the envelope.
+//! OpenAPI 3.1, every reference resolves, every error answer is described with the envelope, and real
+//! answers have the shapes it gives them.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -261,4 +262,160 @@ async fn the_document_and_its_viewer_are_served() {
         html.matches("integrity=\"sha384-").count() == 2,
         "the viewer's files are pinned by hash: {html}"
     );
+}
+
+/// Whether `value` has the shape `schema` describes: types, enums, required properties, no undescribed
+/// property, array items, `oneOf`; `$ref`s followed. Problems are pushed with the JSON path.
+fn conforms(doc: &Value, schema: &Value, value: &Value, at: &str, problems: &mut Vec<String>) {
+    if let Some(reference) = schema["$ref"].as_str() {
+        let target = resolve(doc, reference).expect("reference resolves");
+        return conforms(doc, target, value, at, problems);
+    }
+    if let Some(branches) = schema["oneOf"].as_array() {
+        let fits = branches.iter().any(|b| {
+            let mut p = Vec::new();
+            conforms(doc, b, value, at, &mut p);
+            p.is_empty()
+        });
+        if !fits {
+            problems.push(format!("{at}: {value} fits no branch of {schema}"));
+        }
+        return;
+    }
+    let types: Vec<&str> = match &schema["type"] {
+        Value::String(t) => vec![t.as_str()],
+        Value::Array(ts) => ts.iter().filter_map(Value::as_str).collect(),
+        _ => Vec::new(),
+    };
+    let kind = match value {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(n) if n.is_i64() || n.is_u64() => "integer",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    };
+    if !types.is_empty()
+        && !types
+            .iter()
+            .any(|t| *t == kind || (*t == "number" && kind == "integer"))
+    {
+        problems.push(format!("{at}: a {kind} where the document says {types:?}"));
+        return;
+    }
+    if let Some(allowed) = schema["enum"].as_array() {
+        if !allowed.contains(value) {
+            problems.push(format!("{at}: {value} is not one of {allowed:?}"));
+        }
+    }
+    match value {
+        Value::Object(fields) => {
+            if let Some(properties) = schema["properties"].as_object() {
+                for required in schema["required"].as_array().into_iter().flatten() {
+                    let name = required.as_str().unwrap_or_default();
+                    if !fields.contains_key(name) {
+                        problems.push(format!("{at}: required {name} is missing"));
+                    }
+                }
+                for (name, v) in fields {
+                    match properties.get(name) {
+                        Some(s) => conforms(doc, s, v, &format!("{at}.{name}"), problems),
+                        None => problems.push(format!("{at}: {name} is not in the document")),
+                    }
+                }
+            }
+        }
+        Value::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                conforms(doc, &schema["items"], item, &format!("{at}[{i}]"), problems);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// The JSON schema the document gives for `status` of `method path`.
+fn schema_of<'d>(doc: &'d Value, method: &str, path: &str, status: u16) -> &'d Value {
+    let r = &doc["paths"][path][method.to_lowercase()]["responses"][status.to_string()];
+    assert!(!r.is_null(), "{method} {path} documents no {status}");
+    &response(doc, r)["content"]["application/json"]["schema"]
+}
+
+/// Real answers have the shapes the document gives them (the wrapper objects are written by hand next to
+/// the handlers' `json!`, so this is what keeps the two together).
+#[tokio::test]
+async fn real_answers_have_the_documented_shapes() {
+    let doc = document();
+    let app = spawn().await;
+    let email = app.unique_email("openapi");
+    let signup = app
+        .post("/v1/auth/signup")
+        .json(serde_json::json!({ "email": email, "password": crate::common::PASSWORD }))
+        .send()
+        .await;
+    let token = signup.body["session"]["token"]
+        .as_str()
+        .expect("token")
+        .to_string();
+    let me = app.get("/v1/me").bearer(&token).send().await;
+    let org = me.body["defaultOrgId"].as_str().expect("org").to_string();
+    let slug = format!("oa-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    let created = app
+        .post("/v1/orgs")
+        .bearer(&token)
+        .json(serde_json::json!({ "name": "OpenAPI", "slug": slug }))
+        .send()
+        .await;
+    let mut answers = vec![
+        ("POST", "/v1/auth/signup", signup),
+        ("GET", "/v1/me", me),
+        ("POST", "/v1/orgs", created),
+    ];
+    for (method, template) in [
+        ("GET", "/healthz"),
+        ("GET", "/readyz"),
+        ("GET", "/v1/meta/capabilities"),
+        ("GET", "/v1/meta/connectors"),
+        ("GET", "/v1/orgs/{orgId}/settings"),
+        ("GET", "/v1/orgs/{orgId}/billing/credits"),
+        ("GET", "/v1/orgs/{orgId}/secrets"),
+        ("GET", "/v1/orgs/{orgId}/workflows"),
+        ("GET", "/v1/orgs/{orgId}/agents"),
+        ("POST", "/v1/orgs/{orgId}/agents/pairing-tokens"),
+        ("GET", "/v1/orgs/{orgId}/workflows/{workflowId}"),
+        ("POST", "/v1/orgs/{orgId}/invitations"),
+    ] {
+        let path = template
+            .replace("{orgId}", &org)
+            .replace("{workflowId}", &uuid::Uuid::new_v4().to_string());
+        let req = app
+            .req(
+                reqwest::Method::from_bytes(method.as_bytes()).unwrap(),
+                &path,
+            )
+            .bearer(&token)
+            .org(&org);
+        let req = if method == "POST" {
+            req.json(serde_json::json!({}))
+        } else {
+            req
+        };
+        answers.push((method, template, req.send().await));
+    }
+    let mut problems = Vec::new();
+    for (method, path, r) in &answers {
+        let schema = schema_of(&doc, method, path, r.status.as_u16());
+        conforms(
+            &doc,
+            schema,
+            &r.body,
+            &format!("{method} {path} {}", r.status.as_u16()),
+            &mut problems,
+        );
+    }
+    // The last ones are errors: an unknown workflow (404) and an invitation without a body (400).
+    assert_eq!(answers[answers.len() - 2].2.status, 404);
+    assert_eq!(answers[answers.len() - 1].2.status, 400);
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
 }

@@ -45,7 +45,8 @@ pub struct CapabilitiesBody {
 #[derive(utoipa::ToSchema)]
 pub struct ProviderInfo {
     pub name: String,
-    pub version: String,
+    /// `null` when the provider has none (the community edition).
+    pub version: Option<String>,
 }
 
 #[derive(utoipa::ToSchema)]
