@@ -13,6 +13,10 @@
 //!    templates, add the other templates to [`ALIASES`];
 //! 3. give it its line in `policy::ROUTES`, from which 401/403, `X-Org-Id` and the security
 //!    requirement are added; 400/413/415 follow from a JSON body, 500 and 503 from [`complete`].
+//!
+//! A stream answers its own media type: `responses((status = 200, content_type = "text/event-stream",
+//! body = String, description = "…"))` (for `…/runs/{runId}/events/stream`). A route served on another
+//! listener (the gateway's; `/metrics` if it gets its own port) is not part of this document.
 
 use utoipa::openapi::path::{Operation, ParameterBuilder, ParameterIn, PathItem};
 use utoipa::openapi::schema::{KnownFormat, ObjectBuilder, SchemaFormat, Type};
