@@ -57,6 +57,9 @@ enum Command {
         #[command(subcommand)]
         command: SecretsCommand,
     },
+    /// Print the OpenAPI 3.1 document of the HTTP API (as served at `/v1/openapi.json`) and exit. Needs no
+    /// configuration, database or network: for generating clients in CI.
+    Openapi,
     /// The node agent: pair this machine with an org and run it as an executor.
     Agent {
         #[command(subcommand)]
@@ -113,6 +116,19 @@ fn run_agent(command: AgentCommand) -> ExitCode {
     }
 }
 
+fn print_openapi() -> ExitCode {
+    match serde_json::to_string_pretty(&roles::openapi::document()) {
+        Ok(json) => {
+            println!("{json}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("vespid openapi: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 #[derive(Subcommand)]
 enum SecretsCommand {
     /// Re-wrap every secret's data key under the active KEK (SECRETS_KEK_ID/SECRETS_KEK_BASE64), reading
@@ -124,6 +140,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let cli = match cli.command {
         Command::Agent { command } => return run_agent(command),
+        Command::Openapi => return print_openapi(),
         command => Cli { command, ..cli },
     };
     let config = match Config::load(cli.config.as_deref()) {
@@ -174,7 +191,7 @@ fn main() -> ExitCode {
                 .await
                 .map_err(|e| e.to_string()),
             // Handled before the server's configuration is loaded.
-            Command::Agent { .. } => Ok(()),
+            Command::Agent { .. } | Command::Openapi => Ok(()),
         }
     });
     runtime.shutdown_timeout(grace);

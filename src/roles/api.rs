@@ -15,12 +15,15 @@ use crate::domain::{agents, apikeys, audit, auth, meta, orgs, runs, secrets, tri
 use crate::platform::db;
 use crate::platform::http::body::BodyConfig;
 use crate::platform::http::client_ip::{ForwardedHeader, TrustedProxies};
+use crate::platform::http::openapi::{docs, openapi_json, OkBody, Published};
 use crate::platform::http::{self, CorsOrigin};
 
 /// All routes, for the server and for in-process tests.
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/healthz", web::get().to(healthz))
-        .route("/readyz", web::get().to(readyz));
+        .route("/readyz", web::get().to(readyz))
+        .route("/v1/openapi.json", web::get().to(openapi_json))
+        .route("/docs", web::get().to(docs));
     auth::routes::configure(cfg);
     #[cfg(feature = "oidc")]
     auth::oauth::routes::configure(cfg);
@@ -78,12 +81,24 @@ fn services(state: &AppState) -> impl Fn(&mut web::ServiceConfig) + Clone {
     }
 }
 
-async fn healthz() -> HttpResponse {
+/// Liveness: the process answers.
+#[utoipa::path(
+    get, path = "/healthz", operation_id = "healthz", tag = "meta",
+    responses((status = 200, description = "`{ok: true}`", body = OkBody))
+)]
+pub async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(json!({ "ok": true }))
 }
 
 /// Readiness: PostgreSQL and Redis each answer within the configured bounds.
-async fn readyz(state: web::Data<AppState>) -> HttpResponse {
+#[utoipa::path(
+    get, path = "/readyz", operation_id = "readyz", tag = "meta",
+    responses(
+        (status = 200, description = "Both answer", body = Readiness),
+        (status = 503, description = "One does not (this body, not the error envelope)", body = Readiness),
+    )
+)]
+pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     let (pg, redis) = tokio::join!(db::ping(&state.db), state.redis.ping());
     let (pg_ok, redis_ok) = (pg.is_ok(), redis.is_ok());
     let body = json!({
@@ -98,7 +113,20 @@ async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     }
 }
 
+/// The body of `/readyz`.
+#[derive(utoipa::ToSchema)]
+pub struct Readiness {
+    pub ok: bool,
+    /// `ok` or `unavailable`.
+    pub postgres: String,
+    /// `ok` or `unavailable`.
+    pub redis: String,
+}
+
 pub fn server(state: AppState, listener: TcpListener) -> std::io::Result<Server> {
+    // The API description, rendered once for every worker.
+    let published =
+        web::Data::new(Published::new(&super::openapi::document()).map_err(std::io::Error::other)?);
     let workers = state.config.server.workers;
     let grace = state.config.server.shutdown_grace_secs;
     let services = services(&state);
@@ -112,6 +140,7 @@ pub fn server(state: AppState, listener: TcpListener) -> std::io::Result<Server>
         App::new()
             .configure(services.clone())
             .app_data(cors.clone())
+            .app_data(published.clone())
             .app_data(http::query_config("Invalid query"))
             .wrap(from_fn(api_key_gate))
             .wrap(from_fn(http::edge))

@@ -4,6 +4,7 @@ pub mod api;
 pub mod background;
 pub mod gateway;
 pub mod metrics;
+pub mod openapi;
 pub mod role;
 
 use std::net::TcpListener;

@@ -12,6 +12,7 @@ use serde_json::json;
 use uuid::Uuid;
 use vespid::domain::common::policy::{self, Access, Rule, ROUTES};
 
+use crate::common::routes::api_routes;
 use crate::common::{spawn, Resp, TestApp, User, PASSWORD};
 
 /// Who sends a request.
@@ -300,48 +301,14 @@ async fn every_role_against_every_route_of_the_access_table() {
     );
 }
 
-/// The other direction: every route the code registers has its line in the access table. actix cannot
-/// list its routes, so this reads the registrations (`.route("<path>", web::<method>()…)`) from the
-/// sources that make them.
+/// The other direction: every route the code registers has its line in the access table (the
+/// registrations are read from the sources, see `common::routes`).
 #[test]
 fn every_registered_route_is_in_the_access_table() {
-    let root = env!("CARGO_MANIFEST_DIR");
-    let mut sources = vec![format!("{root}/src/roles/api.rs")];
-    let mut dirs = vec![format!("{root}/src/domain")];
-    while let Some(dir) = dirs.pop() {
-        for entry in std::fs::read_dir(&dir).expect("read dir").flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                dirs.push(path.to_string_lossy().to_string());
-            } else if path.file_name().is_some_and(|n| n == "routes.rs")
-                // The gateway's routes are served on its own listener and authenticated by executor
-                // token, not by the API's access table.
-                && !path.to_string_lossy().contains("/domain/gateway/")
-            {
-                sources.push(path.to_string_lossy().to_string());
-            }
-        }
-    }
-    let mut found = Vec::new();
-    for file in &sources {
-        let text = std::fs::read_to_string(file).expect("read source");
-        // `.route(` then the path literal, then `web::<method>()`, across line breaks.
-        let mut rest = text.as_str();
-        while let Some(at) = rest.find(".route(") {
-            rest = &rest[at + ".route(".len()..];
-            let Some(open) = rest.find('"') else { break };
-            let after = &rest[open + 1..];
-            let Some(close) = after.find('"') else { break };
-            let path = &after[..close];
-            let tail = &after[close + 1..];
-            let Some(m) = tail.find("web::") else { break };
-            let method: String = tail[m + "web::".len()..]
-                .chars()
-                .take_while(|c| c.is_ascii_alphabetic())
-                .collect();
-            found.push((method.to_uppercase(), path.to_string(), file.clone()));
-        }
-    }
+    let found: Vec<_> = api_routes()
+        .into_iter()
+        .map(|r| (r.method, r.path, r.file))
+        .collect();
     assert!(found.len() >= 30, "too few registrations found: {found:?}");
     let missing: Vec<_> = found
         .iter()

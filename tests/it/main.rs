@@ -19,6 +19,7 @@ mod gateway;
 mod hostile;
 mod metrics;
 mod oauth;
+mod openapi;
 mod orgs;
 mod process;
 mod remote;

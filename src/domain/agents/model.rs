@@ -65,7 +65,7 @@ pub struct ExecutorRow {
 
 /// Shown status: `revoked` once revoked, else `online` exactly while the executor holds a gateway
 /// connection (its live route record), else `offline`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum ExecutorStatus {
     Online,
@@ -73,8 +73,9 @@ pub enum ExecutorStatus {
     Revoked,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(as = Executor)]
 pub struct ExecutorView {
     pub id: ExecutorId,
     pub name: String,
@@ -148,8 +149,9 @@ pub struct PairRequest {
 }
 
 /// What a paired agent is told: its id and token (shown once), its org and where to connect.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(as = PairedExecutor)]
 pub struct Paired {
     pub executor_id: ExecutorId,
     pub executor_token: String,

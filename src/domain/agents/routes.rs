@@ -6,12 +6,13 @@ use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::{json, Value};
 
-use super::model::{self, PairRequest, MAX_LABELS, MAX_LABEL_CHARS};
+use super::model::{self, ExecutorView, PairRequest, Paired, MAX_LABELS, MAX_LABEL_CHARS};
 use super::{AgentError, Agents};
 use crate::domain::common::access::OrgCtx;
 use crate::domain::common::ids::ExecutorId;
 use crate::domain::common::time::iso;
 use crate::platform::http::client_ip::client_ip;
+use crate::platform::http::openapi::{BadRequest, ErrorBody};
 use crate::platform::http::{path_uuid, ApiError, Form, JsonBody};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -81,6 +82,12 @@ fn executor_id(req: &HttpRequest) -> Result<ExecutorId, ApiError> {
     path_uuid(req, name, not_found).map(ExecutorId::from)
 }
 
+/// The org's executors (owner/admin). Also served at `/v1/orgs/{orgId}/executors`.
+#[utoipa::path(
+    get, path = "/v1/orgs/{orgId}/agents", operation_id = "listAgents", tag = "executors",
+    params(("orgId" = Uuid, Path, description = "The organization")),
+    responses((status = 200, description = "The executors", body = ExecutorList))
+)]
 async fn list(agents: web::Data<Agents>, ctx: OrgCtx) -> Result<HttpResponse, ApiError> {
     ctx.authorize()?;
     let executors = agents.list(&ctx).await?;
@@ -89,6 +96,17 @@ async fn list(agents: web::Data<Agents>, ctx: OrgCtx) -> Result<HttpResponse, Ap
 
 /// The body is optional (the original ignored it); `{labels?: string[]}` chooses the routing labels
 /// the executor gets when the token is used.
+/// A single-use pairing token, valid for 15 minutes (owner/admin). Also served at
+/// `/v1/orgs/{orgId}/executors/pairing-tokens`.
+#[utoipa::path(
+    post, path = "/v1/orgs/{orgId}/agents/pairing-tokens", operation_id = "createAgentPairingToken", tag = "executors",
+    params(("orgId" = Uuid, Path, description = "The organization")),
+    request_body(content = Option<PairingTokenRequest>, description = "Optional"),
+    responses(
+        (status = 201, description = "The token, shown once", body = PairingToken),
+        (status = 400, response = BadRequest),
+    )
+)]
 async fn issue_pairing_token(
     agents: web::Data<Agents>,
     ctx: OrgCtx,
@@ -113,6 +131,16 @@ async fn issue_pairing_token(
     })))
 }
 
+/// Revokes an executor at once (owner/admin). Also served at
+/// `/v1/orgs/{orgId}/executors/{executorId}/revoke`.
+#[utoipa::path(
+    post, path = "/v1/orgs/{orgId}/agents/{agentId}/revoke", operation_id = "revokeAgent", tag = "executors",
+    params(("orgId" = Uuid, Path, description = "The organization"), ("agentId" = Uuid, Path, description = "The executor")),
+    responses(
+        (status = 200, description = "Revoked", body = crate::platform::http::openapi::OkBody),
+        (status = 404, description = "`AGENT_NOT_FOUND`", body = ErrorBody),
+    )
+)]
 async fn revoke(
     agents: web::Data<Agents>,
     req: HttpRequest,
@@ -124,6 +152,17 @@ async fn revoke(
     Ok(HttpResponse::Ok().json(json!({ "ok": true })))
 }
 
+/// Sets an executor's routing labels (owner/admin).
+#[utoipa::path(
+    put, path = "/v1/orgs/{orgId}/executors/{executorId}/labels", operation_id = "setExecutorLabels", tag = "executors",
+    params(("orgId" = Uuid, Path, description = "The organization"), ("executorId" = Uuid, Path, description = "The executor")),
+    request_body = LabelsRequest,
+    responses(
+        (status = 200, description = "The labels now in force", body = LabelsBody),
+        (status = 400, response = BadRequest),
+        (status = 404, description = "`AGENT_NOT_FOUND`", body = ErrorBody),
+    )
+)]
 async fn set_labels(
     agents: web::Data<Agents>,
     req: HttpRequest,
@@ -135,6 +174,17 @@ async fn set_labels(
 }
 
 /// The legacy alias: `{tags}` stands for `{labels}`; anything but an array counts as no tags.
+/// The legacy form of the labels route: `{tags}` stands for `{labels}` (owner/admin).
+#[utoipa::path(
+    put, path = "/v1/orgs/{orgId}/agents/{agentId}/tags", operation_id = "setAgentTags", tag = "executors",
+    params(("orgId" = Uuid, Path, description = "The organization"), ("agentId" = Uuid, Path, description = "The executor")),
+    request_body = TagsRequest,
+    responses(
+        (status = 200, description = "The labels now in force", body = LabelsBody),
+        (status = 400, response = BadRequest),
+        (status = 404, description = "`AGENT_NOT_FOUND`", body = ErrorBody),
+    )
+)]
 async fn set_tags(
     agents: web::Data<Agents>,
     req: HttpRequest,
@@ -167,6 +217,19 @@ async fn labels_of(
 }
 
 /// Unauthenticated: the pairing token is the credential. The body is checked before the token.
+/// Trades a pairing token for the executor's id and token (shown once). Unauthenticated: the pairing
+/// token is the credential. Also served at `/v1/executors/pair`.
+#[utoipa::path(
+    post, path = "/v1/agents/pair", operation_id = "pairAgent", tag = "executors",
+    request_body = PairAgentRequest,
+    responses(
+        (status = 201, description = "Paired", body = Paired),
+        (status = 400, description = "Invalid payload, or `PAIRING_TOKEN_EXPIRED`", body = ErrorBody),
+        (status = 401, description = "`PAIRING_TOKEN_INVALID`", body = ErrorBody),
+        (status = 429, description = "Too many failed pairings from this client", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
+    )
+)]
 async fn pair(
     agents: web::Data<Agents>,
     req: HttpRequest,
@@ -192,4 +255,63 @@ async fn pair(
         )
         .await?;
     Ok(HttpResponse::Created().json(paired))
+}
+
+// Wire shapes of this module's bodies, for the OpenAPI document (the handlers build them with `json!`).
+
+#[derive(utoipa::ToSchema)]
+pub struct ExecutorList {
+    pub executors: Vec<ExecutorView>,
+}
+
+/// `POST …/pairing-tokens`.
+#[derive(utoipa::ToSchema)]
+pub struct PairingTokenRequest {
+    /// The routing labels the executor gets when the token is used.
+    pub labels: Option<Vec<String>>,
+}
+
+#[derive(utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PairingToken {
+    pub token: String,
+    pub expires_at: String,
+}
+
+/// `PUT …/executors/{executorId}/labels`.
+#[derive(utoipa::ToSchema)]
+pub struct LabelsRequest {
+    pub labels: Vec<String>,
+}
+
+/// `PUT …/agents/{agentId}/tags`.
+#[derive(utoipa::ToSchema)]
+pub struct TagsRequest {
+    pub tags: Vec<String>,
+}
+
+#[derive(utoipa::ToSchema)]
+pub struct LabelsBody {
+    pub ok: bool,
+    pub executor: ExecutorLabels,
+}
+
+#[derive(utoipa::ToSchema)]
+pub struct ExecutorLabels {
+    pub id: ExecutorId,
+    pub labels: Vec<String>,
+}
+
+/// `POST /v1/agents/pair`.
+#[derive(utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PairAgentRequest {
+    pub pairing_token: String,
+    #[schema(min_length = 1, max_length = 120)]
+    pub name: String,
+    #[schema(min_length = 1, max_length = 60)]
+    pub agent_version: String,
+    /// What the agent reports about itself (`labels`, …).
+    #[schema(value_type = Option<Object>)]
+    pub capabilities: Option<Value>,
 }

@@ -11,6 +11,7 @@ use super::{ApiKeyError, ApiKeys};
 use crate::domain::common::access::OrgCtx;
 use crate::domain::common::ids::ApiKeyId;
 use crate::domain::common::scope::{Scope, Scopes};
+use crate::platform::http::openapi::{BadRequest, ErrorBody, OkBody};
 use crate::platform::http::{path_uuid, ApiError, Form, JsonBody};
 
 const INVALID: &str = "Invalid API key payload";
@@ -104,6 +105,59 @@ fn parse_new_key(body: &Value) -> Result<NewApiKey, ApiError> {
     }
 }
 
+// Wire shapes of this module's bodies, for the OpenAPI document (the handlers build them with `json!`).
+
+/// `POST /v1/orgs/{orgId}/api-keys`.
+#[derive(utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CreateApiKeyRequest {
+    /// 1..120 characters.
+    pub name: String,
+    /// Scope names, e.g. `workflows:read`, `runs:write`, `secrets:write`, `agents:admin`.
+    pub scopes: Vec<String>,
+    /// RFC 3339, in the future; absent or `null` for no expiry.
+    pub expires_at: Option<String>,
+}
+
+/// A key as listed: never its secret or hash.
+#[derive(utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ApiKeyObject {
+    pub id: uuid::Uuid,
+    pub name: String,
+    /// What the key starts with (`vsk_<org><id>`), to recognise it.
+    pub prefix: String,
+    pub scopes: Vec<String>,
+    pub created_at: String,
+    pub expires_at: Option<String>,
+    pub last_used_at: Option<String>,
+    pub revoked_at: Option<String>,
+    pub created_by_user_id: uuid::Uuid,
+}
+
+#[derive(utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CreatedApiKeyBody {
+    pub api_key: ApiKeyObject,
+    /// The full key, shown this once.
+    pub key: String,
+}
+
+#[derive(utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ApiKeyList {
+    pub api_keys: Vec<ApiKeyObject>,
+}
+
+#[utoipa::path(
+    post, path = "/v1/orgs/{orgId}/api-keys", operation_id = "createApiKey", tag = "api-keys",
+    params(("orgId" = Uuid, Path, description = "The organization")),
+    request_body = CreateApiKeyRequest,
+    responses(
+        (status = 201, description = "Created; the key is in `key`, shown once", body = CreatedApiKeyBody),
+        (status = 400, response = BadRequest),
+    )
+)]
 async fn create(
     keys: web::Data<ApiKeys>,
     ctx: OrgCtx,
@@ -118,6 +172,11 @@ async fn create(
     })))
 }
 
+#[utoipa::path(
+    get, path = "/v1/orgs/{orgId}/api-keys", operation_id = "listApiKeys", tag = "api-keys",
+    params(("orgId" = Uuid, Path, description = "The organization")),
+    responses((status = 200, description = "The org's keys, newest first, revoked ones included", body = ApiKeyList))
+)]
 async fn list(keys: web::Data<ApiKeys>, ctx: OrgCtx) -> Result<HttpResponse, ApiError> {
     ctx.authorize()?;
     let rows = keys.list(&ctx).await?;
@@ -125,6 +184,14 @@ async fn list(keys: web::Data<ApiKeys>, ctx: OrgCtx) -> Result<HttpResponse, Api
     Ok(HttpResponse::Ok().json(json!({ "apiKeys": views })))
 }
 
+#[utoipa::path(
+    delete, path = "/v1/orgs/{orgId}/api-keys/{keyId}", operation_id = "revokeApiKey", tag = "api-keys",
+    params(("orgId" = Uuid, Path, description = "The organization"), ("keyId" = Uuid, Path, description = "The key")),
+    responses(
+        (status = 200, description = "Revoked at once on every instance (again: unchanged)", body = OkBody),
+        (status = 404, description = "`API_KEY_NOT_FOUND`", body = ErrorBody),
+    )
+)]
 async fn revoke(
     keys: web::Data<ApiKeys>,
     req: HttpRequest,

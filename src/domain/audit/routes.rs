@@ -8,6 +8,7 @@ use serde_json::json;
 use super::{Action, Audit, Filter};
 use crate::domain::common::access::OrgCtx;
 use crate::domain::common::page::{decode, parse_limit, query_map};
+use crate::platform::http::openapi::BadRequest;
 use crate::platform::http::{ApiError, Invalid};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -39,6 +40,49 @@ fn time(
     }
 }
 
+/// One audit row.
+#[derive(utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AuditEntryObject {
+    pub id: uuid::Uuid,
+    pub organization_id: uuid::Uuid,
+    pub actor_user_id: Option<uuid::Uuid>,
+    /// `user` or `system`.
+    pub actor_type: String,
+    /// `<object>.<verb>`, e.g. `secret.decrypt`.
+    pub action: String,
+    pub target_type: String,
+    pub target_id: Option<String>,
+    #[schema(value_type = Object)]
+    pub details: serde_json::Value,
+    pub created_at: String,
+}
+
+#[derive(utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AuditList {
+    pub entries: Vec<AuditEntryObject>,
+    /// `null` on the last page.
+    pub next_cursor: Option<String>,
+}
+
+#[utoipa::path(
+    get, path = "/v1/orgs/{orgId}/audit", operation_id = "listAudit", tag = "audit",
+    params(
+        ("orgId" = Uuid, Path, description = "The organization"),
+        ("limit" = Option<i64>, Query, description = "1..200, default 50"),
+        ("cursor" = Option<String>, Query, description = "`nextCursor` of the previous page"),
+        ("action" = Option<String>, Query, description = "Only this action"),
+        ("actorUserId" = Option<Uuid>, Query, description = "Only this actor"),
+        ("targetType" = Option<String>, Query, description = "Only this kind of target"),
+        ("since" = Option<String>, Query, description = "RFC 3339, inclusive"),
+        ("until" = Option<String>, Query, description = "RFC 3339, exclusive"),
+    ),
+    responses(
+        (status = 200, description = "Newest first", body = AuditList),
+        (status = 400, response = BadRequest),
+    )
+)]
 async fn list(
     audit: web::Data<Audit>,
     req: actix_web::HttpRequest,

@@ -27,8 +27,9 @@ pub struct NewUser<'a> {
 }
 
 /// The `user` object on the wire: never the password hash.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(as = User)]
 pub struct UserView {
     pub id: UserId,
     pub email: String,

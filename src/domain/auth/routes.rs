@@ -7,10 +7,14 @@ use serde_json::json;
 
 use super::model::{ClientMeta, User, UserView};
 use super::password::MAX_PASSWORD_BYTES;
+use super::tokens::SessionView;
 use super::{AuthError, AuthService, IssuedSession};
 use crate::domain::common::access::AccessConfig;
 use crate::domain::common::extract::{same_origin, AuthUser};
+use crate::domain::common::ids::OrgId;
+use crate::domain::orgs::model::MyOrg;
 use crate::platform::http::client_ip::client_ip;
+use crate::platform::http::openapi::{BadRequest, ErrorBody, OkBody, TooManyRequests};
 use crate::platform::http::{ApiError, Form, JsonBody};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -121,6 +125,17 @@ fn credentials(
     }
 }
 
+/// Creates an account and signs it in (the refresh token is set as the session cookie).
+#[utoipa::path(
+    post, path = "/v1/auth/signup", operation_id = "signup", tag = "auth",
+    request_body = SignupRequest,
+    responses(
+        (status = 201, description = "Signed up and signed in; sets the refresh cookie", body = SessionBody),
+        (status = 400, response = BadRequest),
+        (status = 409, description = "Email already registered", body = ErrorBody),
+        (status = 429, response = TooManyRequests),
+    )
+)]
 async fn signup(
     auth: web::Data<AuthService>,
     req: HttpRequest,
@@ -139,6 +154,17 @@ async fn signup(
     ))
 }
 
+/// Signs in with email and password (sets the refresh cookie).
+#[utoipa::path(
+    post, path = "/v1/auth/login", operation_id = "login", tag = "auth",
+    request_body = LoginRequest,
+    responses(
+        (status = 200, description = "Signed in; sets the refresh cookie", body = SessionBody),
+        (status = 400, response = BadRequest),
+        (status = 401, description = "Invalid credentials", body = ErrorBody),
+        (status = 429, response = TooManyRequests),
+    )
+)]
 async fn login(
     auth: web::Data<AuthService>,
     req: HttpRequest,
@@ -149,6 +175,16 @@ async fn login(
     Ok(session_response(&auth, StatusCode::OK, &user, issued, None))
 }
 
+/// Trades the refresh cookie for a new access token (and a rotated cookie). No body.
+#[utoipa::path(
+    post, path = "/v1/auth/refresh", operation_id = "refreshSession", tag = "auth",
+    security(("sessionCookie" = [])),
+    responses(
+        (status = 200, description = "A new session; sets the rotated refresh cookie", body = SessionBody),
+        (status = 401, description = "No, or an invalid or expired, refresh cookie", body = ErrorBody),
+        (status = 403, description = "Cross-site request", body = ErrorBody),
+    )
+)]
 async fn refresh(
     auth: web::Data<AuthService>,
     access: web::Data<AccessConfig>,
@@ -167,6 +203,11 @@ async fn refresh(
     Ok(session_response(&auth, StatusCode::OK, &user, issued, None))
 }
 
+/// Ends the caller's session and clears the cookie. No body.
+#[utoipa::path(
+    post, path = "/v1/auth/logout", operation_id = "logout", tag = "auth",
+    responses((status = 200, description = "Signed out", body = OkBody))
+)]
 async fn logout(auth: web::Data<AuthService>, user: AuthUser) -> Result<HttpResponse, ApiError> {
     auth.logout(&user).await?;
     Ok(HttpResponse::Ok()
@@ -174,6 +215,11 @@ async fn logout(auth: web::Data<AuthService>, user: AuthUser) -> Result<HttpResp
         .json(json!({ "ok": true })))
 }
 
+/// Ends every session of the caller. No body.
+#[utoipa::path(
+    post, path = "/v1/auth/logout-all", operation_id = "logoutAll", tag = "auth",
+    responses((status = 200, description = "Every session ended", body = LogoutAllBody))
+)]
 async fn logout_all(
     auth: web::Data<AuthService>,
     user: AuthUser,
@@ -184,6 +230,11 @@ async fn logout_all(
         .json(json!({ "ok": true, "revokedCount": n })))
 }
 
+/// The caller, the orgs they belong to and the default one.
+#[utoipa::path(
+    get, path = "/v1/me", operation_id = "getMe", tag = "auth",
+    responses((status = 200, description = "The signed-in user", body = MeBody))
+)]
 async fn me(auth: web::Data<AuthService>, caller: AuthUser) -> Result<HttpResponse, ApiError> {
     let (user, orgs) = auth.me(&caller).await?;
     let default_org = orgs.first().map(|o| o.id);
@@ -192,4 +243,49 @@ async fn me(auth: web::Data<AuthService>, caller: AuthUser) -> Result<HttpRespon
         "orgs": orgs,
         "defaultOrgId": default_org,
     })))
+}
+
+// Wire shapes of this module's bodies, for the OpenAPI document (the handlers build them with `json!`).
+
+/// `POST /v1/auth/signup`.
+#[derive(utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SignupRequest {
+    #[schema(format = "email")]
+    pub email: String,
+    #[schema(min_length = 8)]
+    pub password: String,
+    #[schema(min_length = 1, max_length = 120)]
+    pub display_name: Option<String>,
+}
+
+/// `POST /v1/auth/login`.
+#[derive(utoipa::ToSchema)]
+pub struct LoginRequest {
+    #[schema(format = "email")]
+    pub email: String,
+    #[schema(min_length = 1)]
+    pub password: String,
+}
+
+/// A new session: the access token (`session.token`, sent as `Authorization: Bearer`) and its user.
+#[derive(utoipa::ToSchema)]
+pub struct SessionBody {
+    pub session: SessionView,
+    pub user: UserView,
+}
+
+#[derive(utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LogoutAllBody {
+    pub ok: bool,
+    pub revoked_count: i64,
+}
+
+#[derive(utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MeBody {
+    pub user: UserView,
+    pub orgs: Vec<MyOrg>,
+    pub default_org_id: Option<OrgId>,
 }

@@ -18,8 +18,9 @@ pub struct AccessClaims {
 }
 
 /// The `session` object of signup/login/refresh/OAuth responses (wire contract).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(as = Session)]
 pub struct SessionView {
     pub token: String,
     pub user_id: UserId,

@@ -1,5 +1,5 @@
 //! Typed ids: a `RunId` cannot be passed where an `OrgId` is expected. Each is a UUID on the wire
-//! (serde transparent) and in PostgreSQL (diesel newtype).
+//! (serde transparent; a `uuid` string in the OpenAPI document) and in PostgreSQL (diesel newtype).
 
 use diesel_derive_newtype::DieselNewType;
 use serde::{Deserialize, Serialize};
@@ -40,6 +40,20 @@ macro_rules! id_type {
                 id.0
             }
         }
+
+        /// A UUID string in the API description.
+        impl utoipa::PartialSchema for $name {
+            fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+                utoipa::openapi::ObjectBuilder::new()
+                    .schema_type(utoipa::openapi::schema::Type::String)
+                    .format(Some(utoipa::openapi::SchemaFormat::KnownFormat(
+                        utoipa::openapi::KnownFormat::Uuid,
+                    )))
+                    .into()
+            }
+        }
+
+        impl utoipa::ToSchema for $name {}
 
         impl std::fmt::Display for $name {
             fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

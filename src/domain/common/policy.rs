@@ -120,6 +120,9 @@ pub const ROUTES: &[Rule] = &[
     rule("GET", "/readyz", Access::Public),
     rule("GET", "/v1/meta/capabilities", Access::Public),
     rule("GET", "/v1/meta/connectors", Access::Public),
+    // The API description and its viewer.
+    rule("GET", "/v1/openapi.json", Access::Public),
+    rule("GET", "/docs", Access::Public),
     // Identity.
     rule("POST", "/v1/auth/signup", Access::Public).no_keys(),
     rule("POST", "/v1/auth/login", Access::Public).no_keys(),

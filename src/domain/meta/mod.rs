@@ -66,8 +66,9 @@ pub fn capabilities(p: &dyn EnterpriseProvider) -> Vec<String> {
     out
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(as = Connector)]
 pub struct CatalogEntry {
     pub id: String,
     pub display_name: String,

@@ -54,8 +54,9 @@ pub struct Invitation {
     pub created_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(as = Org)]
 pub struct OrgView {
     pub id: OrgId,
     pub slug: String,
@@ -74,8 +75,9 @@ impl From<&Org> for OrgView {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(as = Membership)]
 pub struct MembershipView {
     pub id: MembershipId,
     pub organization_id: OrgId,
@@ -97,7 +99,7 @@ impl From<&Membership> for MembershipView {
 }
 
 /// An entry of `/v1/me`'s `orgs`.
-#[derive(Debug, Serialize, Queryable)]
+#[derive(Debug, Serialize, Queryable, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct MyOrg {
     pub id: OrgId,
@@ -107,8 +109,9 @@ pub struct MyOrg {
 }
 
 /// The invitation as shown to the inviter, once, with its plaintext token.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(as = Invitation)]
 pub struct InvitationView {
     pub id: InvitationId,
     pub organization_id: OrgId,

@@ -4,11 +4,13 @@ use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::json;
 
-use super::model::{MembershipView, OrgView};
+use super::model::{InvitationView, MembershipView, OrgView};
 use super::{settings, OrgError, Orgs};
 use crate::domain::common::access::{OrgCtx, Role};
 use crate::domain::common::extract::AuthUser;
+use crate::domain::common::ids::{InvitationId, MembershipId};
 use crate::domain::common::ids::{OrgId, UserId};
+use crate::platform::http::openapi::{BadRequest, ErrorBody};
 use crate::platform::http::{
     org_header, parse_uuid, path_uuid, request_id, route_of, ApiError, Form, JsonBody,
 };
@@ -49,6 +51,16 @@ impl From<OrgError> for ApiError {
     }
 }
 
+/// Creates an organization; the caller becomes its owner. No `X-Org-Id`.
+#[utoipa::path(
+    post, path = "/v1/orgs", operation_id = "createOrg", tag = "orgs",
+    request_body = CreateOrgRequest,
+    responses(
+        (status = 201, description = "Created", body = OrgCreated),
+        (status = 400, response = BadRequest),
+        (status = 409, description = "Slug already exists", body = ErrorBody),
+    )
+)]
 async fn create_org(
     orgs: web::Data<Orgs>,
     user: AuthUser,
@@ -76,6 +88,16 @@ async fn create_org(
     })))
 }
 
+/// Invites an email into the org (owner/admin). The invitation's token is shown once.
+#[utoipa::path(
+    post, path = "/v1/orgs/{orgId}/invitations", operation_id = "inviteMember", tag = "orgs",
+    params(("orgId" = Uuid, Path, description = "The organization")),
+    request_body = InviteRequest,
+    responses(
+        (status = 201, description = "Invited", body = InvitationBody),
+        (status = 400, response = BadRequest),
+    )
+)]
 async fn invite(
     orgs: web::Data<Orgs>,
     ctx: OrgCtx,
@@ -93,6 +115,21 @@ async fn invite(
     Ok(HttpResponse::Created().json(json!({ "invitation": invitation })))
 }
 
+/// Changes a member's role (owner/admin; only an owner assigns or changes `owner`).
+#[utoipa::path(
+    post, path = "/v1/orgs/{orgId}/members/{memberId}/role", operation_id = "changeMemberRole", tag = "orgs",
+    params(
+        ("orgId" = Uuid, Path, description = "The organization"),
+        ("memberId" = Uuid, Path, description = "The member's user id"),
+    ),
+    request_body = RoleRequest,
+    responses(
+        (status = 200, description = "The updated membership", body = MembershipBody),
+        (status = 400, response = BadRequest),
+        (status = 404, description = "Membership not found", body = ErrorBody),
+        (status = 409, description = "The org would be left without an owner", body = ErrorBody),
+    )
+)]
 async fn change_role(
     orgs: web::Data<Orgs>,
     req: HttpRequest,
@@ -114,12 +151,28 @@ async fn change_role(
     Ok(HttpResponse::Ok().json(json!({ "membership": MembershipView::from(&membership) })))
 }
 
+/// The org's settings.
+#[utoipa::path(
+    get, path = "/v1/orgs/{orgId}/settings", operation_id = "getOrgSettings", tag = "orgs",
+    params(("orgId" = Uuid, Path, description = "The organization")),
+    responses((status = 200, description = "The settings", body = SettingsBody))
+)]
 async fn get_settings(orgs: web::Data<Orgs>, ctx: OrgCtx) -> Result<HttpResponse, ApiError> {
     ctx.authorize()?;
     let stored = orgs.stored_settings(ctx.org_id).await?;
     Ok(HttpResponse::Ok().json(json!({ "settings": settings::normalize(&stored) })))
 }
 
+/// Replaces the org's settings (owner/admin; strict: unknown keys are a 400).
+#[utoipa::path(
+    put, path = "/v1/orgs/{orgId}/settings", operation_id = "putOrgSettings", tag = "orgs",
+    params(("orgId" = Uuid, Path, description = "The organization")),
+    request_body(content = Object, description = "The settings document (see the workflows spec)"),
+    responses(
+        (status = 200, description = "The saved settings", body = SettingsBody),
+        (status = 400, response = BadRequest),
+    )
+)]
 async fn put_settings(
     orgs: web::Data<Orgs>,
     ctx: OrgCtx,
@@ -130,6 +183,12 @@ async fn put_settings(
     Ok(HttpResponse::Ok().json(json!({ "settings": settings::normalize(&saved) })))
 }
 
+/// The org's credit balance.
+#[utoipa::path(
+    get, path = "/v1/orgs/{orgId}/billing/credits", operation_id = "getOrgCredits", tag = "orgs",
+    params(("orgId" = Uuid, Path, description = "The organization")),
+    responses((status = 200, description = "The balance", body = CreditsBody))
+)]
 async fn credits(orgs: web::Data<Orgs>, ctx: OrgCtx) -> Result<HttpResponse, ApiError> {
     ctx.authorize()?;
     let (balance, updated_at) = orgs.credit_balance(&ctx).await?;
@@ -138,6 +197,20 @@ async fn credits(orgs: web::Data<Orgs>, ctx: OrgCtx) -> Result<HttpResponse, Api
     })))
 }
 
+/// Accepts an invitation addressed to the caller's email. No body; `X-Org-Id` optional (must match).
+#[utoipa::path(
+    post, path = "/v1/invitations/{token}/accept", operation_id = "acceptInvitation", tag = "orgs",
+    params(
+        ("token" = String, Path, description = "The invitation token (`<orgId>.<secret>`)"),
+        ("X-Org-Id" = Option<Uuid>, Header, description = "If sent, must name the invitation's organization"),
+    ),
+    responses(
+        (status = 200, description = "Accepted", body = AcceptedBody),
+        (status = 400, description = "Invalid token or org header, expired or not pending", body = ErrorBody),
+        (status = 403, description = "The invitation is for another email", body = ErrorBody),
+        (status = 404, description = "Invitation not found", body = ErrorBody),
+    )
+)]
 async fn accept(
     orgs: web::Data<Orgs>,
     req: HttpRequest,
@@ -201,4 +274,83 @@ async fn accept(
             Err(e)
         }
     }
+}
+
+// Wire shapes of this module's bodies, for the OpenAPI document (the handlers build them with `json!`).
+
+/// `POST /v1/orgs`.
+#[derive(utoipa::ToSchema)]
+pub struct CreateOrgRequest {
+    #[schema(min_length = 2, max_length = 120)]
+    pub name: String,
+    /// Lower-case letters, digits and `-`.
+    #[schema(min_length = 3, max_length = 50, pattern = "^[a-z0-9-]+$")]
+    pub slug: String,
+}
+
+#[derive(utoipa::ToSchema)]
+pub struct OrgCreated {
+    pub organization: OrgView,
+    pub membership: MembershipView,
+}
+
+/// `POST /v1/orgs/{orgId}/invitations`.
+#[derive(utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct InviteRequest {
+    #[schema(format = "email")]
+    pub email: String,
+    #[schema(pattern = "^(admin|member)$")]
+    pub role_key: String,
+}
+
+#[derive(utoipa::ToSchema)]
+pub struct InvitationBody {
+    pub invitation: InvitationView,
+}
+
+/// `POST /v1/orgs/{orgId}/members/{memberId}/role`.
+#[derive(utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RoleRequest {
+    pub role_key: Role,
+}
+
+#[derive(utoipa::ToSchema)]
+pub struct MembershipBody {
+    pub membership: MembershipView,
+}
+
+#[derive(utoipa::ToSchema)]
+pub struct SettingsBody {
+    /// The normalized settings document.
+    #[schema(value_type = Object)]
+    pub settings: serde_json::Value,
+}
+
+#[derive(utoipa::ToSchema)]
+pub struct CreditsBody {
+    pub credits: Credits,
+}
+
+#[derive(utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Credits {
+    pub organization_id: OrgId,
+    pub balance_credits: i64,
+    pub updated_at: Option<String>,
+}
+
+#[derive(utoipa::ToSchema)]
+pub struct AcceptedBody {
+    pub result: AcceptedInvitation,
+}
+
+#[derive(utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AcceptedInvitation {
+    pub invitation_id: InvitationId,
+    pub organization_id: OrgId,
+    pub membership_id: MembershipId,
+    pub accepted: bool,
 }

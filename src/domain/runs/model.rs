@@ -85,8 +85,9 @@ pub struct Run {
 }
 
 /// The wire `run` object (blocked cursor and lease columns are internal).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(as = Run)]
 pub struct RunView {
     pub id: RunId,
     pub organization_id: OrgId,
@@ -207,8 +208,9 @@ pub struct Event {
     pub created_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(as = RunEvent)]
 pub struct EventView {
     pub id: EventId,
     pub organization_id: OrgId,

@@ -13,6 +13,7 @@ use crate::domain::common::access::OrgCtx;
 use crate::domain::common::extract::{authenticate, resolve_org};
 use crate::domain::common::ids::{RunId, WorkflowId};
 use crate::domain::common::page::{self, Page};
+use crate::platform::http::openapi::{BadRequest, ErrorBody, NotFound};
 use crate::platform::http::{path_uuid, request_id, route_of, ApiError, JsonBody};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -76,6 +77,19 @@ fn run_id(req: &HttpRequest) -> Result<RunId, ApiError> {
     path_uuid(req, "runId", not_found).map(RunId::from)
 }
 
+/// Starts a run of a published workflow: inserted `queued` and enqueued, or 503 with nothing left behind.
+#[utoipa::path(
+    post, path = "/v1/orgs/{orgId}/workflows/{workflowId}/runs", operation_id = "createRun", tag = "runs",
+    params(("orgId" = Uuid, Path, description = "The organization"), ("workflowId" = Uuid, Path, description = "The workflow (revision)")),
+    request_body(content = Option<CreateRunRequest>, description = "Optional; `input` becomes the run's input"),
+    responses(
+        (status = 201, description = "Queued", body = RunBody),
+        (status = 400, response = BadRequest),
+        (status = 404, response = NotFound),
+        (status = 409, description = "Workflow is not published", body = ErrorBody),
+        (status = 503, description = "`QUEUE_UNAVAILABLE` (no run is left behind), or the database is unavailable", body = ErrorBody),
+    )
+)]
 async fn create(
     runs: web::Data<Runs>,
     req: HttpRequest,
@@ -114,6 +128,17 @@ async fn create(
     Ok(HttpResponse::Created().json(json!({ "run": RunView::from(&run) })))
 }
 
+/// The workflow's runs, newest first, a page at a time.
+#[utoipa::path(
+    get, path = "/v1/orgs/{orgId}/workflows/{workflowId}/runs", operation_id = "listRuns", tag = "runs",
+    params(("orgId" = Uuid, Path, description = "The organization"), ("workflowId" = Uuid, Path, description = "The workflow (revision)"), ("limit" = Option<i64>, Query, minimum = 1, maximum = 200, description = "Page size (default 50)"),
+        ("cursor" = Option<String>, Query, description = "`nextCursor` of the previous page")),
+    responses(
+        (status = 200, description = "A page of runs", body = RunList),
+        (status = 400, response = BadRequest),
+        (status = 404, response = NotFound),
+    )
+)]
 async fn list(runs: web::Data<Runs>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
     authenticate(&req).await?;
     let page = Page::parse(req.query_string(), 50, 200)?;
@@ -125,6 +150,15 @@ async fn list(runs: web::Data<Runs>, req: HttpRequest) -> Result<HttpResponse, A
     Ok(HttpResponse::Ok().json(json!({ "runs": views, "nextCursor": next })))
 }
 
+/// One run.
+#[utoipa::path(
+    get, path = "/v1/orgs/{orgId}/workflows/{workflowId}/runs/{runId}", operation_id = "getRun", tag = "runs",
+    params(("orgId" = Uuid, Path, description = "The organization"), ("workflowId" = Uuid, Path, description = "The workflow (revision)"), ("runId" = Uuid, Path, description = "The run")),
+    responses(
+        (status = 200, description = "The run", body = RunBody),
+        (status = 404, response = NotFound),
+    )
+)]
 async fn get(
     runs: web::Data<Runs>,
     req: HttpRequest,
@@ -137,6 +171,17 @@ async fn get(
     Ok(HttpResponse::Ok().json(json!({ "run": RunView::from(&run) })))
 }
 
+/// The run's events in order, a page at a time.
+#[utoipa::path(
+    get, path = "/v1/orgs/{orgId}/workflows/{workflowId}/runs/{runId}/events", operation_id = "listRunEvents", tag = "runs",
+    params(("orgId" = Uuid, Path, description = "The organization"), ("workflowId" = Uuid, Path, description = "The workflow (revision)"), ("runId" = Uuid, Path, description = "The run"), ("limit" = Option<i64>, Query, minimum = 1, maximum = 500, description = "Page size (default 200)"),
+        ("cursor" = Option<String>, Query, description = "`nextCursor` of the previous page")),
+    responses(
+        (status = 200, description = "A page of events", body = RunEventList),
+        (status = 400, response = BadRequest),
+        (status = 404, response = NotFound),
+    )
+)]
 async fn events(runs: web::Data<Runs>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
     authenticate(&req).await?;
     let page = Page::parse(req.query_string(), 200, 500)?;
@@ -153,6 +198,24 @@ async fn events(runs: web::Data<Runs>, req: HttpRequest) -> Result<HttpResponse,
 /// API's cursor of that event and `data:` = the event object; then `event: end` with the run's status,
 /// and the stream closes. `Last-Event-ID` (or `?cursor=`) resumes after that event. Same access as the
 /// paged route.
+#[utoipa::path(
+    get, path = "/v1/orgs/{orgId}/workflows/{workflowId}/runs/{runId}/events/stream",
+    operation_id = "streamRunEvents", tag = "runs",
+    params(
+        ("orgId" = Uuid, Path, description = "The organization"),
+        ("workflowId" = Uuid, Path, description = "The workflow"),
+        ("runId" = Uuid, Path, description = "The run"),
+        ("cursor" = Option<String>, Query, description = "Resume after this event (as `Last-Event-ID`)"),
+        ("Last-Event-ID" = Option<String>, Header, description = "The `id` of the last event received"),
+    ),
+    responses(
+        (status = 200, content_type = "text/event-stream", body = String,
+         description = "Server-Sent Events: `id:` the event's cursor, `data:` the event object; `event: end` with the run's status ends it"),
+        (status = 400, response = BadRequest),
+        (status = 404, response = NotFound),
+        (status = 429, description = "`TOO_MANY_STREAMS`", body = ErrorBody),
+    )
+)]
 async fn stream(runs: web::Data<Runs>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
     authenticate(&req).await?;
     let page = Page::parse(req.query_string(), 200, 500)?;
@@ -200,4 +263,35 @@ fn sse_event(e: &Event) -> String {
     let id = page::encode(e.created_at, e.id.uuid());
     let data = serde_json::to_string(&EventView::from(e)).unwrap_or_else(|_| "{}".into());
     format!("id: {id}\ndata: {data}\n\n")
+}
+
+// Wire shapes of this module's bodies, for the OpenAPI document (the handlers build them with `json!`).
+
+/// `POST …/runs`.
+#[derive(utoipa::ToSchema)]
+pub struct CreateRunRequest {
+    /// The run's input, any JSON.
+    #[schema(value_type = Option<Object>)]
+    pub input: Option<Value>,
+}
+
+#[derive(utoipa::ToSchema)]
+pub struct RunBody {
+    pub run: RunView,
+}
+
+#[derive(utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RunList {
+    pub runs: Vec<RunView>,
+    /// `null` on the last page.
+    pub next_cursor: Option<String>,
+}
+
+#[derive(utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RunEventList {
+    pub events: Vec<EventView>,
+    /// `null` on the last page.
+    pub next_cursor: Option<String>,
 }

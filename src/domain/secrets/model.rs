@@ -21,8 +21,9 @@ pub struct SecretMeta {
     pub updated_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(as = Secret)]
 pub struct SecretView {
     pub id: SecretId,
     pub organization_id: OrgId,

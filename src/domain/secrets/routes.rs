@@ -10,6 +10,7 @@ use super::{SecretError, Secrets};
 use crate::domain::common::access::OrgCtx;
 use crate::domain::common::extract::resolve_org;
 use crate::domain::common::ids::SecretId;
+use crate::platform::http::openapi::{BadRequest, ErrorBody};
 use crate::platform::http::{path_uuid, ApiError, Form, JsonBody};
 use crate::platform::validation::NUL_MESSAGE;
 
@@ -88,6 +89,18 @@ fn require_non_blank(value: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// The org's connector secrets: names and metadata, never values (owner/admin).
+#[utoipa::path(
+    get, path = "/v1/orgs/{orgId}/secrets", operation_id = "listSecrets", tag = "secrets",
+    params(
+        ("orgId" = Uuid, Path, description = "The organization"),
+        ("connectorId" = Option<String>, Query, description = "Only this connector's secrets"),
+    ),
+    responses(
+        (status = 200, description = "The secrets", body = SecretList),
+        (status = 400, response = BadRequest),
+    )
+)]
 async fn list(secrets: web::Data<Secrets>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
     // The query is validated before the org context (spec order).
     let query =
@@ -112,6 +125,18 @@ async fn list(secrets: web::Data<Secrets>, req: HttpRequest) -> Result<HttpRespo
     Ok(HttpResponse::Ok().json(json!({ "secrets": views })))
 }
 
+/// Stores a connector secret (owner/admin); the value is encrypted and never returned.
+#[utoipa::path(
+    post, path = "/v1/orgs/{orgId}/secrets", operation_id = "createSecret", tag = "secrets",
+    params(("orgId" = Uuid, Path, description = "The organization")),
+    request_body = CreateSecretRequest,
+    responses(
+        (status = 201, description = "Stored", body = SecretBody),
+        (status = 400, description = "Invalid payload, `SECRET_VALUE_REQUIRED`, or a connector that takes no secret", body = ErrorBody),
+        (status = 409, description = "`SECRET_ALREADY_EXISTS`", body = ErrorBody),
+        (status = 503, description = "`SECRETS_NOT_CONFIGURED` (no KEK), or the database is unavailable", body = ErrorBody),
+    )
+)]
 async fn create(
     secrets: web::Data<Secrets>,
     ctx: OrgCtx,
@@ -131,6 +156,18 @@ async fn create(
     Ok(HttpResponse::Created().json(json!({ "secret": SecretView::from(&secret) })))
 }
 
+/// Replaces a secret's value (owner/admin).
+#[utoipa::path(
+    put, path = "/v1/orgs/{orgId}/secrets/{secretId}", operation_id = "updateSecret", tag = "secrets",
+    params(("orgId" = Uuid, Path, description = "The organization"), ("secretId" = Uuid, Path, description = "The secret")),
+    request_body = UpdateSecretRequest,
+    responses(
+        (status = 200, description = "Updated", body = SecretBody),
+        (status = 400, response = BadRequest),
+        (status = 404, description = "`SECRET_NOT_FOUND`", body = ErrorBody),
+        (status = 503, description = "`SECRETS_NOT_CONFIGURED` (no KEK), or the database is unavailable", body = ErrorBody),
+    )
+)]
 async fn update(
     secrets: web::Data<Secrets>,
     req: HttpRequest,
@@ -148,6 +185,15 @@ async fn update(
     Ok(HttpResponse::Ok().json(json!({ "secret": SecretView::from(&secret) })))
 }
 
+/// Deletes a secret (owner/admin).
+#[utoipa::path(
+    delete, path = "/v1/orgs/{orgId}/secrets/{secretId}", operation_id = "deleteSecret", tag = "secrets",
+    params(("orgId" = Uuid, Path, description = "The organization"), ("secretId" = Uuid, Path, description = "The secret")),
+    responses(
+        (status = 200, description = "Deleted", body = crate::platform::http::openapi::OkBody),
+        (status = 404, description = "`SECRET_NOT_FOUND`", body = ErrorBody),
+    )
+)]
 async fn remove(
     secrets: web::Data<Secrets>,
     req: HttpRequest,
@@ -157,4 +203,37 @@ async fn remove(
     let id = secret_id(&req)?;
     secrets.delete(&ctx, id).await?;
     Ok(HttpResponse::Ok().json(json!({ "ok": true })))
+}
+
+// Wire shapes of this module's bodies, for the OpenAPI document (the handlers build them with `json!`).
+
+/// `POST /v1/orgs/{orgId}/secrets`.
+#[derive(utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CreateSecretRequest {
+    #[schema(min_length = 1, max_length = 80)]
+    pub connector_id: String,
+    #[schema(min_length = 1, max_length = 80)]
+    pub name: String,
+    /// At most 64 KiB; not blank.
+    #[schema(min_length = 1, format = Password)]
+    pub value: String,
+}
+
+/// `PUT /v1/orgs/{orgId}/secrets/{secretId}`.
+#[derive(utoipa::ToSchema)]
+pub struct UpdateSecretRequest {
+    /// At most 64 KiB; not blank.
+    #[schema(min_length = 1, format = Password)]
+    pub value: String,
+}
+
+#[derive(utoipa::ToSchema)]
+pub struct SecretBody {
+    pub secret: SecretView,
+}
+
+#[derive(utoipa::ToSchema)]
+pub struct SecretList {
+    pub secrets: Vec<SecretView>,
 }

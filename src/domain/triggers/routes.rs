@@ -14,6 +14,9 @@ use super::{BodyKind, Delivery, TriggerError, Triggers};
 use crate::domain::common::ids::WorkflowId;
 use crate::domain::runs::model::RunView;
 use crate::platform::http::body::{BodyConfig, DEFAULT_READ_TIMEOUT};
+use crate::platform::http::openapi::{
+    BadRequest, ErrorBody, PayloadTooLarge, UnsupportedMediaType,
+};
 use crate::platform::http::ApiError;
 
 pub const SIGNATURE_HEADER: &str = "x-vespid-signature";
@@ -124,6 +127,37 @@ async fn read_capped(
     })?
 }
 
+/// A webhook delivery: starts a run of the published workflow with its body as input. Proven by
+/// `X-Vespid-Signature` (HMAC over timestamp and body; replays refused) or the bare
+/// `X-Vespid-Webhook-Token`.
+#[utoipa::path(
+    post, path = "/v1/hooks/{workflowId}", operation_id = "deliverWebhook", tag = "webhooks",
+    params(
+        ("workflowId" = Uuid, Path, description = "The workflow (any revision of the family with a webhook trigger)"),
+        ("Idempotency-Key" = Option<String>, Header, description = "Retries of the same delivery start one run"),
+    ),
+    security(("webhookSignature" = []), ("webhookToken" = [])),
+    request_body(
+        description = "The run's input (size-capped); empty is allowed",
+        content(
+            (Object = "application/json"),
+            (Object = "application/x-www-form-urlencoded"),
+        ),
+    ),
+    responses(
+        (status = 202, description = "A new run", body = DeliveredRun),
+        (status = 200, description = "A retry of a delivery that already started a run (`Idempotent-Replayed: true`)", body = DeliveredRun,
+            headers(("Idempotent-Replayed" = String, description = "`true`"))),
+        (status = 400, response = BadRequest),
+        (status = 401, description = "The signature or token is missing, stale or wrong", body = ErrorBody),
+        (status = 404, description = "Unknown workflow, or no webhook trigger", body = ErrorBody),
+        (status = 409, description = "`WEBHOOK_REPLAYED`", body = ErrorBody),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 429, description = "The workflow's rate limit", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
+    )
+)]
 async fn deliver(
     req: HttpRequest,
     payload: web::Payload,
@@ -164,4 +198,10 @@ async fn deliver(
     } else {
         HttpResponse::Accepted().json(view)
     })
+}
+
+/// The run a delivery started (or, replayed, had started).
+#[derive(utoipa::ToSchema)]
+pub struct DeliveredRun {
+    pub run: RunView,
 }

@@ -67,8 +67,9 @@ impl WorkflowRow {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(as = Workflow)]
 pub struct WorkflowView {
     pub id: WorkflowId,
     pub organization_id: OrgId,

@@ -12,6 +12,7 @@ use crate::domain::common::access::OrgCtx;
 use crate::domain::common::extract::{resolve_org, AuthUser};
 use crate::domain::common::ids::WorkflowId;
 use crate::domain::common::page::{self, Page};
+use crate::platform::http::openapi::{BadRequest, ErrorBody};
 use crate::platform::http::{parse_uuid, path_uuid, ApiError, Form, JsonBody};
 
 const LIST_DEFAULT: i64 = 50;
@@ -153,6 +154,16 @@ fn dsl_field(
     }
 }
 
+/// Creates a workflow as a draft (owner/admin). The DSL is validated (size limits, schema, graph).
+#[utoipa::path(
+    post, path = "/v1/orgs/{orgId}/workflows", operation_id = "createWorkflow", tag = "workflows",
+    params(("orgId" = Uuid, Path, description = "The organization")),
+    request_body = CreateWorkflowRequest,
+    responses(
+        (status = 201, description = "Created", body = WorkflowBody),
+        (status = 400, description = "Invalid payload, `WORKFLOW_TOO_LARGE`, or a graph constraint's code with `details.issues`", body = ErrorBody),
+    )
+)]
 async fn create(
     workflows: web::Data<Workflows>,
     ctx: OrgCtx,
@@ -172,6 +183,19 @@ async fn create(
     Ok(HttpResponse::Created().json(one(&row)))
 }
 
+/// The org's workflows, newest first, a page at a time.
+#[utoipa::path(
+    get, path = "/v1/orgs/{orgId}/workflows", operation_id = "listWorkflows", tag = "workflows",
+    params(
+        ("orgId" = Uuid, Path, description = "The organization"),
+        ("limit" = Option<i64>, Query, minimum = 1, maximum = 200, description = "Page size (default 50)"),
+        ("cursor" = Option<String>, Query, description = "`nextCursor` of the previous page"),
+    ),
+    responses(
+        (status = 200, description = "A page of workflows", body = WorkflowList),
+        (status = 400, response = BadRequest),
+    )
+)]
 async fn list(
     workflows: web::Data<Workflows>,
     req: HttpRequest,
@@ -185,6 +209,15 @@ async fn list(
     Ok(HttpResponse::Ok().json(json!({ "workflows": many(&rows), "nextCursor": next })))
 }
 
+/// One workflow revision.
+#[utoipa::path(
+    get, path = "/v1/orgs/{orgId}/workflows/{workflowId}", operation_id = "getWorkflow", tag = "workflows",
+    params(("orgId" = Uuid, Path, description = "The organization"), ("workflowId" = Uuid, Path, description = "The workflow (revision)")),
+    responses(
+        (status = 200, description = "The workflow", body = WorkflowBody),
+        (status = 404, description = "Workflow not found", body = ErrorBody),
+    )
+)]
 async fn get(
     workflows: web::Data<Workflows>,
     req: HttpRequest,
@@ -196,6 +229,18 @@ async fn get(
     Ok(HttpResponse::Ok().json(one(&row)))
 }
 
+/// Updates a draft (owner/admin); unknown keys are a 400.
+#[utoipa::path(
+    put, path = "/v1/orgs/{orgId}/workflows/{workflowId}", operation_id = "updateWorkflow", tag = "workflows",
+    params(("orgId" = Uuid, Path, description = "The organization"), ("workflowId" = Uuid, Path, description = "The workflow (revision)")),
+    request_body = UpdateWorkflowRequest,
+    responses(
+        (status = 200, description = "Updated", body = WorkflowBody),
+        (status = 400, response = BadRequest),
+        (status = 404, description = "Workflow not found", body = ErrorBody),
+        (status = 409, description = "Only drafts can be updated", body = ErrorBody),
+    )
+)]
 async fn update(
     workflows: web::Data<Workflows>,
     req: HttpRequest,
@@ -221,6 +266,17 @@ async fn update(
 }
 
 /// The body is ignored, but still parsed as the framework would (malformed JSON is a 400).
+/// Publishes a draft (owner/admin): it becomes immutable and runnable. The body is ignored.
+#[utoipa::path(
+    post, path = "/v1/orgs/{orgId}/workflows/{workflowId}/publish", operation_id = "publishWorkflow", tag = "workflows",
+    params(("orgId" = Uuid, Path, description = "The organization"), ("workflowId" = Uuid, Path, description = "The workflow (revision)")),
+    request_body(content = Option<Object>, description = "Ignored"),
+    responses(
+        (status = 200, description = "Published", body = WorkflowBody),
+        (status = 400, response = BadRequest),
+        (status = 404, description = "Workflow not found", body = ErrorBody),
+    )
+)]
 async fn publish(
     workflows: web::Data<Workflows>,
     req: HttpRequest,
@@ -233,6 +289,18 @@ async fn publish(
     Ok(HttpResponse::Ok().json(one(&row)))
 }
 
+/// Clones a published revision into the next draft revision (owner/admin). The body is ignored.
+#[utoipa::path(
+    post, path = "/v1/orgs/{orgId}/workflows/{workflowId}/drafts", operation_id = "createWorkflowDraft", tag = "workflows",
+    params(("orgId" = Uuid, Path, description = "The organization"), ("workflowId" = Uuid, Path, description = "The workflow (revision)")),
+    request_body(content = Option<Object>, description = "Ignored"),
+    responses(
+        (status = 201, description = "The new draft", body = WorkflowBody),
+        (status = 400, response = BadRequest),
+        (status = 404, description = "Workflow not found", body = ErrorBody),
+        (status = 409, description = "Not published, or the revision could not be created", body = ErrorBody),
+    )
+)]
 async fn clone_draft(
     workflows: web::Data<Workflows>,
     req: HttpRequest,
@@ -245,6 +313,15 @@ async fn clone_draft(
     Ok(HttpResponse::Created().json(one(&row)))
 }
 
+/// Every revision of the workflow's family, newest first.
+#[utoipa::path(
+    get, path = "/v1/orgs/{orgId}/workflows/{workflowId}/revisions", operation_id = "listWorkflowRevisions", tag = "workflows",
+    params(("orgId" = Uuid, Path, description = "The organization"), ("workflowId" = Uuid, Path, description = "The workflow (revision)"), ("limit" = Option<i64>, Query, minimum = 1, maximum = 200, description = "Page size (default 50)")),
+    responses(
+        (status = 200, description = "The revisions", body = WorkflowRevisions),
+        (status = 400, response = BadRequest),
+    )
+)]
 async fn revisions(
     workflows: web::Data<Workflows>,
     req: HttpRequest,
@@ -261,4 +338,47 @@ async fn revisions(
         .map(WorkflowId::from);
     let rows = workflows.revisions(&ctx, id, limit).await?;
     Ok(HttpResponse::Ok().json(json!({ "workflows": many(&rows) })))
+}
+
+// Wire shapes of this module's bodies, for the OpenAPI document (the handlers build them with `json!`).
+
+/// `POST /v1/orgs/{orgId}/workflows`.
+#[derive(utoipa::ToSchema)]
+pub struct CreateWorkflowRequest {
+    #[schema(min_length = 2, max_length = 120)]
+    pub name: String,
+    /// The workflow DSL (v2 or v3; see the workflows spec).
+    #[schema(value_type = Object)]
+    pub dsl: Value,
+}
+
+/// `PUT /v1/orgs/{orgId}/workflows/{workflowId}`: any of the fields.
+#[derive(utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UpdateWorkflowRequest {
+    #[schema(min_length = 2, max_length = 120)]
+    pub name: Option<String>,
+    #[schema(value_type = Option<Object>)]
+    pub dsl: Option<Value>,
+    /// The editor's state, stored as given; `null` clears it.
+    #[schema(value_type = Option<Object>)]
+    pub editor_state: Option<Value>,
+}
+
+#[derive(utoipa::ToSchema)]
+pub struct WorkflowBody {
+    pub workflow: WorkflowView,
+}
+
+#[derive(utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkflowList {
+    pub workflows: Vec<WorkflowView>,
+    /// `null` on the last page.
+    pub next_cursor: Option<String>,
+}
+
+#[derive(utoipa::ToSchema)]
+pub struct WorkflowRevisions {
+    pub workflows: Vec<WorkflowView>,
 }

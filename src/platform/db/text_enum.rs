@@ -2,7 +2,8 @@
 //! statuses and kinds are typed in code and unchanged in the database and the JSON.
 
 /// Declares `pub enum $name { $variant = "text", … }` with `as_str`, `parse`, `Display`, serde (as the
-/// string) and diesel `Text` mapping. Parsing an unknown string from the database is an error, not a guess.
+/// string), its OpenAPI schema and diesel `Text` mapping. Parsing an unknown string from the database is
+/// an error, not a guess.
 #[macro_export]
 macro_rules! text_enum {
     ($(#[$meta:meta])* $vis:vis enum $name:ident { $($(#[$vmeta:meta])* $variant:ident = $text:literal),+ $(,)? }) => {
@@ -43,6 +44,18 @@ macro_rules! text_enum {
                 })
             }
         }
+
+        /// On the wire: one of the strings, as a named schema of the API description.
+        impl utoipa::PartialSchema for $name {
+            fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+                utoipa::openapi::ObjectBuilder::new()
+                    .schema_type(utoipa::openapi::schema::Type::String)
+                    .enum_values(Some([$($text),+]))
+                    .into()
+            }
+        }
+
+        impl utoipa::ToSchema for $name {}
 
         impl diesel::serialize::ToSql<diesel::sql_types::Text, diesel::pg::Pg> for $name {
             fn to_sql<'b>(

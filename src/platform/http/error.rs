@@ -7,7 +7,9 @@ use std::sync::Arc;
 
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
-use serde_json::{json, Value};
+use serde::Serialize;
+use serde_json::Value;
+use utoipa::ToSchema;
 
 use crate::platform::db::DbError;
 use crate::platform::validation::Rejected;
@@ -114,21 +116,36 @@ impl std::fmt::Display for ApiError {
     }
 }
 
+// Errors are rendered through this struct, so the OpenAPI schema derived from it is the wire shape.
+/// The body of every error answer.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = Error)]
+pub struct Envelope<'a> {
+    /// A stable, machine-readable code (`BAD_REQUEST`, `ORG_ACCESS_DENIED`, `QUEUE_UNAVAILABLE`, …).
+    pub code: &'a str,
+    /// A human-readable message; may change between versions.
+    pub message: &'a str,
+    /// Extra structure for some codes, e.g. `{formErrors, fieldErrors}` of a validation failure.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub details: Option<&'a Value>,
+}
+
 impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         self.status
     }
 
     fn error_response(&self) -> HttpResponse {
-        let mut body = json!({ "code": self.code, "message": self.message });
-        if let (Some(details), Some(obj)) = (&self.details, body.as_object_mut()) {
-            obj.insert("details".into(), details.clone());
-        }
         let mut res = HttpResponse::build(self.status);
         if let Some(secs) = self.retry_after {
             res.insert_header(("retry-after", secs.to_string()));
         }
-        res.json(body)
+        res.json(Envelope {
+            code: &self.code,
+            message: &self.message,
+            details: self.details.as_ref(),
+        })
     }
 }
 

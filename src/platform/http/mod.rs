@@ -5,6 +5,7 @@
 pub mod body;
 pub mod client_ip;
 pub mod error;
+pub mod openapi;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;

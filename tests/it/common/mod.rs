@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod routes;
+
 use std::collections::HashMap;
 use std::net::TcpListener;
 use std::sync::atomic::{AtomicU32, Ordering};

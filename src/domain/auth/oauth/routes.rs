@@ -13,6 +13,7 @@ use super::{OAuthError, OAuthService, Provider, NONCE_COOKIE, STATE_COOKIE};
 use crate::domain::auth::model::User;
 use crate::domain::auth::routes::{clear_cookie, client_meta, session_cookie, session_response};
 use crate::domain::auth::{AuthService, IssuedSession};
+use crate::platform::http::openapi::{BadRequest, ErrorBody};
 use crate::platform::http::{request_id, route_of, ApiError, Invalid};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -106,6 +107,22 @@ fn found(location: &str) -> actix_web::HttpResponseBuilder {
     res
 }
 
+/// Starts the sign-in with a provider: a 302 to it, or with `?mode=json` its URL. Sets the state and
+/// nonce cookies.
+#[utoipa::path(
+    get, path = "/v1/auth/oauth/{provider}/start", operation_id = "startOAuth", tag = "auth",
+    params(
+        ("provider" = String, Path, description = "`google` or `github`"),
+        ("mode" = Option<String>, Query, description = "`json` for a JSON answer instead of a redirect"),
+    ),
+    responses(
+        (status = 200, description = "`?mode=json`", body = OAuthStart),
+        (status = 302, description = "A redirect to the provider"),
+        (status = 400, description = "Unsupported provider", body = ErrorBody),
+        (status = 502, description = "`OAUTH_PROVIDER_UNAVAILABLE`", body = ErrorBody),
+        (status = 503, description = "`OAUTH_PROVIDER_NOT_CONFIGURED`", body = ErrorBody),
+    )
+)]
 async fn start(
     oauth: web::Data<OAuthService>,
     auth: web::Data<AuthService>,
@@ -228,6 +245,27 @@ impl Failure {
     }
 }
 
+/// The provider's redirect back: signs in (a session and the refresh cookie), then a 302 to the web app,
+/// or with `?mode=json` the session as JSON. Failures redirect with a code, or answer the envelope in JSON
+/// mode.
+#[utoipa::path(
+    get, path = "/v1/auth/oauth/{provider}/callback", operation_id = "finishOAuth", tag = "auth",
+    params(
+        ("provider" = String, Path, description = "`google` or `github`"),
+        ("code" = Option<String>, Query, description = "From the provider"),
+        ("state" = Option<String>, Query, description = "From the provider"),
+        ("error" = Option<String>, Query, description = "From the provider, when the user declined"),
+        ("mode" = Option<String>, Query, description = "`json` for a JSON answer instead of a redirect"),
+    ),
+    responses(
+        (status = 200, description = "`?mode=json`: signed in; sets the refresh cookie", body = crate::domain::auth::routes::SessionBody),
+        (status = 302, description = "A redirect to the web app, signed in or with the failure's code"),
+        (status = 400, response = BadRequest),
+        (status = 401, description = "`UNAUTHORIZED` (state or cookies), `OAUTH_INVALID_NONCE`, `OAUTH_ACCESS_DENIED`, `OAUTH_EXCHANGE_FAILED` (JSON mode)", body = ErrorBody),
+        (status = 502, description = "`OAUTH_PROVIDER_UNAVAILABLE` (JSON mode)", body = ErrorBody),
+        (status = 503, description = "`OAUTH_PROVIDER_NOT_CONFIGURED` (JSON mode)", body = ErrorBody),
+    )
+)]
 async fn callback(
     oauth: web::Data<OAuthService>,
     auth: web::Data<AuthService>,
@@ -365,6 +403,14 @@ fn add_cookies(res: &mut HttpResponse, cookies: impl IntoIterator<Item = Cookie<
             tracing::error!(error = %e, cookie = c.name(), "cannot set cookie");
         }
     }
+}
+
+/// `?mode=json` of the start route.
+#[derive(utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OAuthStart {
+    pub provider: String,
+    pub authorization_url: String,
 }
 
 #[cfg(test)]
