@@ -5,6 +5,7 @@
 #
 #   bench/runs.sh                  # RUNS=3000 CONCURRENCY=32
 #   RUNS=10000 bench/runs.sh
+#   VESPID_BIN=/tmp/vespid-old bench/runs.sh   # measure a prebuilt binary
 # Loopback only; every phase is bounded (the driver gives up after 300 s).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -14,11 +15,19 @@ export BENCH_BASE="http://127.0.0.1:${PORT}"
 set -a; eval "$(bash scripts/deps.sh)"; set +a
 export BENCH_OWNER_DB="$DATABASE_MIGRATE_URL"
 
-echo "==> building release binaries" >&2
-cargo build --release --locked --quiet
-cargo bench --locked --no-run --bench runs --quiet 2>/dev/null
-DRIVER=$(ls -t "${CARGO_TARGET_DIR:-target}"/release/deps/runs-* | grep -v '\.d$' | head -1)
-BIN="${CARGO_TARGET_DIR:-target}/release/vespid"
+# VESPID_BIN=<prebuilt binary> measures that build instead of this tree's (to compare builds); the driver
+# only speaks HTTP, so an already built one is reused then.
+BIN="${VESPID_BIN:-}"
+if [[ -z "$BIN" ]]; then
+    echo "==> building release binaries" >&2
+    cargo build --release --locked --quiet
+    BIN="${CARGO_TARGET_DIR:-target}/release/vespid"
+fi
+DRIVER=$(ls -t "${CARGO_TARGET_DIR:-target}"/release/deps/runs-* 2>/dev/null | grep -v '\.d$' | head -1 || true)
+if [[ -z "${VESPID_BIN:-}" || -z "$DRIVER" ]]; then
+    cargo bench --locked --no-run --bench runs --quiet 2>/dev/null
+    DRIVER=$(ls -t "${CARGO_TARGET_DIR:-target}"/release/deps/runs-* | grep -v '\.d$' | head -1)
+fi
 
 export API_PORT="$PORT" API_HOST=127.0.0.1 API_LOG_LEVEL=warn WORKFLOW_QUEUE_CONCURRENCY="${WORKER_CONCURRENCY:-64}"
 PIDS=()

@@ -57,7 +57,8 @@ LUA
 echo "== webhook intake: $CONNS connections, $DURATION, $(nproc) cores (wrk, server and PostgreSQL share them)"
 OUT=$(wrk -t1 -c"$CONNS" -d"$DURATION" --latency -s "$LUA" "$BASE/v1/hooks/$WF")
 rm -f "$LUA"
-printf '%s\n' "$OUT" | awk '/Requests\/sec/ {printf "accepted deliveries: %s /s", $2} $1=="50%" {printf "   p50 %s", $2} $1=="99%" {printf "   p99 %s", $2} /Non-2xx/ {printf "   non-2xx %s", $4} END {print ""}'
+printf '%s\n' "$OUT" | awk '/Requests\/sec/ {rps=$2} $1=="50%" {p50=$2} $1=="99%" {p99=$2} /Non-2xx/ {bad=$4}
+    END {printf "accepted deliveries: %s /s   p50 %s   p99 %s   non-2xx %s\n", rps, p50, p99, bad ? bad : 0}'
 
 SQL="SELECT set_config('app.current_org_id', '$ORG', false);
 SELECT count(*), count(*) FILTER (WHERE status IN ('succeeded','failed')),
