@@ -43,7 +43,36 @@ fn builder(url: &str, timeout: Duration) -> Result<fred::types::Builder, RedisEr
     Ok(builder)
 }
 
+/// One attempt in a fixed window, counted ahead. KEYS: the counter. ARGV: the limit, the window in
+/// seconds. Returns 0, or (refused, and not counted) the seconds until the window ends. The counter
+/// always gets its TTL.
+const WINDOW_ATTEMPT: &str = r#"
+local n = redis.call('INCR', KEYS[1])
+if redis.call('TTL', KEYS[1]) < 0 then redis.call('EXPIRE', KEYS[1], ARGV[2]) end
+if n > tonumber(ARGV[1]) then
+  redis.call('DECR', KEYS[1])
+  local ttl = redis.call('TTL', KEYS[1])
+  if ttl < 1 then ttl = 1 end
+  return ttl
+end
+return 0
+"#;
+
 impl Redis {
+    /// Counts one attempt against `limit` per `window_secs` on the counter `key` (already namespaced),
+    /// in one script that also decides, so a parallel burst cannot all pass a check made while the count
+    /// was low. `Some(seconds)` when over the limit (that attempt is not counted).
+    pub async fn window_attempt(
+        &self,
+        key: String,
+        limit: u64,
+        window_secs: u64,
+    ) -> Result<Option<u64>, RedisError> {
+        let args = vec![limit.to_string(), window_secs.max(1).to_string()];
+        let wait: i64 = self.client.eval(WINDOW_ATTEMPT, vec![key], args).await?;
+        Ok((wait > 0).then(|| u64::try_from(wait).unwrap_or(1)))
+    }
+
     /// Connects in the background (reconnecting forever); waits up to `timeout` for the first connection
     /// so that start-up can report Redis, but never fails start-up because Redis is down.
     pub async fn connect(url: &str, prefix: &str, timeout: Duration) -> Result<Self, RedisError> {

@@ -13,20 +13,6 @@ use fred::interfaces::LuaInterface;
 use crate::platform::http::client_ip::client_bucket;
 use crate::platform::redis::Redis;
 
-/// One attempt, counted ahead. KEYS: the client's counter. ARGV: the limit, the window in seconds.
-/// Returns 0, or (refused, and not counted) the seconds until the window ends.
-const ATTEMPT: &str = r#"
-local n = redis.call('INCR', KEYS[1])
-if redis.call('TTL', KEYS[1]) < 0 then redis.call('EXPIRE', KEYS[1], ARGV[2]) end
-if n > tonumber(ARGV[1]) then
-  redis.call('DECR', KEYS[1])
-  local ttl = redis.call('TTL', KEYS[1])
-  if ttl < 1 then ttl = 1 end
-  return ttl
-end
-return 0
-"#;
-
 /// An attempt that was not a failure takes its count back. KEYS: the client's counter.
 const UNDO: &str = r#"
 if tonumber(redis.call('GET', KEYS[1]) or '0') > 0 then redis.call('DECR', KEYS[1]) end
@@ -59,18 +45,20 @@ impl PairLimiter {
         if self.max_failures == 0 {
             return Ok(());
         }
-        let args = vec![self.max_failures.to_string(), self.window_secs.to_string()];
-        let wait: Result<i64, _> = self
+        let wait = self
             .redis
-            .client
-            .eval(ATTEMPT, vec![self.key(client)], args)
+            .window_attempt(
+                self.key(client),
+                u64::from(self.max_failures),
+                self.window_secs,
+            )
             .await;
         match wait {
-            Ok(secs) if secs > 0 => {
+            Ok(Some(secs)) => {
                 tracing::warn!(event = "pair_rate_limited", client = ?client, retry_after_secs = secs, "too many failed pairings");
-                Err(u64::try_from(secs).unwrap_or(1))
+                Err(secs)
             }
-            Ok(_) => Ok(()),
+            Ok(None) => Ok(()),
             Err(e) => {
                 tracing::warn!(error = %e, "pairing throttle unavailable (failing open)");
                 Ok(())

@@ -83,14 +83,13 @@ impl Entry {
     /// The platform's own action in an org.
     pub fn system(org: OrgId, action: Action, target_type: &'static str) -> Self {
         Self {
+            org,
             actor: None,
             actor_type: ActorType::System,
-            ..Self::by(
-                UserId::from_uuid(uuid::Uuid::nil()),
-                org,
-                action,
-                target_type,
-            )
+            action,
+            target_type,
+            target_id: None,
+            details: Value::Object(Default::default()),
         }
     }
 

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use diesel_async::scoped_futures::ScopedFutureExt;
-use fred::interfaces::{KeysInterface, LuaInterface};
+use fred::interfaces::KeysInterface;
 use serde_json::{json, Map, Value};
 
 use crate::domain::common::ids::{OrgId, RunId, WorkflowId};
@@ -85,19 +85,6 @@ pub struct Fired {
     pub runs: usize,
     pub skipped: usize,
 }
-
-/// Per-workflow fixed one-minute window. KEYS: the counter. ARGV: the limit. Returns 0 when allowed,
-/// else the seconds until the window ends.
-const RATE: &str = r#"
-local n = redis.call('INCR', KEYS[1])
-if n == 1 then redis.call('EXPIRE', KEYS[1], 60) end
-if n > tonumber(ARGV[1]) then
-  local ttl = redis.call('TTL', KEYS[1])
-  if ttl < 1 then ttl = 1 end
-  return ttl
-end
-return 0
-"#;
 
 impl Triggers {
     pub fn new(parts: TriggersParts) -> Self {
@@ -274,16 +261,9 @@ impl Triggers {
             return Ok(());
         }
         let key = self.redis.key(&format!("hook:rate:{family}"));
-        let r: Result<i64, _> = self
-            .redis
-            .client
-            .eval(RATE, vec![key], vec![limit.to_string()])
-            .await;
-        match r {
-            Ok(0) => Ok(()),
-            Ok(secs) => Err(TriggerError::RateLimited {
-                retry_after_secs: u64::try_from(secs).unwrap_or(1).max(1),
-            }),
+        match self.redis.window_attempt(key, limit, 60).await {
+            Ok(None) => Ok(()),
+            Ok(Some(retry_after_secs)) => Err(TriggerError::RateLimited { retry_after_secs }),
             Err(e) => {
                 tracing::warn!(error = %e, "webhook rate limit unavailable; letting the delivery through");
                 Ok(())
