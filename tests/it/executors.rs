@@ -1001,17 +1001,28 @@ async fn agents_stubs_and_unknown_types() {
         }
         other => panic!("expected a block, got {other:?}"),
     }
-    fails_with(
-        run_node(
-            &deps,
-            org,
-            "agent.run",
-            Some(json!({"llm": {}, "prompt": {"instructions": "x"}})),
-        )
-        .await,
-        "EXECUTOR_NOT_AVAILABLE",
-        false,
-    );
+    // `agent.run` blocks on the brain; the credential travels by id only.
+    let secret_id = uuid::Uuid::new_v4();
+    match run_node(
+        &deps,
+        org,
+        "agent.run",
+        Some(json!({"llm": {"model": "m", "auth": {"secretId": secret_id}},
+                    "engine": {"id": "gateway.claude.v2"},
+                    "prompt": {"instructions": "x"}, "limits": {"timeoutMs": 5000}})),
+    )
+    .await
+    {
+        Outcome::Blocked(b) => {
+            assert_eq!(b.kind, BlockKind::AgentRun);
+            assert!(b.secret.is_none());
+            assert_eq!(b.timeout_ms, Some(15_000));
+            assert_eq!(b.payload["secretRefs"]["llmSecretId"], json!(secret_id));
+            assert_eq!(b.payload["node"]["config"]["llm"]["provider"], "anthropic");
+            assert_eq!(b.payload["node"]["config"]["prompt"]["instructions"], "x");
+        }
+        other => panic!("expected a block, got {other:?}"),
+    }
     assert_eq!(
         succeeded(
             run_node(

@@ -164,13 +164,32 @@ impl Gateway {
         }
     }
 
-    /// Runs one dispatch to its result. Only executor kinds run here; `agent.run` needs the brain.
+    /// Runs one dispatch to its result: executor kinds on an executor, `agent.run` in the brain.
     async fn run_dispatch(&self, req: &DispatchRequest) -> DispatchResult {
         let span = tracing::info_span!("dispatch", request_id = %req.request_id(), org_id = %req.organization_id);
         self.dispatch_in_span(req).instrument(span).await
     }
 
     async fn dispatch_in_span(&self, req: &DispatchRequest) -> DispatchResult {
+        if req.kind == "agent.run" {
+            return match self.agent_runner.get() {
+                Some(brain) => brain.run_agent(req).await,
+                None => DispatchResult::failed("BRAIN_NOT_AVAILABLE"),
+            };
+        }
+        self.invoke_tool(req, OwnerType::WorkflowRun, req.run_id)
+            .await
+    }
+
+    /// Runs one tool call on an executor to its result, with the files of `owner`'s workspace (a run's,
+    /// or a session's): the brain's tool calls come through here, with the same selection, quotas,
+    /// workspace lock and result checks as a workflow's remote node.
+    pub async fn invoke_tool(
+        &self,
+        req: &DispatchRequest,
+        owner: OwnerType,
+        owner_id: uuid::Uuid,
+    ) -> DispatchResult {
         let Some(kind) = req.tool_kind() else {
             return DispatchResult::failed("UNSUPPORTED_KIND");
         };
@@ -185,7 +204,7 @@ impl Gateway {
         let lock_secs = (timeout_ms / 1000 + 1 + RESULT_GRACE.as_secs() + 30) as i64;
         let (reserved, lease) = tokio::join!(
             self.reserve(org, kind, &selector, org_max, reserve_ttl, deadline),
-            workspace::acquire(&self.db, org, OwnerType::WorkflowRun, req.run_id, lock_secs),
+            workspace::acquire(&self.db, org, owner, owner_id, lock_secs),
         );
         let ((reserved, waited), lease) = match (reserved, lease) {
             (Ok(r), Ok(l)) => (r, l),

@@ -214,6 +214,17 @@ pub struct Gateway {
     listening: AtomicBool,
     /// Woken when this instance releases an executor slot (calls waiting for capacity retry).
     slot_freed: tokio::sync::Notify,
+    /// Runs `agent.run` dispatches (the brain, set by the composition root: the brain calls the
+    /// gateway for its tools, so the gateway cannot own it).
+    agent_runner: std::sync::OnceLock<Arc<dyn AgentRunner>>,
+}
+
+/// What runs an `agent.run` dispatch to its final result (the brain).
+pub trait AgentRunner: Send + Sync {
+    fn run_agent<'a>(
+        &'a self,
+        req: &'a dispatch::DispatchRequest,
+    ) -> futures_util::future::BoxFuture<'a, dispatch::DispatchResult>;
 }
 
 impl Gateway {
@@ -238,7 +249,13 @@ impl Gateway {
             waiters: DashMap::new(),
             listening: AtomicBool::new(false),
             slot_freed: tokio::sync::Notify::new(),
+            agent_runner: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Installs the brain that runs `agent.run` dispatches (once; later calls are ignored).
+    pub fn set_agent_runner(&self, runner: Arc<dyn AgentRunner>) {
+        let _ = self.agent_runner.set(runner);
     }
 
     pub fn edge_id(&self) -> &str {

@@ -22,14 +22,16 @@ use diesel_async::scoped_futures::ScopedFutureExt;
 use serde_json::Value;
 
 use crate::domain::common::access::OrgCtx;
-use crate::domain::common::ids::{EventId, RunId, WorkflowId};
+use crate::domain::common::ids::{EventId, OrgId, RunId, WorkflowId};
+use crate::domain::workflows::dsl::spec::NodeType;
+use crate::platform::db::TenantCtx;
 use crate::domain::common::page::{next_cursor, Page, Position};
 use crate::platform::db::{self, PgPool};
 use crate::platform::queue::WorkQueue;
 pub use error::RunError;
 use intake::{CreateRun, RunIntake};
 use live::{EventStream, LiveEvents};
-use model::{Event, Run};
+use model::{Event, EventKind, Level, NewEvent, Run};
 
 /// What the runs service is built from.
 pub struct RunsParts {
@@ -149,6 +151,52 @@ impl Runs {
         .await?;
         let next = next_cursor(&events, |e| (e.created_at, e.id.uuid()));
         Ok((events, next))
+    }
+
+    /// Appends progress events of a node that runs elsewhere (an `agent.run` node's tool calls, written
+    /// by the brain while the run is blocked on it), and wakes the run's live streams. Nothing is
+    /// written for a run that no longer waits on `request_id` (a stale brain after a timeout or retry).
+    pub async fn record_remote_progress(
+        &self,
+        org: OrgId,
+        run: RunId,
+        request_id: &str,
+        attempt: i32,
+        node_id: &str,
+        events: Vec<(EventKind, Level, Value)>,
+    ) -> Result<bool, RunError> {
+        let node_id = node_id.to_string();
+        let request_id = request_id.to_string();
+        let written = db::tenant_tx(&self.db, TenantCtx::org(org), |c| {
+            async move {
+                let Some(workflow_id) = store::blocked_on(c, run, &request_id).await? else {
+                    return Ok::<_, RunError>(false);
+                };
+                let rows: Vec<NewEvent> = events
+                    .into_iter()
+                    .map(|(kind, level, payload)| NewEvent {
+                        organization_id: org,
+                        workflow_id,
+                        run_id: run,
+                        attempt_count: attempt,
+                        event_type: kind,
+                        node_id: Some(node_id.clone()),
+                        node_type: Some(NodeType::AgentRun),
+                        level,
+                        message: None,
+                        payload: Some(payload),
+                    })
+                    .collect();
+                store::append_events(c, &rows).await?;
+                Ok(true)
+            }
+            .scope_boxed()
+        })
+        .await?;
+        if written {
+            self.live.notify([run]);
+        }
+        Ok(written)
     }
 
     /// A live stream of the run's events after the cursor's event (all of them without one), until the

@@ -42,6 +42,10 @@ crate::text_enum! {
         RunFailed = "run_failed",
         NodeDispatched = "node_dispatched",
         RemoteResultReceived = "remote_result_received",
+        /// An `agent.run` node's model asked for a tool (written by the brain while the run waits).
+        AgentToolCall = "agent_tool_call",
+        /// The result of that tool call.
+        AgentToolResult = "agent_tool_result",
     }
 }
 

@@ -649,6 +649,22 @@ pub async fn block_state(c: &mut AsyncPgConnection, id: RunId) -> QueryResult<Op
         .optional()
 }
 
+/// The workflow of run `id` if it is still blocked on `request_id`.
+pub async fn blocked_on(
+    c: &mut AsyncPgConnection,
+    id: RunId,
+    request_id: &str,
+) -> QueryResult<Option<WorkflowId>> {
+    wr::table
+        .find(id)
+        .filter(wr::status.eq(RunStatus::Running))
+        .filter(wr::blocked_request_id.eq(request_id))
+        .select(wr::workflow_id)
+        .first(c)
+        .await
+        .optional()
+}
+
 /// The run a block was cleared from, with the block's node.
 #[derive(Debug, QueryableByName)]
 pub struct Unblocked {

@@ -1,11 +1,10 @@
 //! `agent.execute` and `agent.run`: the cloud stub runs here; a remote `agent.execute` blocks the run on
-//! an executor (spec 5.2). `agent.run` needs the gateway brain (sessions and inference), which is not
-//! part of this build yet, so it fails deterministically instead of hanging.
+//! an executor (spec 5.2), and `agent.run` blocks it on the gateway brain (spec 5.6).
 
 use serde_json::{json, Map, Value};
 
 use super::context::{Block, BlockKind, ExecCtx, Outcome};
-use crate::domain::workflows::dsl::spec::{AgentExecute, Selector};
+use crate::domain::workflows::dsl::spec::{AgentExecute, AgentRun, Selector};
 
 /// `agent.execute`: no `execution` (or mode `cloud`) is the stub; mode `executor` is dispatched.
 pub fn execute(ctx: &ExecCtx<'_>, config: Option<&AgentExecute>) -> Outcome {
@@ -34,9 +33,55 @@ pub fn execute(ctx: &ExecCtx<'_>, config: Option<&AgentExecute>) -> Outcome {
     })
 }
 
-/// `agent.run` always runs in the gateway brain.
-pub fn run() -> Outcome {
-    Outcome::fail("EXECUTOR_NOT_AVAILABLE", false)
+/// `agent.run` always runs in the gateway brain (workflows spec 5.6): the run blocks on it like on an
+/// executor, and the brain's final `{status, output|error}` comes back as the dispatch result. The LLM
+/// credential travels by id only (`secretRefs`); the brain decrypts it, never the worker. The block's
+/// wait is the node's own time limit plus a margin for the brain to answer (the brain's loop stops at
+/// the limit itself).
+pub fn run(ctx: &ExecCtx<'_>, cfg: &AgentRun) -> Outcome {
+    let node = ctx.node;
+    let steps: Vec<Value> = ctx
+        .steps
+        .iter()
+        .map(|s| {
+            json!({
+                "nodeId": s.node_id,
+                "nodeType": s.node_type,
+                "status": s.status,
+                "output": s.output,
+            })
+        })
+        .collect();
+    let mut config = match serde_json::to_value(cfg) {
+        Ok(v) => v,
+        Err(_) => return Outcome::fail("INVALID_AGENT_CONFIG", false),
+    };
+    // Provider forced by the engine (spec 5.6).
+    let forced = match cfg.engine.as_ref().map(|e| e.id.as_str()) {
+        Some("gateway.codex.v2") => Some("openai"),
+        Some("gateway.claude.v2") => Some("anthropic"),
+        _ => None,
+    };
+    if let (Some(p), Some(llm)) = (forced, config.get_mut("llm")) {
+        llm["provider"] = json!(p);
+    }
+    let timeout_ms = cfg.limits.timeout_ms.clamp(1000, 600_000);
+    Outcome::Blocked(Block {
+        kind: BlockKind::AgentRun,
+        payload: json!({
+            "nodeId": node.id,
+            "node": {"id": node.id, "type": "agent.run", "config": config},
+            "runId": ctx.run_id,
+            "workflowId": ctx.workflow_id,
+            "attemptCount": ctx.attempt,
+            "runInput": ctx.run_input,
+            "steps": steps,
+            "secretRefs": {"llmSecretId": cfg.llm.auth.secret_id},
+        }),
+        selector: cfg.execution.selector.as_ref().map(selector_json),
+        secret: None,
+        timeout_ms: Some((timeout_ms + 10_000).min(600_000)),
+    })
 }
 
 /// The node as the executor reads it (spec 3.4): only the keys that are set, never `null` (the original

@@ -22,7 +22,7 @@ pub async fn execute(deps: &ExecDeps, ctx: &ExecCtx<'_>) -> Outcome {
     match &ctx.node.spec {
         NodeSpec::HttpRequest(cfg) => http::run(deps, ctx, cfg.as_ref()).await,
         NodeSpec::AgentExecute(cfg) => agent::execute(ctx, cfg.as_ref()),
-        NodeSpec::AgentRun(_) => agent::run(),
+        NodeSpec::AgentRun(cfg) => agent::run(ctx, cfg),
         NodeSpec::ConnectorAction(cfg) => connector::run_action(deps, ctx, cfg).await,
         NodeSpec::GithubIssueCreate(cfg) => connector::run_legacy_github(deps, ctx, cfg).await,
         NodeSpec::Condition(_) => Outcome::Succeeded(json!({"branch": "true"})),

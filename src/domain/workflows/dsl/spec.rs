@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
 
@@ -132,7 +132,7 @@ fn yes() -> bool {
 }
 
 /// Which executor may take a remote node.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Selector {
     pub pool: Option<String>,
@@ -228,7 +228,7 @@ pub struct Join {
 
 /// `agent.run` (spec 1.4): run by the gateway brain. The parts the brain reads are typed; the team and
 /// per-connector auth defaults stay JSON until the brain uses them.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct AgentRun {
     pub toolset_id: Option<Uuid>,
@@ -242,7 +242,7 @@ pub struct AgentRun {
     pub team: Option<Value>,
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Llm {
     pub provider: String,
@@ -250,26 +250,26 @@ pub struct Llm {
     pub auth: LlmAuth,
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct LlmAuth {
     pub secret_id: Option<Uuid>,
     pub fallback_to_env: bool,
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct AgentExecution {
     pub mode: String,
     pub selector: Option<Selector>,
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 pub struct Engine {
     pub id: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Prompt {
     pub system: Option<String>,
@@ -277,7 +277,7 @@ pub struct Prompt {
     pub input_template: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Tools {
     pub allow: Vec<String>,
@@ -285,7 +285,7 @@ pub struct Tools {
     pub auth_defaults: Option<Value>,
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Limits {
     pub max_turns: u32,
@@ -295,7 +295,7 @@ pub struct Limits {
     pub max_runtime_chars: u64,
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Output {
     pub mode: String,
