@@ -27,6 +27,7 @@ use crate::domain::runs::worker::WorkerParts;
 use crate::domain::runs::{Runs, RunsParts};
 use crate::domain::secrets::{Secrets, SecretsParts};
 use crate::domain::triggers::{Triggers, TriggersParts};
+use crate::domain::usage::{UsageParts, UsageService};
 use crate::domain::workflows::dsl::Limits;
 use crate::domain::workflows::Workflows;
 use crate::platform::crypto::envelope::Keyring;
@@ -58,6 +59,8 @@ pub struct AppState {
     /// Announcements of committed run events, for live streams on every instance.
     pub live: Arc<LiveEvents>,
     pub api_keys: Arc<ApiKeys>,
+    /// LLM usage: recording, the monthly budget, the usage report.
+    pub usage: Arc<UsageService>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -178,6 +181,10 @@ impl AppState {
             enqueue_timeout: Duration::from_millis(config.workflows.enqueue_timeout_ms),
         }));
         let audit = Arc::new(Audit::new(db.clone(), config.audit.retention_days));
+        let usage = Arc::new(UsageService::new(UsageParts {
+            db: db.clone(),
+            orgs: orgs.clone(),
+        }));
         let agents = Arc::new(Agents::new(AgentsParts {
             config: config.agents.clone(),
             db: db.clone(),
@@ -225,6 +232,7 @@ impl AppState {
             run_metrics,
             live,
             api_keys,
+            usage,
         })
     }
 

@@ -11,4 +11,5 @@ pub mod orgs;
 pub mod runs;
 pub mod secrets;
 pub mod triggers;
+pub mod usage;
 pub mod workflows;

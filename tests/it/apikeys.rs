@@ -296,6 +296,7 @@ async fn keys_never_reach_session_user_membership_or_key_routes() {
         "secrets:write",
         "agents:read",
         "agents:admin",
+        "usage:read",
     ];
     let (key, view) = create_key(&app, &owner, org, &all, None).await;
     let id = view["id"].as_str().expect("id");

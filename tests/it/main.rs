@@ -28,4 +28,5 @@ mod runs;
 mod secrets;
 mod sse;
 mod triggers;
+mod usage;
 mod workflows;

@@ -1109,7 +1109,8 @@ async fn org_settings() {
                 "session": {"provider": null, "model": null},
                 "workflowAgentRun": {"provider": null, "model": null, "secretId": null},
                 "toolsetBuilder": {"provider": null, "model": null, "secretId": null},
-            }},
+            },
+            "budget": {"monthlyTokens": null}},
         })
     );
     let r = app

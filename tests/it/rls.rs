@@ -12,7 +12,7 @@ use uuid::Uuid;
 use crate::common::{spawn, spawn_with, Options, TestApp, User, PASSWORD};
 
 /// Tenant tables keyed by organization, with their org column.
-const ORG_TABLES: [(&str, &str); 12] = [
+const ORG_TABLES: [(&str, &str); 13] = [
     ("organizations", "id"),
     ("memberships", "organization_id"),
     ("organization_invitations", "organization_id"),
@@ -25,9 +25,10 @@ const ORG_TABLES: [(&str, &str); 12] = [
     ("workflow_cron_ticks", "organization_id"),
     ("webhook_deliveries", "organization_id"),
     ("audit_log", "organization_id"),
+    ("llm_usage", "organization_id"),
 ];
 
-const ALL_TABLES: [&str; 13] = [
+const ALL_TABLES: [&str; 14] = [
     "organizations",
     "memberships",
     "organization_invitations",
@@ -41,6 +42,7 @@ const ALL_TABLES: [&str; 13] = [
     "workflow_cron_ticks",
     "webhook_deliveries",
     "audit_log",
+    "llm_usage",
 ];
 
 const SET_CTX: &str =
@@ -204,6 +206,16 @@ async fn fixture() -> Fixture {
         )
         .await
         .expect("seed delivery");
+        // An LLM call, as the usage service records one.
+        tx.execute(
+            &format!(
+                "INSERT INTO llm_usage (organization_id, provider, model, input_tokens, output_tokens, \
+                   latency_ms, cost_micros) VALUES ('{org}', 'openai', 'gpt-4o', 1, 1, 1, 1)"
+            ),
+            &[],
+        )
+        .await
+        .expect("seed usage");
         tx.commit().await.expect("commit");
     }
     Fixture {
@@ -457,6 +469,10 @@ async fn cross_tenant_writes_are_refused() {
         format!(
             "INSERT INTO organization_credit_ledger (organization_id, delta_credits, reason) \
              VALUES ('{b}', 1000000, 'evil')"
+        ),
+        format!(
+            "INSERT INTO llm_usage (organization_id, provider, model, input_tokens, output_tokens, \
+               latency_ms, cost_micros) VALUES ('{b}', 'openai', 'gpt-4o', 1, 1, 1, 1)"
         ),
     ];
     for user in [String::new(), f.m.id.to_string(), ub.clone()] {

@@ -112,6 +112,7 @@ const SECRETS: &str = "Role is not allowed to manage secrets";
 const EXECUTORS: &str = "Role is not allowed to manage executors";
 const AUDIT: &str = "Role is not allowed to read the audit log";
 const API_KEYS: &str = "Role is not allowed to manage API keys";
+const USAGE: &str = "Role is not allowed to read usage";
 
 /// Every route of the API.
 pub const ROUTES: &[Rule] = &[
@@ -256,6 +257,8 @@ pub const ROUTES: &[Rule] = &[
     // The trigger's token (or a signature made with it) is the credential.
     rule("POST", "/v1/hooks/{workflowId}", Access::Public),
     admin("GET", "/v1/orgs/{orgId}/audit", AUDIT),
+    // LLM usage and the monthly budget.
+    admin("GET", "/v1/orgs/{orgId}/usage", USAGE).scope(Scope::UsageRead),
 ];
 
 /// Rules by path template (a few methods each).

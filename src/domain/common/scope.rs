@@ -17,6 +17,8 @@ crate::text_enum! {
         SecretsWrite = "secrets:write",
         AgentsRead = "agents:read",
         AgentsAdmin = "agents:admin",
+        /// The org's LLM usage report (owner/admin).
+        UsageRead = "usage:read",
     }
 }
 

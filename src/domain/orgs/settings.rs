@@ -44,7 +44,8 @@ pub fn normalize(stored: &Value) -> Value {
             "session": model("session", false),
             "workflowAgentRun": model("workflowAgentRun", true),
             "toolsetBuilder": model("toolsetBuilder", true),
-        }}),
+        },
+        "budget": { "monthlyTokens": get(&["llm", "budget", "monthlyTokens"]) }}),
     );
     Value::Object(out)
 }
@@ -74,6 +75,18 @@ fn nullable_string(v: &Value, path: &str, max: usize, inv: &mut Invalid) {
         _ => inv.field(
             path,
             format!("Expected a string of 1..{max} characters or null"),
+        ),
+    }
+}
+
+/// A positive whole number of tokens (at most `i64::MAX`), or null for none.
+fn nullable_positive_int(v: &Value, path: &str, inv: &mut Invalid) {
+    match v {
+        Value::Null => {}
+        Value::Number(n) if n.as_i64().is_some_and(|n| n >= 1) => {}
+        _ => inv.field(
+            path,
+            "Expected an integer greater than or equal to 1, or null",
         ),
     }
 }
@@ -118,7 +131,13 @@ pub fn merge_update(current: &Value, body: &Value) -> Result<Value, Rejected> {
         }
     }
     if let Some(l) = top.get("llm").and_then(|v| obj(v, "llm", &mut inv)) {
-        check_keys(l, &["defaults"], "llm", &mut inv);
+        check_keys(l, &["defaults", "budget"], "llm", &mut inv);
+        if let Some(b) = l.get("budget").and_then(|v| obj(v, "llm.budget", &mut inv)) {
+            check_keys(b, &["monthlyTokens"], "llm.budget", &mut inv);
+            if let Some(v) = b.get("monthlyTokens") {
+                nullable_positive_int(v, "llm.budget.monthlyTokens", &mut inv);
+            }
+        }
         if let Some(d) = l
             .get("defaults")
             .and_then(|v| obj(v, "llm.defaults", &mut inv))
@@ -198,5 +217,51 @@ mod tests {
         assert!(merge_update(&json!({}), &json!({"tools": {"nope": 1}})).is_err());
         assert!(merge_update(&json!({}), &json!({"extra": 1})).is_err());
         assert!(merge_update(&json!({}), &json!([1])).is_err());
+    }
+
+    #[test]
+    fn monthly_token_budget() {
+        assert_eq!(
+            normalize(&json!({}))["llm"]["budget"],
+            json!({"monthlyTokens": null})
+        );
+        let m = merge_update(
+            &json!({}),
+            &json!({"llm": {"budget": {"monthlyTokens": 100}}}),
+        )
+        .expect("valid");
+        assert_eq!(m["llm"]["budget"]["monthlyTokens"], json!(100));
+        // The other llm sections keep their defaults, and a later update of them keeps the budget.
+        assert_eq!(m["llm"]["defaults"]["session"]["model"], Value::Null);
+        let m2 = merge_update(
+            &m,
+            &json!({"llm": {"defaults": {"session": {"model": "gpt-4o"}}}}),
+        )
+        .expect("valid");
+        assert_eq!(normalize(&m2)["llm"]["budget"]["monthlyTokens"], json!(100));
+        let cleared =
+            merge_update(&m2, &json!({"llm": {"budget": {"monthlyTokens": null}}})).expect("valid");
+        assert_eq!(
+            normalize(&cleared)["llm"]["budget"]["monthlyTokens"],
+            Value::Null
+        );
+        for bad in [
+            json!({"llm": {"budget": {"monthlyTokens": 0}}}),
+            json!({"llm": {"budget": {"monthlyTokens": -5}}}),
+            json!({"llm": {"budget": {"monthlyTokens": 1.5}}}),
+            json!({"llm": {"budget": {"monthlyTokens": "100"}}}),
+            json!({"llm": {"budget": {"monthlyTokens": 1e20}}}),
+            json!({"llm": {"budget": {"monthlyTokens": 100, "extra": 1}}}),
+            json!({"llm": {"budget": 100}}),
+        ] {
+            let e = merge_update(&json!({}), &bad).expect_err("invalid");
+            assert!(
+                e.details["fieldErrors"]
+                    .as_object()
+                    .is_some_and(|f| f.keys().all(|k| k.starts_with("llm.budget"))),
+                "{bad}: {:?}",
+                e.details
+            );
+        }
     }
 }

@@ -313,3 +313,20 @@ diesel::table! {
         revoked_at -> Nullable<Timestamptz>,
     }
 }
+
+diesel::table! {
+    llm_usage (id) {
+        id -> Uuid,
+        organization_id -> Uuid,
+        session_id -> Nullable<Uuid>,
+        run_id -> Nullable<Uuid>,
+        node_id -> Nullable<Text>,
+        provider -> Text,
+        model -> Text,
+        input_tokens -> Int8,
+        output_tokens -> Int8,
+        latency_ms -> Int8,
+        cost_micros -> Int8,
+        created_at -> Timestamptz,
+    }
+}
