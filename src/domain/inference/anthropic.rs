@@ -9,7 +9,8 @@ use serde_json::{json, Value};
 use super::retry::AttemptError;
 use super::sse::SseEvent;
 use super::{
-    arguments_from_text, count, ChatRequest, DeltaSink, HttpCall, Message, Parsed, ToolCall, Usage,
+    arguments_from_text, call_id_or_new, count, ChatRequest, DeltaSink, HttpCall, Message, Parsed,
+    ToolCall, Usage,
 };
 
 /// `max_tokens` is required by the API: this when the caller sets none.
@@ -120,11 +121,7 @@ pub(crate) fn parse(v: &Value) -> Result<Parsed, AttemptError> {
                     .and_then(Value::as_str)
                     .ok_or_else(|| AttemptError::Invalid("tool_use without name".into()))?;
                 parsed.tool_calls.push(ToolCall {
-                    id: b
-                        .get("id")
-                        .and_then(Value::as_str)
-                        .unwrap_or_default()
-                        .to_string(),
+                    id: call_id_or_new(b.get("id").and_then(Value::as_str)),
                     name: name.to_string(),
                     arguments: b.get("input").cloned().unwrap_or_else(|| json!({})),
                 });
@@ -263,7 +260,7 @@ impl Stream {
             .calls
             .into_values()
             .map(|c| ToolCall {
-                id: c.id,
+                id: call_id_or_new(Some(&c.id)),
                 name: c.name,
                 arguments: arguments_from_text(&c.json),
             })

@@ -7,7 +7,9 @@ use serde_json::{json, Value};
 
 use super::retry::AttemptError;
 use super::sse::SseEvent;
-use super::{count, ChatRequest, DeltaSink, HttpCall, Message, Parsed, ToolCall, Usage};
+use super::{
+    call_id_or_new, count, ChatRequest, DeltaSink, HttpCall, Message, Parsed, ToolCall, Usage,
+};
 
 pub(crate) fn request(req: &ChatRequest, base: &str, stream: bool) -> HttpCall {
     let mut system: Vec<&str> = Vec::new();
@@ -161,12 +163,8 @@ fn read_chunk(
                 .get("name")
                 .and_then(Value::as_str)
                 .ok_or_else(|| AttemptError::Invalid("functionCall without name".into()))?;
-            let id = match call.get("id").and_then(Value::as_str) {
-                Some(id) if !id.is_empty() => id.to_string(),
-                _ => format!("call_{}", uuid::Uuid::new_v4().simple()),
-            };
             into.tool_calls.push(ToolCall {
-                id,
+                id: call_id_or_new(call.get("id").and_then(Value::as_str)),
                 name: name.to_string(),
                 arguments: call.get("args").cloned().unwrap_or_else(|| json!({})),
             });

@@ -247,11 +247,10 @@ impl InferenceClient {
     ) -> Result<ChatResponse, InferenceError> {
         let started = Instant::now();
         let p = req.provider;
-        let sink = DeltaSink {
+        let mut sink = DeltaSink {
             tx: deltas,
             emitted: false,
         };
-        let mut sink = sink;
         let call = self.build(&req, sink.tx.is_some());
         let mut provider_time = Duration::ZERO;
         let mut attempt: u32 = 0;
@@ -302,8 +301,9 @@ impl InferenceClient {
                 sink.emitted,
                 jitter,
             ) {
+                // Logged where the caller handles it; provider text may quote the prompt, so only the code here.
                 Next::Fail(e) => {
-                    tracing::warn!(attempts = attempt, code = %e.code, detail = %e.detail, "llm call failed");
+                    tracing::debug!(attempts = attempt, code = %e.code, "llm call failed");
                     return Err(e);
                 }
                 Next::Retry(wait, why) => {
@@ -539,6 +539,15 @@ pub(crate) fn arguments_from_text(raw: &str) -> Value {
         return Value::Object(Default::default());
     }
     serde_json::from_str(raw).unwrap_or_else(|_| Value::String(raw.to_string()))
+}
+
+/// The id of a tool call whose provider gave none (Gemini; some OpenAI-compatible servers): results are
+/// matched back by it.
+pub(crate) fn call_id_or_new(id: Option<&str>) -> String {
+    match id {
+        Some(id) if !id.is_empty() => id.to_string(),
+        _ => format!("call_{}", uuid::Uuid::new_v4().simple()),
+    }
 }
 
 /// A `u64` from an optional JSON number (usage fields are often absent or null).

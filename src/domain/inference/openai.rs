@@ -9,7 +9,8 @@ use serde_json::{json, Map, Value};
 use super::retry::AttemptError;
 use super::sse::SseEvent;
 use super::{
-    arguments_from_text, count, ChatRequest, DeltaSink, HttpCall, Message, Parsed, ToolCall, Usage,
+    arguments_from_text, call_id_or_new, count, ChatRequest, DeltaSink, HttpCall, Message, Parsed,
+    ToolCall, Usage,
 };
 
 pub(crate) fn request(req: &ChatRequest, base: &str, stream: bool) -> HttpCall {
@@ -112,15 +113,16 @@ pub(crate) fn parse(v: &Value) -> Result<Parsed, AttemptError> {
                 .get("name")
                 .and_then(Value::as_str)
                 .ok_or_else(|| invalid("tool call without name"))?;
-            let id = c.get("id").and_then(Value::as_str).unwrap_or_default();
-            let args = f
-                .get("arguments")
-                .and_then(Value::as_str)
-                .unwrap_or_default();
+            // Text per the API; some compatible servers send the object itself.
+            let arguments = match f.get("arguments") {
+                Some(Value::String(raw)) => arguments_from_text(raw),
+                Some(v @ Value::Object(_)) => v.clone(),
+                _ => json!({}),
+            };
             tool_calls.push(ToolCall {
-                id: id.to_string(),
+                id: call_id_or_new(c.get("id").and_then(Value::as_str)),
                 name: name.to_string(),
-                arguments: arguments_from_text(args),
+                arguments,
             });
         }
     }
@@ -227,7 +229,7 @@ impl Stream {
             .into_values()
             .filter(|c| !c.name.is_empty())
             .map(|c| ToolCall {
-                id: c.id,
+                id: call_id_or_new(Some(&c.id)),
                 name: c.name,
                 arguments: arguments_from_text(&c.arguments),
             })
@@ -329,6 +331,13 @@ pub(crate) mod tests {
                 output_tokens: 7
             }
         );
+        // Servers that send no id, or the arguments as an object.
+        let v = json!({"choices": [{"message": {"tool_calls": [
+            {"type": "function", "function": {"name": "f", "arguments": {"a": 1}}}
+        ]}}]});
+        let p = parse(&v).unwrap();
+        assert!(p.tool_calls[0].id.starts_with("call_"));
+        assert_eq!(p.tool_calls[0].arguments, json!({"a": 1}));
         let v = json!({"choices": [{"message": {"content": "hi"}}]});
         assert_eq!(parse(&v).unwrap().text, "hi");
         assert!(matches!(
