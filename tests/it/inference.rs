@@ -303,6 +303,38 @@ async fn streaming_deltas_arrive_in_order() {
 }
 
 #[tokio::test]
+async fn a_stream_that_failed_after_text_is_not_retried() {
+    each_protocol(|p, fake| async move {
+        fake.script([
+            Reply::BrokenStream("partial answer".into()),
+            Reply::text("a repeat"),
+        ]);
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let e = client(&fake, 4)
+            .complete(hello(p, 5000), Some(tx))
+            .await
+            .unwrap_err();
+        assert!(
+            e.code
+                .starts_with(&format!("{}_REQUEST_FAILED:5", p.code_prefix())),
+            "{p}: {}",
+            e.code
+        );
+        assert_eq!(
+            fake.requests().len(),
+            1,
+            "text already reached the caller: no second attempt"
+        );
+        let mut got = String::new();
+        while let Ok(d) = rx.try_recv() {
+            got.push_str(&d);
+        }
+        assert_eq!(got, "partial answer");
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn rate_limited_with_retry_after_then_success() {
     each_protocol(|p, fake| async move {
         fake.script([

@@ -41,6 +41,9 @@ pub enum Reply {
         delay_ms: u64,
         then: Box<Reply>,
     },
+    /// Streamed: this text, then the protocol's in-stream error event (a provider failing mid-answer).
+    /// Not streamed: a plain 500.
+    BrokenStream(String),
 }
 
 impl Reply {
@@ -252,6 +255,36 @@ async fn handle(state: web::Data<Mutex<State>>, req: HttpRequest, body: Bytes) -
                     .body("{\"choices\": [oops")
             };
         }
+        Reply::BrokenStream(_) if !stream => {
+            return HttpResponse::InternalServerError().json(json!({"error": {"message": "fake"}}));
+        }
+        Reply::BrokenStream(text) => {
+            let mut frames: Vec<String> = split_text(&text)
+                .iter()
+                .map(|p| match protocol {
+                    Protocol::OpenAi => {
+                        sse(&json!({"choices": [{"index": 0, "delta": {"content": p}}]}))
+                    }
+                    Protocol::Anthropic => named(
+                        "content_block_delta",
+                        json!({"type": "content_block_delta", "index": 0,
+                               "delta": {"type": "text_delta", "text": p}}),
+                    ),
+                    Protocol::Gemini => {
+                        sse(&json!({"candidates": [{"content": {"parts": [{"text": p}]}}]}))
+                    }
+                })
+                .collect();
+            frames.push(match protocol {
+                Protocol::OpenAi => sse(&json!({"error": {"message": "fake failure", "code": 500}})),
+                Protocol::Anthropic => named(
+                    "error",
+                    json!({"type": "error", "error": {"type": "overloaded_error", "message": "fake"}}),
+                ),
+                Protocol::Gemini => sse(&json!({"error": {"code": 503, "message": "fake", "status": "UNAVAILABLE"}})),
+            });
+            return stream_frames(state.into_inner(), frames, chunk_delay);
+        }
         Reply::Text(text) => (text, Vec::new()),
         Reply::ToolCall { name, arguments } => (String::new(), vec![(name, arguments)]),
         Reply::ToolCalls { text, calls } => (text, calls),
@@ -284,8 +317,16 @@ async fn handle(state: web::Data<Mutex<State>>, req: HttpRequest, body: Bytes) -
         Protocol::Anthropic => anthropic_frames(&model, &pieces, &calls, usage),
         Protocol::Gemini => gemini_frames(&pieces, &calls, usage),
     };
+    stream_frames(state.into_inner(), frames, chunk_delay)
+}
+
+/// Sends `frames` as an SSE body, pausing between them, noting when the first one left.
+fn stream_frames(
+    state: Arc<Mutex<State>>,
+    frames: Vec<String>,
+    chunk_delay: Duration,
+) -> HttpResponse {
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Bytes>();
-    let state = state.into_inner();
     tokio::spawn(async move {
         for (i, frame) in frames.into_iter().enumerate() {
             if i > 0 {
