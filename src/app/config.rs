@@ -10,6 +10,7 @@ pub use crate::domain::auth::config::{AuthConfig, CookieSecure};
 pub use crate::domain::auth::config::{GithubConfig, GoogleConfig, OAuthConfig};
 pub use crate::domain::common::access::Enforcement;
 pub use crate::domain::gateway::config::{GatewayConfig, WorkspaceConfig};
+pub use crate::domain::inference::config::InferenceConfig;
 pub use crate::domain::orgs::config::OrgsConfig;
 pub use crate::domain::runs::config::WorkflowsConfig;
 pub use crate::domain::secrets::config::SecretsConfig;
@@ -44,6 +45,7 @@ pub struct Config {
     pub api_keys: ApiKeysConfig,
     pub gateway: GatewayConfig,
     pub workspace: WorkspaceConfig,
+    pub inference: InferenceConfig,
     pub metrics: MetricsConfig,
     pub enterprise: EnterpriseConfig,
 }
@@ -311,6 +313,22 @@ const ENV_KEYS: &[(&str, &str)] = &[
         "VESPID_ENTERPRISE_PROVIDER_MODULE",
         "enterprise.provider_module",
     ),
+    ("INFERENCE_OPENAI_BASE_URL", "inference.openai_base_url"),
+    (
+        "INFERENCE_ANTHROPIC_BASE_URL",
+        "inference.anthropic_base_url",
+    ),
+    ("INFERENCE_GEMINI_BASE_URL", "inference.gemini_base_url"),
+    ("INFERENCE_TIMEOUT_MS", "inference.timeout_ms"),
+    (
+        "INFERENCE_CONNECT_TIMEOUT_MS",
+        "inference.connect_timeout_ms",
+    ),
+    ("INFERENCE_MAX_ATTEMPTS", "inference.max_attempts"),
+    ("INFERENCE_PRICES", "inference.prices"),
+    ("OPENAI_API_KEY", "inference.openai_api_key"),
+    ("ANTHROPIC_API_KEY", "inference.anthropic_api_key"),
+    ("GEMINI_API_KEY", "inference.gemini_api_key"),
     ("METRICS_TOKEN", "metrics.token"),
     ("METRICS_ADDR", "metrics.addr"),
     ("METRICS_QUEUE_TOP_ORGS", "metrics.queue_top_orgs"),
@@ -473,6 +491,9 @@ impl Config {
                 "metrics.token",
                 "production needs a token of at least 16 bytes",
             ));
+        }
+        if let Err((key, message)) = self.inference.validate() {
+            return Err(ConfigError::Invalid { key, message });
         }
         if self.database.pool_size == 0 {
             return Err(invalid("database.pool_size", "must be at least 1"));
@@ -646,6 +667,29 @@ mod tests {
         assert_eq!(c.server.port, 3001);
         assert_eq!(c.orgs.context_enforcement, Enforcement::Strict);
         assert_eq!(c.auth.session_cookie_name, "vespid_session");
+        assert_eq!(c.inference.openai_base_url, "https://api.openai.com");
+        assert_eq!(c.inference.max_attempts, 4);
+    }
+
+    #[test]
+    fn inference_keys_from_env() {
+        use crate::domain::inference::Provider;
+        let c = load(&[
+            ("ANTHROPIC_API_KEY", "sk-ant-xyz"),
+            ("INFERENCE_PRICES", "openai/llama3=1:2"),
+            ("INFERENCE_MAX_ATTEMPTS", "2"),
+        ])
+        .expect("valid");
+        assert_eq!(c.inference.max_attempts, 2);
+        let cred = c
+            .inference
+            .fallback_credential(Provider::Anthropic)
+            .expect("set");
+        assert_eq!(cred.api_key.as_str(), "sk-ant-xyz");
+        assert!(c.inference.fallback_credential(Provider::OpenAi).is_none());
+        assert!(!format!("{c:?}").contains("sk-ant-xyz"));
+        let e = load(&[("INFERENCE_PRICES", "nope")]).expect_err("invalid");
+        assert!(e.to_string().contains("inference.prices"), "{e}");
     }
 
     #[test]

@@ -6,6 +6,7 @@ pub mod audit;
 pub mod auth;
 pub mod common;
 pub mod gateway;
+pub mod inference;
 pub mod meta;
 pub mod orgs;
 pub mod runs;

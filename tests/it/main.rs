@@ -17,6 +17,7 @@ mod fake_github;
 mod fake_oauth;
 mod gateway;
 mod hostile;
+mod inference;
 mod metrics;
 mod oauth;
 mod openapi;
