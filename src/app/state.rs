@@ -26,6 +26,8 @@ use crate::domain::runs::remote::{HttpDispatch, NoGateway, RemoteDispatch};
 use crate::domain::runs::worker::WorkerParts;
 use crate::domain::runs::{Runs, RunsParts};
 use crate::domain::secrets::{Secrets, SecretsParts};
+use crate::domain::sessions::client::ClientEdge;
+use crate::domain::sessions::Sessions;
 use crate::domain::triggers::{Triggers, TriggersParts};
 use crate::domain::workflows::dsl::Limits;
 use crate::domain::workflows::Workflows;
@@ -58,6 +60,10 @@ pub struct AppState {
     /// Announcements of committed run events, for live streams on every instance.
     pub live: Arc<LiveEvents>,
     pub api_keys: Arc<ApiKeys>,
+    /// Interactive agent sessions (REST, event log, publication).
+    pub sessions: Arc<Sessions>,
+    /// The control-client sockets' shared state (hub, lookups, turn scheduler) of this process.
+    pub session_clients: Arc<ClientEdge>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -192,6 +198,12 @@ impl AppState {
             objects: object_store(&config)?,
         }));
         crate::domain::gateway::metrics::register(&metrics, gateway.clone())?;
+        let sessions = Arc::new(Sessions::new(db.clone(), redis.clone(), secrets.clone()));
+        let session_clients = Arc::new(ClientEdge::new(
+            sessions.clone(),
+            auth.clone(),
+            orgs.clone(),
+        ));
         Ok(Self {
             #[cfg(feature = "oidc")]
             oauth: Arc::new(OAuthService::new(OAuthParts {
@@ -225,6 +237,8 @@ impl AppState {
             run_metrics,
             live,
             api_keys,
+            sessions,
+            session_clients,
         })
     }
 

@@ -10,5 +10,6 @@ pub mod meta;
 pub mod orgs;
 pub mod runs;
 pub mod secrets;
+pub mod sessions;
 pub mod triggers;
 pub mod workflows;

@@ -11,7 +11,9 @@ use serde_json::json;
 use crate::app::state::AppState;
 use crate::domain::common::access::{Authenticator, Memberships};
 use crate::domain::common::extract::api_key_gate;
-use crate::domain::{agents, apikeys, audit, auth, meta, orgs, runs, secrets, triggers, workflows};
+use crate::domain::{
+    agents, apikeys, audit, auth, meta, orgs, runs, secrets, sessions, triggers, workflows,
+};
 use crate::platform::db;
 use crate::platform::http::body::BodyConfig;
 use crate::platform::http::client_ip::{ForwardedHeader, TrustedProxies};
@@ -36,6 +38,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     triggers::routes::configure(cfg);
     audit::routes::configure(cfg);
     apikeys::routes::configure(cfg);
+    sessions::routes::configure(cfg);
 }
 
 /// Every service a handler or extractor may ask for, as app data.
@@ -75,7 +78,8 @@ fn services(state: &AppState) -> impl Fn(&mut web::ServiceConfig) + Clone {
             .app_data(web::Data::from(state.agents.clone()))
             .app_data(web::Data::from(state.triggers.clone()))
             .app_data(web::Data::from(state.audit.clone()))
-            .app_data(web::Data::from(state.api_keys.clone()));
+            .app_data(web::Data::from(state.api_keys.clone()))
+            .app_data(web::Data::from(state.sessions.clone()));
         #[cfg(feature = "oidc")]
         cfg.app_data(web::Data::from(state.oauth.clone()));
     }

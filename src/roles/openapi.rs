@@ -28,7 +28,9 @@ use utoipa::{OpenApi, PartialSchema, ToResponse, ToSchema};
 
 use crate::domain::common::access::Role;
 use crate::domain::common::policy::{self, Access};
-use crate::domain::{agents, apikeys, audit, auth, meta, orgs, runs, secrets, triggers, workflows};
+use crate::domain::{
+    agents, apikeys, audit, auth, meta, orgs, runs, secrets, sessions, triggers, workflows,
+};
 use crate::platform::http::error::Envelope;
 use crate::platform::http::openapi::{
     self as http_openapi, error_responses, BadRequest, Forbidden, InternalError, PayloadTooLarge,
@@ -94,6 +96,10 @@ use crate::roles::api;
         apikeys::routes::list,
         apikeys::routes::revoke,
         audit::routes::list,
+        sessions::routes::create,
+        sessions::routes::list,
+        sessions::routes::get,
+        sessions::routes::events,
     ),
     tags(
         (name = "auth", description = "Accounts, sessions and sign-in"),
@@ -105,6 +111,7 @@ use crate::roles::api;
         (name = "webhooks", description = "Webhook triggers"),
         (name = "api-keys", description = "Org-scoped API keys for REST clients"),
         (name = "audit", description = "The org's audit log"),
+        (name = "sessions", description = "Interactive agent sessions and their events (live over the gateway's `/ws/client`)"),
         (name = "meta", description = "Health, capabilities and this document"),
     )
 )]

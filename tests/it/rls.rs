@@ -12,7 +12,7 @@ use uuid::Uuid;
 use crate::common::{spawn, spawn_with, Options, TestApp, User, PASSWORD};
 
 /// Tenant tables keyed by organization, with their org column.
-const ORG_TABLES: [(&str, &str); 12] = [
+const ORG_TABLES: [(&str, &str); 14] = [
     ("organizations", "id"),
     ("memberships", "organization_id"),
     ("organization_invitations", "organization_id"),
@@ -25,9 +25,11 @@ const ORG_TABLES: [(&str, &str); 12] = [
     ("workflow_cron_ticks", "organization_id"),
     ("webhook_deliveries", "organization_id"),
     ("audit_log", "organization_id"),
+    ("agent_sessions", "organization_id"),
+    ("agent_session_events", "organization_id"),
 ];
 
-const ALL_TABLES: [&str; 13] = [
+const ALL_TABLES: [&str; 15] = [
     "organizations",
     "memberships",
     "organization_invitations",
@@ -41,6 +43,8 @@ const ALL_TABLES: [&str; 13] = [
     "workflow_cron_ticks",
     "webhook_deliveries",
     "audit_log",
+    "agent_sessions",
+    "agent_session_events",
 ];
 
 const SET_CTX: &str =
@@ -160,6 +164,8 @@ async fn fixture() -> Fixture {
             .await;
         assert_eq!(r.status, 201, "{:?}", r.body);
         crate::agents::new_token(&app, owner, org).await;
+        // An agent session (with its first event).
+        crate::sessions::create_session(&app, owner, org).await;
         // No API writes ledger rows of a created org yet: one through the owner role, in the org's context.
         let mut db = app.owner_db().await;
         let tx = db.transaction().await.expect("begin");

@@ -256,6 +256,21 @@ pub const ROUTES: &[Rule] = &[
     // The trigger's token (or a signature made with it) is the credential.
     rule("POST", "/v1/hooks/{workflowId}", Access::Public),
     admin("GET", "/v1/orgs/{orgId}/audit", AUDIT),
+    // Agent sessions: any member creates and reads the org's sessions.
+    rule("POST", "/v1/orgs/{orgId}/sessions", Access::Member).scope(Scope::SessionsWrite),
+    rule("GET", "/v1/orgs/{orgId}/sessions", Access::Member).scope(Scope::SessionsRead),
+    rule(
+        "GET",
+        "/v1/orgs/{orgId}/sessions/{sessionId}",
+        Access::Member,
+    )
+    .scope(Scope::SessionsRead),
+    rule(
+        "GET",
+        "/v1/orgs/{orgId}/sessions/{sessionId}/events",
+        Access::Member,
+    )
+    .scope(Scope::SessionsRead),
 ];
 
 /// Rules by path template (a few methods each).

@@ -17,6 +17,8 @@ crate::text_enum! {
         SecretsWrite = "secrets:write",
         AgentsRead = "agents:read",
         AgentsAdmin = "agents:admin",
+        SessionsRead = "sessions:read",
+        SessionsWrite = "sessions:write",
     }
 }
 
@@ -29,6 +31,7 @@ impl Scope {
             Scope::RunsRead => Some(Scope::RunsWrite),
             Scope::SecretsRead => Some(Scope::SecretsWrite),
             Scope::AgentsRead => Some(Scope::AgentsAdmin),
+            Scope::SessionsRead => Some(Scope::SessionsWrite),
             _ => None,
         }
     }
@@ -36,9 +39,12 @@ impl Scope {
     /// The least org role the routes of this scope need (the access table's role for them).
     pub const fn role(self) -> Role {
         match self {
-            Scope::OrgRead | Scope::WorkflowsRead | Scope::RunsRead | Scope::RunsWrite => {
-                Role::Member
-            }
+            Scope::OrgRead
+            | Scope::WorkflowsRead
+            | Scope::RunsRead
+            | Scope::RunsWrite
+            | Scope::SessionsRead
+            | Scope::SessionsWrite => Role::Member,
             _ => Role::Admin,
         }
     }
