@@ -199,11 +199,10 @@ impl AppState {
         }));
         crate::domain::gateway::metrics::register(&metrics, gateway.clone())?;
         let sessions = Arc::new(Sessions::new(db.clone(), redis.clone(), secrets.clone()));
-        let session_clients = Arc::new(ClientEdge::new(
-            sessions.clone(),
-            auth.clone(),
-            orgs.clone(),
-        ));
+        let session_clients = Arc::new(
+            ClientEdge::new(sessions.clone(), auth.clone(), orgs.clone())
+                .with_recheck(Duration::from_millis(config.sessions.client_recheck_ms)),
+        );
         Ok(Self {
             #[cfg(feature = "oidc")]
             oauth: Arc::new(OAuthService::new(OAuthParts {

@@ -950,3 +950,65 @@ async fn clients_on_two_gateway_instances_see_every_event_once_in_order() {
     );
     assert_eq!(seqs(&mut b, s, 1).await, vec![81]);
 }
+
+#[tokio::test]
+async fn a_revoked_api_key_is_closed_at_the_next_check() {
+    let app = spawn_with(opts().env("SESSIONS_CLIENT_RECHECK_MS", "200")).await;
+    let e = Env {
+        ws: serve_gateway(&app.state),
+        app,
+    };
+    let app = &e.app;
+    let owner = app.signup("ws-revoke").await;
+    let org = app.create_org(&owner).await;
+    let r = app
+        .post(&format!("/v1/orgs/{org}/api-keys"))
+        .by(&owner)
+        .org(org)
+        .json(json!({ "name": "k", "scopes": ["sessions:write"] }))
+        .send()
+        .await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let (key, key_id) = (
+        r.body["key"].as_str().unwrap().to_string(),
+        r.body["apiKey"]["id"].as_str().unwrap().to_string(),
+    );
+    let s = sid(&create_session(app, &owner, org).await);
+    let mut ws = connect(&e.ws, Some(&key), Some(&org.to_string()))
+        .await
+        .unwrap();
+    send(&mut ws, join(s)).await;
+    assert_eq!(seqs(&mut ws, s, 1).await, vec![0]);
+    // Checks pass while the key holds (the socket stays, sends work).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    send(
+        &mut ws,
+        json!({ "type": "session_send", "sessionId": s, "message": "hi" }),
+    )
+    .await;
+    assert_eq!(seqs(&mut ws, s, 1).await, vec![1]);
+    let r = app
+        .delete(&format!("/v1/orgs/{org}/api-keys/{key_id}"))
+        .by(&owner)
+        .org(org)
+        .send()
+        .await;
+    assert_eq!(r.status, 200);
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Close(frame))) => return frame.map(|f| u16::from(f.code)),
+                Some(Ok(_)) => continue,
+                _ => return None,
+            }
+        }
+    })
+    .await
+    .expect("closed within 5 s");
+    assert_eq!(closed, Some(1008), "policy violation");
+    // And the key no longer opens one.
+    assert_eq!(
+        refused(connect(&e.ws, Some(&key), Some(&org.to_string())).await),
+        401
+    );
+}

@@ -16,6 +16,7 @@ use std::time::Duration;
 use dashmap::DashMap;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
+use zeroize::Zeroizing;
 
 use super::model::{EventRow, Published, MAX_IDEMPOTENCY_KEY_CHARS, MAX_MESSAGE_CHARS};
 use super::{parse_event_cursor, SessionError, Sessions, TurnScheduler, CHANNEL};
@@ -155,12 +156,25 @@ pub enum Refusal {
 }
 
 /// An admitted client: a member of the org (or an API key of it).
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone)]
 pub struct Caller {
     pub org: OrgId,
     pub user: UserId,
     /// False for an API key holding `sessions:read` only.
     pub may_send: bool,
+    /// The API key it connected with, checked again with the membership (revoked: closed).
+    api_key: Option<Zeroizing<String>>,
+}
+
+impl std::fmt::Debug for Caller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Caller")
+            .field("org", &self.org)
+            .field("user", &self.user)
+            .field("may_send", &self.may_send)
+            .field("api_key", &self.api_key.as_ref().map(|_| "***"))
+            .finish()
+    }
 }
 
 /// Everything the control-client sockets of one process share.
@@ -242,7 +256,9 @@ impl ClientEdge {
             .map(OrgId::from)
             .ok_or(Refusal::Forbidden)?;
         let mut may_send = true;
+        let mut api_key = None;
         if let Some(grant) = principal.api_key {
+            api_key = Some(Zeroizing::new(token.to_string()));
             if !token.starts_with(API_KEY_PREFIX)
                 || grant.org_id != org
                 || !grant.scopes.grants(Scope::SessionsRead)
@@ -258,7 +274,23 @@ impl ClientEdge {
             org,
             user: principal.user_id,
             may_send,
+            api_key,
         })
+    }
+
+    /// Whether an admitted caller still may be connected: still a member, and its API key (if any)
+    /// neither revoked nor expired. A lookup that cannot answer keeps the caller (the next check decides).
+    async fn still_admitted(&self, caller: &Caller) -> bool {
+        if let Some(key) = caller.api_key.as_ref() {
+            match self.auth.authenticate(Some(key), None).await {
+                Ok(Some(found)) if found.principal.api_key.is_some() => {}
+                Ok(_) | Err(crate::domain::common::access::LookupError::KeyRefused(_)) => {
+                    return false
+                }
+                Err(_) => return true,
+            }
+        }
+        !matches!(self.is_member(caller.org, caller.user).await, Ok(false))
     }
 
     async fn is_member(&self, org: OrgId, user: UserId) -> Result<bool, Refusal> {
@@ -307,7 +339,7 @@ pub struct ClientConn {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
     Keep,
-    /// The caller is no longer a member of the org.
+    /// The caller is no longer a member of the org, or its API key was revoked or expired.
     Close,
 }
 
@@ -355,8 +387,8 @@ fn cursor_of(v: &Value) -> Result<Option<i32>, ()> {
 }
 
 impl ClientConn {
-    pub fn caller(&self) -> Caller {
-        self.caller
+    pub fn caller(&self) -> &Caller {
+        &self.caller
     }
 
     /// The next hub message for this socket (pending forever when none comes).
@@ -597,9 +629,7 @@ impl ClientConn {
     /// The periodic check: still a member? Also re-reads the joined session, so a lost publication with
     /// nothing after it reaches the client within one period.
     pub async fn recheck(&mut self) -> (Verdict, Vec<String>) {
-        let (org, user) = (self.caller.org, self.caller.user);
-        // An unreachable lookup keeps the socket: the next check decides.
-        if let Ok(false) = self.edge.is_member(org, user).await {
+        if !self.edge.still_admitted(&self.caller).await {
             return (Verdict::Close, Vec::new());
         }
         (Verdict::Keep, self.catch_up().await)

@@ -7,6 +7,7 @@
 //! are never stored.
 
 pub mod client;
+pub mod config;
 pub mod error;
 pub mod model;
 pub mod routes;

@@ -113,7 +113,7 @@ async fn serve(
                 if verdict == Verdict::Close {
                     break Some(CloseReason {
                         code: CloseCode::Policy,
-                        description: Some("Not a member of this organization".into()),
+                        description: Some("No longer allowed in this organization".into()),
                     });
                 }
                 if !send_all(&mut session, frames).await {
