@@ -437,6 +437,7 @@ async fn cross_tenant_writes_are_refused() {
             "organization_id",
             "delta_credits = 1000000",
         ),
+        ("agent_sessions", "organization_id", "title = 'pwned'"),
     ];
     let inserts = [
         format!(
@@ -463,6 +464,14 @@ async fn cross_tenant_writes_are_refused() {
         format!(
             "INSERT INTO organization_credit_ledger (organization_id, delta_credits, reason) \
              VALUES ('{b}', 1000000, 'evil')"
+        ),
+        format!(
+            "INSERT INTO agent_sessions (organization_id, created_by_user_id, prompt_instructions) \
+             VALUES ('{b}', '{ua}', 'evil')"
+        ),
+        format!(
+            "INSERT INTO agent_session_events (organization_id, session_id, seq, event_type) \
+             VALUES ('{b}', gen_random_uuid(), 99, 'agent_message')"
         ),
     ];
     for user in [String::new(), f.m.id.to_string(), ub.clone()] {

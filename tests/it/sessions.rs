@@ -769,6 +769,13 @@ async fn send_appends_once_wakes_the_brain_and_dedupes_by_key() {
     st.mark_answered(o, s, 2).await.unwrap();
     assert!(st.next_pending(o, s).await.unwrap().is_none());
     assert!(st.pending_sessions().await.unwrap().is_empty());
+    // The index behind `pending_sessions` is the definer function's alone.
+    let db = app.app_db().await;
+    let err = db
+        .query("SELECT * FROM agent_session_pending", &[])
+        .await
+        .expect_err("the app role cannot read the index");
+    assert_eq!(err.code().map(|c| c.code()), Some("42501"), "{err}");
     let t = st.transcript(o, s, 3, 2).await.unwrap();
     assert_eq!(t.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![1, 2]);
 }
