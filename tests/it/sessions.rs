@@ -694,6 +694,18 @@ async fn join_replays_the_last_200_or_from_a_cursor_then_goes_live() {
     .await;
     assert_eq!(seqs(&mut ws4, s, 3).await, vec![249, 250, 251]);
     quiet(&mut ws4, 200).await;
+    // A replay longer than a page goes out page by page, with live events in order between them.
+    append_n(&app.state, org, s, 300).await;
+    let mut ws5 = client(&e, &owner, org).await;
+    send(
+        &mut ws5,
+        json!({ "type": "session_join", "sessionId": s, "cursor": -1 }),
+    )
+    .await;
+    append_n(&app.state, org, s, 3).await;
+    let all = seqs(&mut ws5, s, 555).await;
+    assert_eq!(all, (0..=554).collect::<Vec<i64>>());
+    quiet(&mut ws5, 200).await;
 }
 
 #[derive(Default)]

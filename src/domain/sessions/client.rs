@@ -29,7 +29,7 @@ use crate::platform::validation::parse_uuid;
 
 /// Events replayed on a join without a cursor.
 pub const REPLAY_LAST: i64 = 200;
-/// Events read per query when replaying from a cursor or filling a gap.
+/// Events read (and sent) at a time when replaying from a cursor or filling a gap.
 const PAGE: i64 = 500;
 /// Frames queued per socket; beyond this the socket re-reads from the database.
 const QUEUE: usize = 1024;
@@ -458,29 +458,22 @@ impl ClientConn {
         events.iter().map(event_frame).collect()
     }
 
-    /// Every event after `after`, a page at a time.
+    /// One page of events after `after`; a full page asks for the next one through this socket's own
+    /// queue, so a long replay goes out a page at a time, interleaved in order with live frames.
     async fn read_after(
         &self,
         session: AgentSessionId,
         after: i32,
     ) -> Result<Vec<EventRow>, SessionError> {
-        let mut out: Vec<EventRow> = Vec::new();
-        let mut after = after;
-        loop {
-            let page = self
-                .edge
-                .sessions
-                .events_after(self.caller.org, session, after, PAGE)
-                .await?;
-            let full = page.len() as i64 == PAGE;
-            if let Some(last) = page.last() {
-                after = last.seq;
-            }
-            out.extend(page);
-            if !full {
-                return Ok(out);
-            }
+        let page = self
+            .edge
+            .sessions
+            .events_after(self.caller.org, session, after, PAGE)
+            .await?;
+        if page.len() as i64 == PAGE && self.tx.try_send(HubMsg::Resync).is_err() {
+            self.lagged.store(true, Ordering::SeqCst);
         }
+        Ok(page)
     }
 
     async fn send(&mut self, v: &Value) -> Vec<String> {
