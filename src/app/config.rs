@@ -14,6 +14,7 @@ pub use crate::domain::inference::config::InferenceConfig;
 pub use crate::domain::orgs::config::OrgsConfig;
 pub use crate::domain::runs::config::WorkflowsConfig;
 pub use crate::domain::secrets::config::SecretsConfig;
+pub use crate::domain::sessions::config::SessionsConfig;
 pub use crate::domain::triggers::config::TriggersConfig;
 
 /// The audit log's retention.
@@ -40,6 +41,7 @@ pub struct Config {
     pub secrets: SecretsConfig,
     pub workflows: WorkflowsConfig,
     pub triggers: TriggersConfig,
+    pub sessions: SessionsConfig,
     pub audit: AuditConfig,
     pub agents: AgentsConfig,
     pub api_keys: ApiKeysConfig,
@@ -266,6 +268,7 @@ const ENV_KEYS: &[(&str, &str)] = &[
     ),
     ("GATEWAY_HTTP_URL", "workflows.gateway_http_url"),
     ("TRIGGERS_CRON_POLL_MS", "triggers.cron_poll_ms"),
+    ("SESSIONS_CLIENT_RECHECK_MS", "sessions.client_recheck_ms"),
     ("AUDIT_RETENTION_DAYS", "audit.retention_days"),
     ("TRIGGERS_CRON_CATCH_UP", "triggers.cron_catch_up"),
     (
@@ -427,6 +430,12 @@ impl Config {
             return Err(invalid(
                 "workspace.presign_expires_secs",
                 "must be at least 60",
+            ));
+        }
+        if self.sessions.client_recheck_ms < 100 {
+            return Err(invalid(
+                "sessions.client_recheck_ms",
+                "must be at least 100",
             ));
         }
         if self.gateway.results_ttl_secs < 30 {

@@ -26,6 +26,8 @@ use crate::domain::runs::remote::{HttpDispatch, NoGateway, RemoteDispatch};
 use crate::domain::runs::worker::WorkerParts;
 use crate::domain::runs::{Runs, RunsParts};
 use crate::domain::secrets::{Secrets, SecretsParts};
+use crate::domain::sessions::client::ClientEdge;
+use crate::domain::sessions::Sessions;
 use crate::domain::triggers::{Triggers, TriggersParts};
 use crate::domain::usage::{UsageParts, UsageService};
 use crate::domain::workflows::dsl::Limits;
@@ -61,6 +63,10 @@ pub struct AppState {
     pub api_keys: Arc<ApiKeys>,
     /// LLM usage: recording, the monthly budget, the usage report.
     pub usage: Arc<UsageService>,
+    /// Interactive agent sessions (REST, event log, publication).
+    pub sessions: Arc<Sessions>,
+    /// The control-client sockets' shared state (hub, lookups, turn scheduler) of this process.
+    pub session_clients: Arc<ClientEdge>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -199,6 +205,11 @@ impl AppState {
             objects: object_store(&config)?,
         }));
         crate::domain::gateway::metrics::register(&metrics, gateway.clone())?;
+        let sessions = Arc::new(Sessions::new(db.clone(), redis.clone(), secrets.clone()));
+        let session_clients = Arc::new(
+            ClientEdge::new(sessions.clone(), auth.clone(), orgs.clone())
+                .with_recheck(Duration::from_millis(config.sessions.client_recheck_ms)),
+        );
         Ok(Self {
             #[cfg(feature = "oidc")]
             oauth: Arc::new(OAuthService::new(OAuthParts {
@@ -233,6 +244,8 @@ impl AppState {
             live,
             api_keys,
             usage,
+            sessions,
+            session_clients,
         })
     }
 

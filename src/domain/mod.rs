@@ -11,6 +11,7 @@ pub mod meta;
 pub mod orgs;
 pub mod runs;
 pub mod secrets;
+pub mod sessions;
 pub mod triggers;
 pub mod usage;
 pub mod workflows;

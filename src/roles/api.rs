@@ -12,7 +12,7 @@ use crate::app::state::AppState;
 use crate::domain::common::access::{Authenticator, Memberships};
 use crate::domain::common::extract::api_key_gate;
 use crate::domain::{
-    agents, apikeys, audit, auth, meta, orgs, runs, secrets, triggers, usage, workflows,
+    agents, apikeys, audit, auth, meta, orgs, runs, secrets, sessions, triggers, usage, workflows,
 };
 use crate::platform::db;
 use crate::platform::http::body::BodyConfig;
@@ -39,6 +39,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     audit::routes::configure(cfg);
     apikeys::routes::configure(cfg);
     usage::routes::configure(cfg);
+    sessions::routes::configure(cfg);
 }
 
 /// Every service a handler or extractor may ask for, as app data.
@@ -80,6 +81,7 @@ fn services(state: &AppState) -> impl Fn(&mut web::ServiceConfig) + Clone {
             .app_data(web::Data::from(state.audit.clone()))
             .app_data(web::Data::from(state.api_keys.clone()))
             .app_data(web::Data::from(state.usage.clone()));
+            .app_data(web::Data::from(state.sessions.clone()));
         #[cfg(feature = "oidc")]
         cfg.app_data(web::Data::from(state.oauth.clone()));
     }

@@ -29,7 +29,7 @@ use utoipa::{OpenApi, PartialSchema, ToResponse, ToSchema};
 use crate::domain::common::access::Role;
 use crate::domain::common::policy::{self, Access};
 use crate::domain::{
-    agents, apikeys, audit, auth, meta, orgs, runs, secrets, triggers, usage, workflows,
+    agents, apikeys, audit, auth, meta, orgs, runs, secrets, sessions, triggers, usage, workflows,
 };
 use crate::platform::http::error::Envelope;
 use crate::platform::http::openapi::{
@@ -97,6 +97,10 @@ use crate::roles::api;
         apikeys::routes::revoke,
         audit::routes::list,
         usage::routes::report,
+        sessions::routes::create,
+        sessions::routes::list,
+        sessions::routes::get,
+        sessions::routes::events,
     ),
     tags(
         (name = "auth", description = "Accounts, sessions and sign-in"),
@@ -109,6 +113,7 @@ use crate::roles::api;
         (name = "api-keys", description = "Org-scoped API keys for REST clients"),
         (name = "audit", description = "The org's audit log"),
         (name = "usage", description = "LLM usage, cost and the monthly token budget"),
+        (name = "sessions", description = "Interactive agent sessions and their events (live over the gateway's `/ws/client`)"),
         (name = "meta", description = "Health, capabilities and this document"),
     )
 )]

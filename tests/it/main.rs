@@ -27,6 +27,7 @@ mod remote;
 mod rls;
 mod runs;
 mod secrets;
+mod sessions;
 mod sse;
 mod triggers;
 mod usage;

@@ -372,6 +372,40 @@ async fn real_answers_have_the_documented_shapes() {
         ("GET", "/v1/me", me),
         ("POST", "/v1/orgs", created),
     ];
+    // An agent session, its list and its events (objects with every field).
+    let session = app
+        .post(&format!("/v1/orgs/{org}/sessions"))
+        .bearer(&token)
+        .org(&org)
+        .json(serde_json::json!({
+            "llm": { "model": "gpt-4.1-mini" },
+            "prompt": { "instructions": "Help." },
+            "tools": {},
+        }))
+        .send()
+        .await;
+    let session_id = session.body["session"]["id"]
+        .as_str()
+        .expect("session")
+        .to_string();
+    answers.push(("POST", "/v1/orgs/{orgId}/sessions", session));
+    for (template, path) in [
+        (
+            "/v1/orgs/{orgId}/sessions",
+            format!("/v1/orgs/{org}/sessions"),
+        ),
+        (
+            "/v1/orgs/{orgId}/sessions/{sessionId}",
+            format!("/v1/orgs/{org}/sessions/{session_id}"),
+        ),
+        (
+            "/v1/orgs/{orgId}/sessions/{sessionId}/events",
+            format!("/v1/orgs/{org}/sessions/{session_id}/events"),
+        ),
+    ] {
+        let r = app.get(&path).bearer(&token).org(&org).send().await;
+        answers.push(("GET", template, r));
+    }
     for (method, template) in [
         ("GET", "/healthz"),
         ("GET", "/readyz"),

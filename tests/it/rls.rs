@@ -12,7 +12,7 @@ use uuid::Uuid;
 use crate::common::{spawn, spawn_with, Options, TestApp, User, PASSWORD};
 
 /// Tenant tables keyed by organization, with their org column.
-const ORG_TABLES: [(&str, &str); 13] = [
+const ORG_TABLES: [(&str, &str); 15] = [
     ("organizations", "id"),
     ("memberships", "organization_id"),
     ("organization_invitations", "organization_id"),
@@ -26,9 +26,11 @@ const ORG_TABLES: [(&str, &str); 13] = [
     ("webhook_deliveries", "organization_id"),
     ("audit_log", "organization_id"),
     ("llm_usage", "organization_id"),
+    ("agent_sessions", "organization_id"),
+    ("agent_session_events", "organization_id"),
 ];
 
-const ALL_TABLES: [&str; 14] = [
+const ALL_TABLES: [&str; 16] = [
     "organizations",
     "memberships",
     "organization_invitations",
@@ -43,6 +45,8 @@ const ALL_TABLES: [&str; 14] = [
     "webhook_deliveries",
     "audit_log",
     "llm_usage",
+    "agent_sessions",
+    "agent_session_events",
 ];
 
 const SET_CTX: &str =
@@ -162,6 +166,8 @@ async fn fixture() -> Fixture {
             .await;
         assert_eq!(r.status, 201, "{:?}", r.body);
         crate::agents::new_token(&app, owner, org).await;
+        // An agent session (with its first event).
+        crate::sessions::create_session(&app, owner, org).await;
         // No API writes ledger rows of a created org yet: one through the owner role, in the org's context.
         let mut db = app.owner_db().await;
         let tx = db.transaction().await.expect("begin");
@@ -443,6 +449,7 @@ async fn cross_tenant_writes_are_refused() {
             "organization_id",
             "delta_credits = 1000000",
         ),
+        ("agent_sessions", "organization_id", "title = 'pwned'"),
     ];
     let inserts = [
         format!(
@@ -473,6 +480,14 @@ async fn cross_tenant_writes_are_refused() {
         format!(
             "INSERT INTO llm_usage (organization_id, provider, model, input_tokens, output_tokens, \
                latency_ms, cost_micros) VALUES ('{b}', 'openai', 'gpt-4o', 1, 1, 1, 1)"
+        ),
+        format!(
+            "INSERT INTO agent_sessions (organization_id, created_by_user_id, prompt_instructions) \
+             VALUES ('{b}', '{ua}', 'evil')"
+        ),
+        format!(
+            "INSERT INTO agent_session_events (organization_id, session_id, seq, event_type) \
+             VALUES ('{b}', gen_random_uuid(), 99, 'agent_message')"
         ),
     ];
     for user in [String::new(), f.m.id.to_string(), ub.clone()] {

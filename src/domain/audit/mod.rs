@@ -42,6 +42,7 @@ crate::text_enum! {
         AgentLabelsUpdate = "agent.labels.update",
         ApiKeyCreate = "api_key.create",
         ApiKeyRevoke = "api_key.revoke",
+        SessionCreate = "session.create",
     }
 }
 

@@ -86,6 +86,10 @@ id_type! {
     ExecutorId,
     /// An org's API key.
     ApiKeyId,
+    /// An interactive agent session (not a login session: that is [`SessionId`]).
+    AgentSessionId,
+    /// An event of an agent session.
+    SessionEventId,
 }
 
 impl RunId {

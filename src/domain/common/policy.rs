@@ -259,6 +259,21 @@ pub const ROUTES: &[Rule] = &[
     admin("GET", "/v1/orgs/{orgId}/audit", AUDIT),
     // LLM usage and the monthly budget.
     admin("GET", "/v1/orgs/{orgId}/usage", USAGE).scope(Scope::UsageRead),
+    // Agent sessions: any member creates and reads the org's sessions.
+    rule("POST", "/v1/orgs/{orgId}/sessions", Access::Member).scope(Scope::SessionsWrite),
+    rule("GET", "/v1/orgs/{orgId}/sessions", Access::Member).scope(Scope::SessionsRead),
+    rule(
+        "GET",
+        "/v1/orgs/{orgId}/sessions/{sessionId}",
+        Access::Member,
+    )
+    .scope(Scope::SessionsRead),
+    rule(
+        "GET",
+        "/v1/orgs/{orgId}/sessions/{sessionId}/events",
+        Access::Member,
+    )
+    .scope(Scope::SessionsRead),
 ];
 
 /// Rules by path template (a few methods each).

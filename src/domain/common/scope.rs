@@ -19,6 +19,8 @@ crate::text_enum! {
         AgentsAdmin = "agents:admin",
         /// The org's LLM usage report (owner/admin).
         UsageRead = "usage:read",
+        SessionsRead = "sessions:read",
+        SessionsWrite = "sessions:write",
     }
 }
 
@@ -31,6 +33,7 @@ impl Scope {
             Scope::RunsRead => Some(Scope::RunsWrite),
             Scope::SecretsRead => Some(Scope::SecretsWrite),
             Scope::AgentsRead => Some(Scope::AgentsAdmin),
+            Scope::SessionsRead => Some(Scope::SessionsWrite),
             _ => None,
         }
     }
@@ -38,9 +41,12 @@ impl Scope {
     /// The least org role the routes of this scope need (the access table's role for them).
     pub const fn role(self) -> Role {
         match self {
-            Scope::OrgRead | Scope::WorkflowsRead | Scope::RunsRead | Scope::RunsWrite => {
-                Role::Member
-            }
+            Scope::OrgRead
+            | Scope::WorkflowsRead
+            | Scope::RunsRead
+            | Scope::RunsWrite
+            | Scope::SessionsRead
+            | Scope::SessionsWrite => Role::Member,
             _ => Role::Admin,
         }
     }

@@ -58,6 +58,19 @@ impl Secrets {
         self.keyring.active_error()
     }
 
+    /// Whether the org has this secret (a session naming its provider key checks it; nothing is
+    /// decrypted).
+    pub async fn exists(&self, org: OrgId, id: SecretId) -> Result<bool, SecretError> {
+        db::tenant_tx(&self.db, TenantCtx::org(org), |c| {
+            async move {
+                let row = store::sealed(c, org, id).await?;
+                Ok::<_, SecretError>(row.is_some())
+            }
+            .scope_boxed()
+        })
+        .await
+    }
+
     pub async fn list(
         &self,
         ctx: &OrgCtx,

@@ -330,3 +330,55 @@ diesel::table! {
         created_at -> Timestamptz,
     }
 }
+
+diesel::table! {
+    agent_sessions (id) {
+        id -> Uuid,
+        organization_id -> Uuid,
+        created_by_user_id -> Uuid,
+        title -> Text,
+        status -> Text,
+        pinned_agent_id -> Nullable<Uuid>,
+        executor_selector -> Nullable<Jsonb>,
+        selector_tag -> Nullable<Text>,
+        selector_group -> Nullable<Text>,
+        engine_id -> Text,
+        toolset_id -> Nullable<Uuid>,
+        llm_provider -> Text,
+        llm_model -> Text,
+        llm_secret_id -> Nullable<Uuid>,
+        tool_calling -> Text,
+        tools_allow -> Jsonb,
+        limits -> Jsonb,
+        prompt_system -> Nullable<Text>,
+        prompt_instructions -> Text,
+        runtime -> Jsonb,
+        last_seq -> Int4,
+        answered_seq -> Int4,
+        last_user_seq -> Int4,
+        llm_calls -> Int8,
+        input_tokens -> Int8,
+        output_tokens -> Int8,
+        cost_micros -> Int8,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+        last_activity_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    agent_session_events (id) {
+        id -> Uuid,
+        organization_id -> Uuid,
+        session_id -> Uuid,
+        seq -> Int4,
+        event_type -> Text,
+        level -> Text,
+        payload -> Nullable<Jsonb>,
+        idempotency_key -> Nullable<Text>,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::joinable!(agent_session_events -> agent_sessions (session_id));
+diesel::allow_tables_to_appear_in_same_query!(agent_sessions, agent_session_events);
