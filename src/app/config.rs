@@ -8,6 +8,7 @@ pub use crate::domain::agents::config::AgentsConfig;
 pub use crate::domain::apikeys::config::ApiKeysConfig;
 pub use crate::domain::auth::config::{AuthConfig, CookieSecure};
 pub use crate::domain::auth::config::{GithubConfig, GoogleConfig, OAuthConfig};
+pub use crate::domain::brain::config::BrainConfig;
 pub use crate::domain::common::access::Enforcement;
 pub use crate::domain::gateway::config::{GatewayConfig, WorkspaceConfig};
 pub use crate::domain::inference::config::InferenceConfig;
@@ -42,6 +43,7 @@ pub struct Config {
     pub workflows: WorkflowsConfig,
     pub triggers: TriggersConfig,
     pub sessions: SessionsConfig,
+    pub brain: BrainConfig,
     pub audit: AuditConfig,
     pub agents: AgentsConfig,
     pub api_keys: ApiKeysConfig,
@@ -269,6 +271,12 @@ const ENV_KEYS: &[(&str, &str)] = &[
     ("GATEWAY_HTTP_URL", "workflows.gateway_http_url"),
     ("TRIGGERS_CRON_POLL_MS", "triggers.cron_poll_ms"),
     ("SESSIONS_CLIENT_RECHECK_MS", "sessions.client_recheck_ms"),
+    ("BRAIN_MAX_CONCURRENT_TURNS", "brain.max_concurrent_turns"),
+    ("BRAIN_TURN_LOCK_TTL_MS", "brain.turn_lock_ttl_ms"),
+    ("BRAIN_SWEEP_INTERVAL_MS", "brain.sweep_interval_ms"),
+    ("BRAIN_TOOL_CALLING", "brain.tool_calling"),
+    ("BRAIN_BASE_URL_ALLOW_HOSTS", "brain.base_url_allow_hosts"),
+    ("BRAIN_HISTORY_MESSAGES", "brain.history_messages"),
     ("AUDIT_RETENTION_DAYS", "audit.retention_days"),
     ("TRIGGERS_CRON_CATCH_UP", "triggers.cron_catch_up"),
     (

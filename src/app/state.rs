@@ -13,9 +13,11 @@ use crate::domain::audit::Audit;
 #[cfg(feature = "oidc")]
 use crate::domain::auth::oauth::{OAuthParts, OAuthService};
 use crate::domain::auth::{AuthParts, AuthService};
+use crate::domain::brain::{Brain, BrainParts};
 use crate::domain::common::access::AccessConfig;
 use crate::domain::gateway::objects::{LocalObjects, ObjectStore, S3Objects};
 use crate::domain::gateway::{Gateway, GatewayParts};
+use crate::domain::inference::InferenceClient;
 use crate::domain::meta::provider::{self, EnterpriseProvider};
 use crate::domain::meta::Meta;
 use crate::domain::orgs::{Orgs, OrgsParts};
@@ -67,6 +69,8 @@ pub struct AppState {
     pub sessions: Arc<Sessions>,
     /// The control-client sockets' shared state (hub, lookups, turn scheduler) of this process.
     pub session_clients: Arc<ClientEdge>,
+    /// Session turns and `agent.run` nodes (run where the gateway role runs).
+    pub brain: Arc<Brain>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -210,6 +214,22 @@ impl AppState {
             ClientEdge::new(sessions.clone(), auth.clone(), orgs.clone())
                 .with_recheck(Duration::from_millis(config.sessions.client_recheck_ms)),
         );
+        let brain = Brain::new(BrainParts {
+            config: config.brain.clone(),
+            inference: Arc::new(InferenceClient::new(config.inference.clone())),
+            inference_config: config.inference.clone(),
+            sessions: sessions.clone(),
+            usage: usage.clone(),
+            gateway: gateway.clone(),
+            secrets: secrets.clone(),
+            orgs: orgs.clone(),
+            runs: runs.clone(),
+            redis: redis.clone(),
+            metrics: metrics.clone(),
+        })?;
+        // The brain runs `agent.run` dispatches and answers what control clients send.
+        gateway.set_agent_runner(brain.clone());
+        session_clients.set_scheduler(brain.clone());
         Ok(Self {
             #[cfg(feature = "oidc")]
             oauth: Arc::new(OAuthService::new(OAuthParts {
@@ -246,6 +266,7 @@ impl AppState {
             usage,
             sessions,
             session_clients,
+            brain,
         })
     }
 

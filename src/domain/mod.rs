@@ -4,6 +4,7 @@ pub mod agents;
 pub mod apikeys;
 pub mod audit;
 pub mod auth;
+pub mod brain;
 pub mod common;
 pub mod gateway;
 pub mod inference;

@@ -80,7 +80,7 @@ fn services(state: &AppState) -> impl Fn(&mut web::ServiceConfig) + Clone {
             .app_data(web::Data::from(state.triggers.clone()))
             .app_data(web::Data::from(state.audit.clone()))
             .app_data(web::Data::from(state.api_keys.clone()))
-            .app_data(web::Data::from(state.usage.clone()));
+            .app_data(web::Data::from(state.usage.clone()))
             .app_data(web::Data::from(state.sessions.clone()));
         #[cfg(feature = "oidc")]
         cfg.app_data(web::Data::from(state.oauth.clone()));

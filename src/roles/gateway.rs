@@ -17,6 +17,7 @@ use crate::platform::http;
 pub fn server(state: &AppState, listener: TcpListener) -> std::io::Result<Server> {
     state.gateway.listen();
     state.session_clients.listen();
+    state.brain.spawn_sweeper();
     let data = web::Data::from(state.gateway.clone());
     let clients = web::Data::from(state.session_clients.clone());
     let grace = state.config.server.shutdown_grace_secs;

@@ -1007,9 +1007,11 @@ async fn agents_stubs_and_unknown_types() {
         &deps,
         org,
         "agent.run",
-        Some(json!({"llm": {"model": "m", "auth": {"secretId": secret_id}},
+        Some(
+            json!({"llm": {"model": "m", "auth": {"secretId": secret_id}},
                     "engine": {"id": "gateway.claude.v2"},
-                    "prompt": {"instructions": "x"}, "limits": {"timeoutMs": 5000}})),
+                    "prompt": {"instructions": "x"}, "limits": {"timeoutMs": 5000}}),
+        ),
     )
     .await
     {

@@ -12,6 +12,7 @@ mod audit;
 mod auth;
 mod authz;
 mod basics;
+mod brain;
 mod executors;
 mod fake_github;
 mod fake_oauth;

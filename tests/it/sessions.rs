@@ -175,7 +175,8 @@ async fn create_get_and_events_have_the_spec_shapes() {
     assert_eq!(s["title"], "Debug the build");
     assert_eq!(s["status"], "active");
     assert_eq!(s["pinnedAgentId"], Value::Null);
-    assert_eq!(s["executorSelector"], json!({ "pool": "managed" }));
+    // No selector: no pool (the org's own connected executors first, then the managed pool).
+    assert_eq!(s["executorSelector"], json!({}));
     assert_eq!(s["selectorTag"], Value::Null);
     assert_eq!(s["engineId"], "gateway.loop.v2");
     assert_eq!(s["toolsetId"], Value::Null);
@@ -348,6 +349,15 @@ async fn bodies_are_validated_and_secrets_and_toolsets_checked() {
     assert_eq!(r.status, 201, "{:?}", r.body);
     assert_eq!(r.body["session"]["selectorTag"], "gpu");
     assert_eq!(r.body["session"]["selectorGroup"], "lab");
+    assert_eq!(r.body["session"]["executorSelector"]["pool"], "byon");
+    let r = post(with(&["executorSelector"], json!({ "tag": "gpu" })))
+        .send()
+        .await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    assert_eq!(
+        r.body["session"]["executorSelector"],
+        json!({ "tag": "gpu" })
+    );
     // No toolsets exist: any toolset id names none of the org's.
     let r = post(with(&["toolsetId"], json!(Uuid::new_v4())))
         .send()

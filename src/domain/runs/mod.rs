@@ -23,9 +23,9 @@ use serde_json::Value;
 
 use crate::domain::common::access::OrgCtx;
 use crate::domain::common::ids::{EventId, OrgId, RunId, WorkflowId};
+use crate::domain::common::page::{next_cursor, Page, Position};
 use crate::domain::workflows::dsl::spec::NodeType;
 use crate::platform::db::TenantCtx;
-use crate::domain::common::page::{next_cursor, Page, Position};
 use crate::platform::db::{self, PgPool};
 use crate::platform::queue::WorkQueue;
 pub use error::RunError;

@@ -98,7 +98,7 @@ pub struct NewSession {
     pub tools_allow: Vec<String>,
     /// Every limit, defaulted and range-checked (see [`Limits`]).
     pub limits: Limits,
-    /// The selector object as given (known keys only), `{pool: "managed"}` by default.
+    /// The selector object as given (known keys only), `{}` by default (no pool: own executors first).
     pub executor_selector: Value,
 }
 

@@ -264,20 +264,22 @@ fn parse_limits(inv: &mut Invalid, v: Option<&Value>) -> Limits {
     out
 }
 
-/// `executorSelector` as in gateway spec 2.2; stored with its known keys only.
+/// `executorSelector` as in gateway spec 2.2; stored with its known keys only. Decision (the default
+/// pool rule of the gateway spec's Decisions, as for workflow nodes): no selector, or one without a
+/// `pool`, is stored without a pool, so the gateway picks the org's own connected executors first and
+/// the managed pool only when there are none; an explicit pool is obeyed exactly.
 fn parse_selector(inv: &mut Invalid, f: &Fields<'_>) -> Value {
     let Some(sel) = f.object(inv, "executorSelector", false) else {
-        return json!({ "pool": "managed" });
+        return json!({});
     };
     let s = Fields {
         obj: sel,
         prefix: "executorSelector.",
     };
     let mut out = Map::new();
-    let pool = s
-        .one_of(inv, "pool", &["managed", "byon"])
-        .unwrap_or_else(|| "managed".to_string());
-    out.insert("pool".into(), json!(pool));
+    if let Some(pool) = s.one_of(inv, "pool", &["managed", "byon"]) {
+        out.insert("pool".into(), json!(pool));
+    }
     if let Some(l) = s.strings(inv, "labels", 50, (1, 64)) {
         out.insert("labels".into(), json!(l));
     }
@@ -395,7 +397,8 @@ pub struct CreateAgentSessionRequest {
     pub tools: SessionToolsRequest,
     /// Known keys only; each defaulted and range-checked.
     pub limits: Option<Limits>,
-    /// `{pool: "managed"|"byon", labels?, group?, tag?, executorId?}`; default `{pool: "managed"}`.
+    /// `{pool?: "managed"|"byon", labels?, group?, tag?, executorId?}`; default `{}` (the org's own
+    /// connected executors first, else the managed pool).
     #[schema(value_type = Option<Object>)]
     pub executor_selector: Option<Value>,
 }
@@ -566,7 +569,7 @@ mod tests {
         assert_eq!(s.llm_provider, "openai");
         assert_eq!(s.tool_calling, ToolCalling::Native);
         assert_eq!(s.limits, Limits::default());
-        assert_eq!(s.executor_selector, json!({ "pool": "managed" }));
+        assert_eq!(s.executor_selector, json!({}));
     }
 
     #[test]

@@ -254,6 +254,31 @@ pub async fn mark_answered(
     Ok(n > 0)
 }
 
+/// Adds one model call's tokens and cost to the session's totals (in the usage row's transaction).
+pub async fn add_usage(
+    c: &mut AsyncPgConnection,
+    org: OrgId,
+    session: AgentSessionId,
+    input_tokens: i64,
+    output_tokens: i64,
+    cost_micros: i64,
+) -> QueryResult<()> {
+    diesel::update(
+        s::table
+            .filter(s::organization_id.eq(org))
+            .filter(s::id.eq(session)),
+    )
+    .set((
+        s::llm_calls.eq(s::llm_calls + 1),
+        s::input_tokens.eq(s::input_tokens + input_tokens),
+        s::output_tokens.eq(s::output_tokens + output_tokens),
+        s::cost_micros.eq(s::cost_micros + cost_micros),
+    ))
+    .execute(c)
+    .await?;
+    Ok(())
+}
+
 /// Stores the brain's loop state; false when there is no such session.
 pub async fn set_runtime(
     c: &mut AsyncPgConnection,
