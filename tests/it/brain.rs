@@ -785,3 +785,65 @@ async fn a_message_left_unanswered_is_picked_up_by_the_sweep() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+#[tokio::test]
+async fn the_original_json_envelopes_work_for_endpoints_without_tool_calling() {
+    let fake = FakeLlm::start();
+    let s = stack(opts(&fake).env("OPENAI_API_KEY", "sk-x")).await;
+    let owner = s.app.signup("brain-json").await;
+    let org = owner.personal_org;
+    enable_shell(&s.app, &owner, org).await;
+    let (exec_id, token) = crate::gateway::paired(&s.app, &owner, json!([])).await;
+    let mut exec = crate::gateway::connect(&format!("{}/ws/executor", s.gateway), Some(&token))
+        .await
+        .expect("executor");
+    exec.send(crate::gateway::hello(exec_id, org, json!([]), 4))
+        .await
+        .unwrap();
+    tokio::spawn(async move {
+        while let Some(Ok(msg)) = exec.next().await {
+            let Message::Text(text) = msg else { continue };
+            let v: Value = serde_json::from_str(&text).unwrap_or_default();
+            if v["type"] == "invoke_tool_v2" {
+                let script = v["payload"]["node"]["config"]["task"]["script"].clone();
+                let reply = json!({"type": "tool_result_v2", "requestId": v["requestId"],
+                                   "status": "succeeded", "output": {"stdout": format!("ran {script}")}});
+                let _ = exec.send(Message::text(reply.to_string())).await;
+            }
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut body = session_body("openai", json!(["shell.run"]));
+    body["llm"]["toolCalling"] = json!("json");
+    let session = create_session(&s.app, &owner, org, body).await;
+    fake.script([
+        Reply::text(r#"{"type":"tool_call","toolId":"shell.run","input":{"script":"uname"}}"#),
+        Reply::text("```json\n{\"type\":\"final\",\"output\":\"it is linux\"}\n```"),
+    ]);
+    let mut ws = client(&s.gateway, &owner, org).await;
+    send(
+        &mut ws,
+        json!({"type": "session_join", "sessionId": session}),
+    )
+    .await;
+    send(
+        &mut ws,
+        json!({"type": "session_send", "sessionId": session, "message": "which os?"}),
+    )
+    .await;
+    let (events, _) = until_turn_ends(&mut ws, Duration::from_secs(30)).await;
+    let last = events.last().unwrap();
+    assert_eq!(last["payload"]["message"], "it is linux", "{events:?}");
+    let result = events
+        .iter()
+        .find(|e| e["eventType"] == "agent_tool_result")
+        .expect("tool result");
+    assert_eq!(result["payload"]["output"]["stdout"], "ran \"uname\"");
+    let reqs = fake.requests();
+    assert!(
+        reqs[0].body.get("tools").is_none(),
+        "no native tools in JSON mode"
+    );
+    assert!(reqs[0].body.to_string().contains("Allowed tool ids"));
+    assert!(reqs[1].body.to_string().contains("tool_result"));
+}

@@ -428,3 +428,153 @@ async fn a_worker_is_scraped_on_its_own_metrics_listener() {
         assert!(exited.is_some_and(|s| s.success()), "{logs}");
     }
 }
+
+/// The provider key of a session and of an `agent.run` node goes to the provider and nowhere else: not
+/// into the server's logs (at debug level), whatever the turn does (a tool that cannot run, a provider
+/// that refuses the key, a success).
+#[tokio::test]
+async fn provider_keys_never_reach_the_logs() {
+    use crate::common::fake_llm::{FakeLlm, Reply};
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::Message;
+
+    let fake = FakeLlm::start();
+    let db = common::fresh_db().await;
+    let gw_port = free_port().to_string();
+    let served = Served::start(
+        "--role=all",
+        &db,
+        &[
+            ("API_LOG_LEVEL", "debug"),
+            ("GATEWAY_PORT", gw_port.as_str()),
+            ("SECRETS_KEK_ID", "k1"),
+            (
+                "SECRETS_KEK_BASE64",
+                "BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc=",
+            ),
+            ("INFERENCE_OPENAI_BASE_URL", &fake.base),
+            ("INFERENCE_MAX_ATTEMPTS", "1"),
+        ],
+    );
+    let base = served.base.clone();
+    let http = reqwest::Client::new();
+    served.wait_up(&http).await;
+    let email = format!("keys-{}@example.com", uuid::Uuid::new_v4().simple());
+    let body: Value = http
+        .post(format!("{base}/v1/auth/signup"))
+        .json(&json!({"email": email, "password": "Password123"}))
+        .send()
+        .await
+        .expect("signup")
+        .json()
+        .await
+        .expect("json");
+    let token = body["session"]["token"]
+        .as_str()
+        .expect("token")
+        .to_string();
+    let me: Value = http
+        .get(format!("{base}/v1/me"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .expect("me")
+        .json()
+        .await
+        .expect("json");
+    let org = me["defaultOrgId"].as_str().expect("org").to_string();
+    let post = |path: String, body: Value| {
+        http.post(format!("{base}{path}"))
+            .bearer_auth(&token)
+            .header("x-org-id", &org)
+            .json(&body)
+            .send()
+    };
+    let canary = format!("sk-log-canary-{}", uuid::Uuid::new_v4().simple());
+    let secret: Value = post(
+        format!("/v1/orgs/{org}/secrets"),
+        json!({"connectorId": "llm.openai", "name": "openai", "value": canary}),
+    )
+    .await
+    .expect("secret")
+    .json()
+    .await
+    .expect("json");
+    let secret_id = secret["secret"]["id"]
+        .as_str()
+        .expect("secret id")
+        .to_string();
+    let session: Value = post(
+        format!("/v1/orgs/{org}/sessions"),
+        json!({"llm": {"provider": "openai", "model": "m", "auth": {"secretId": secret_id}},
+               "prompt": {"instructions": "x"}, "tools": {"allow": ["shell.run"]}}),
+    )
+    .await
+    .expect("session")
+    .json()
+    .await
+    .expect("json");
+    let session = session["session"]["id"]
+        .as_str()
+        .expect("session id")
+        .to_string();
+    // Turn 1: a tool that cannot run (shell is off for the org), turn 2: the provider refuses the key,
+    // turn 3: an answer.
+    fake.script([
+        Reply::tool("shell__run", json!({"script": "env"})),
+        Reply::status(401),
+        Reply::text("fine"),
+    ]);
+    let mut req = format!("ws://127.0.0.1:{gw_port}/ws/client?orgId={org}")
+        .into_client_request()
+        .expect("request");
+    req.headers_mut().insert(
+        "authorization",
+        format!("Bearer {token}").parse().expect("header"),
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(req).await.expect("socket");
+    ws.send(Message::text(
+        json!({"type": "session_join", "sessionId": session}).to_string(),
+    ))
+    .await
+    .expect("join");
+    let mut ended = Vec::new();
+    for m in ["one", "two", "three"] {
+        ws.send(Message::text(
+            json!({"type": "session_send", "sessionId": session, "message": m}).to_string(),
+        ))
+        .await
+        .expect("send");
+        loop {
+            let msg = tokio::time::timeout(Duration::from_secs(20), ws.next())
+                .await
+                .expect("a turn ended in time")
+                .expect("socket open")
+                .expect("frame");
+            let Message::Text(text) = msg else { continue };
+            let v: Value = serde_json::from_str(&text).expect("json");
+            if v["type"] == "session_event_v2"
+                && matches!(v["eventType"].as_str(), Some("agent_message" | "error"))
+            {
+                ended.push(v);
+                break;
+            }
+        }
+    }
+    assert_eq!(ended[0]["payload"]["code"], "TOOL_POLICY_DENIED:shell.run");
+    assert_eq!(ended[1]["payload"]["code"], "OPENAI_REQUEST_FAILED:401");
+    assert_eq!(ended[2]["payload"]["message"], "fine");
+    assert!(
+        fake.requests()
+            .iter()
+            .all(|r| r.headers.get("authorization") == Some(&format!("Bearer {canary}"))),
+        "every call carried the key (the grep below can fail)"
+    );
+    let (_, logs) = served.stop();
+    assert!(logs.contains("session_turn_ended"), "turns were logged");
+    assert!(
+        !logs.contains(&canary),
+        "the provider key leaked into the logs"
+    );
+}
