@@ -24,9 +24,11 @@ use crate::gateway::Ws;
 
 fn opts() -> Options {
     let kek = base64::engine::general_purpose::STANDARD.encode([7u8; 32]);
+    // The socket and the log are under test here, not the brain (tests/it/brain.rs): nobody answers.
     Options::default()
         .env("SECRETS_KEK_ID", "test-kek-v1")
         .env("SECRETS_KEK_BASE64", &kek)
+        .env("BRAIN_SWEEP_INTERVAL_MS", "3600000")
 }
 
 /// The api and a gateway on its own port; the control-client URL.
@@ -36,6 +38,9 @@ struct Env {
 }
 
 fn serve_gateway(state: &AppState) -> String {
+    state
+        .session_clients
+        .set_scheduler(std::sync::Arc::new(vespid::domain::sessions::NoTurns));
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("ws://{}/ws/client", listener.local_addr().unwrap());
     let server = vespid::roles::gateway::server(state, listener).unwrap();

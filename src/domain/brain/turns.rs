@@ -256,8 +256,10 @@ impl Brain {
         };
         let (settings, history, credential) = tokio::join!(
             self.orgs.stored_settings(org),
+            // Everything said so far, answers to earlier messages included (those were appended
+            // after this message when it was queued behind them); later messages wait their turn.
             self.sessions
-                .transcript(org, session, message.seq, self.config.history_messages),
+                .conversation(org, session, self.config.history_messages),
             self.credential(org, provider, row.llm_secret_id, true, None),
         );
         let credential = match credential {
@@ -271,7 +273,15 @@ impl Brain {
             .ok()
             .and_then(|s| s.pointer("/tools/shellRunEnabled").and_then(Value::as_bool))
             .unwrap_or(false);
-        let history = history.map(|h| transcript(&h)).unwrap_or_default();
+        let history = history
+            .map(|h| {
+                let earlier: Vec<EventRow> = h
+                    .into_iter()
+                    .filter(|e| e.seq < message.seq || e.event_type != "user_message")
+                    .collect();
+                transcript(&earlier)
+            })
+            .unwrap_or_default();
         let mut system = String::new();
         if let Some(s) = row
             .prompt_system
@@ -301,30 +311,32 @@ impl Brain {
             },
             json_output: false,
         };
+        // The progress event is written while the model thinks (it costs the turn no time); the turn's
+        // next event waits for it, so the log keeps the order of what happened.
+        let started = {
+            let sessions = Arc::clone(&self.sessions);
+            let ev = NewEvent {
+                event_type: "agent_turn_started".into(),
+                level: Level::Info,
+                payload: json!({"messageSeq": message.seq}),
+            };
+            tokio::spawn(async move {
+                if let Err(e) = sessions.append(org, session, ev).await {
+                    tracing::warn!(error = %e, "agent_turn_started not recorded");
+                }
+            })
+        };
         let host = SessionHost {
             brain: Arc::clone(self),
             row: row.clone(),
             turn_seq: message.seq,
             deltas: Arc::new(AtomicU32::new(0)),
             usage: Mutex::new(TurnUsage::default()),
+            before: tokio::sync::Mutex::new(vec![started]),
         };
-        let started = self.sessions.append(
-            org,
-            session,
-            NewEvent {
-                event_type: "agent_turn_started".into(),
-                level: Level::Info,
-                payload: json!({"messageSeq": message.seq}),
-            },
-        );
-        // The progress event is written while the model thinks: it costs the turn no time.
-        let (started, outcome) = tokio::join!(
-            started,
-            agent_loop::run(self.inference.as_ref(), spec, &host)
-        );
-        if let Err(e) = started {
-            tracing::warn!(error = %e, "agent_turn_started not recorded");
-        }
+        let outcome = agent_loop::run(self.inference.as_ref(), spec, &host).await;
+        // Streamed text reaches clients before the answer that ends the turn.
+        host.settle().await;
         self.metrics.ended("session", &outcome);
         let usage = host.usage.lock().map(|u| u.clone()).unwrap_or_default();
         let turn = json!({
@@ -521,6 +533,18 @@ struct SessionHost {
     turn_seq: i32,
     deltas: Arc<AtomicU32>,
     usage: Mutex<TurnUsage>,
+    /// Writes and publications the next event must follow (the turn's start, streamed text).
+    before: tokio::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+impl SessionHost {
+    /// Waits for the writes and publications still in flight.
+    async fn settle(&self) {
+        let pending: Vec<_> = std::mem::take(&mut *self.before.lock().await);
+        for task in pending {
+            let _ = task.await;
+        }
+    }
 }
 
 impl Host for SessionHost {
@@ -531,6 +555,7 @@ impl Host for SessionHost {
         payload: Value,
     ) -> BoxFuture<'_, ()> {
         async move {
+            self.settle().await;
             let level = match level {
                 EventLevel::Info => Level::Info,
                 EventLevel::Warn => Level::Warn,
@@ -625,12 +650,16 @@ impl Host for SessionHost {
         let sessions = Arc::clone(&self.brain.sessions);
         let (org, session, turn) = (self.row.organization_id, self.row.id, self.turn_seq);
         let index = Arc::clone(&self.deltas);
-        tokio::spawn(async move {
+        let forwarder = tokio::spawn(async move {
             while let Some(delta) = rx.recv().await {
                 let i = index.fetch_add(1, Ordering::Relaxed);
                 sessions.publish_delta(org, session, turn, i, &delta).await;
             }
         });
+        // Called before each model call, never while `settle` holds the list.
+        if let Ok(mut before) = self.before.try_lock() {
+            before.push(forwarder);
+        }
         Some(tx)
     }
 }

@@ -351,7 +351,7 @@ impl Sessions {
         found.then_some(()).ok_or(SessionError::NotFound)
     }
 
-    /// The last `n` events before `before_seq`, ascending (the brain's transcript).
+    /// The last `n` events before `before_seq`, ascending.
     pub async fn transcript(
         &self,
         org: OrgId,
@@ -361,6 +361,20 @@ impl Sessions {
     ) -> Result<Vec<EventRow>, SessionError> {
         db::tenant_tx(&self.db, TenantCtx::org(org), |c| {
             async move { Ok::<_, SessionError>(store::events_before(c, org, id, before_seq, n).await?) }.scope_boxed()
+        })
+        .await
+    }
+
+    /// The last `n` user and agent messages, ascending (what the brain gives the model).
+    pub async fn conversation(
+        &self,
+        org: OrgId,
+        id: AgentSessionId,
+        n: i64,
+    ) -> Result<Vec<EventRow>, SessionError> {
+        db::tenant_tx(&self.db, TenantCtx::org(org), |c| {
+            async move { Ok::<_, SessionError>(store::conversation(c, org, id, n).await?) }
+                .scope_boxed()
         })
         .await
     }

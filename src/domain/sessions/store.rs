@@ -196,6 +196,27 @@ pub async fn events_before(
     Ok(rows)
 }
 
+/// The last `n` user and agent messages, ascending (the model's view of the conversation: tool calls and
+/// progress are a turn's own business).
+pub async fn conversation(
+    c: &mut AsyncPgConnection,
+    org: OrgId,
+    session: AgentSessionId,
+    n: i64,
+) -> QueryResult<Vec<EventRow>> {
+    let mut rows: Vec<EventRow> = e::table
+        .filter(e::organization_id.eq(org))
+        .filter(e::session_id.eq(session))
+        .filter(e::event_type.eq_any(["user_message", "agent_message"]))
+        .order(e::seq.desc())
+        .limit(n)
+        .select(EventRow::as_select())
+        .load(c)
+        .await?;
+    rows.reverse();
+    Ok(rows)
+}
+
 /// The user message an earlier `send` with this key appended.
 pub async fn event_by_key(
     c: &mut AsyncPgConnection,
