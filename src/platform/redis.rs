@@ -38,6 +38,12 @@ fn builder(url: &str, timeout: Duration) -> Result<fred::types::Builder, RedisEr
             internal_command_timeout: timeout,
             // Fail fast while disconnected instead of queueing commands until Redis is back.
             max_command_attempts: 1,
+            // A command sent while the previous one's ACK is delayed must not wait for it (Nagle):
+            // publications carry live updates.
+            tcp: fred::types::config::TcpConfig {
+                nodelay: Some(true),
+                ..Default::default()
+            },
             ..Default::default()
         });
     Ok(builder)

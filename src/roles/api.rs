@@ -154,6 +154,7 @@ pub fn server(state: AppState, listener: TcpListener) -> std::io::Result<Server>
             .configure(metrics.clone())
             .default_service(web::to(http::not_found))
     })
+    .on_connect(http::no_delay)
     .listen(listener)?
     .shutdown_timeout(grace)
     .client_request_timeout(Duration::from_secs(10));

@@ -36,6 +36,7 @@ pub fn server(state: &AppState, listener: TcpListener) -> std::io::Result<Server
             .configure(scrape.clone())
             .default_service(web::to(http::not_found))
     })
+    .on_connect(http::no_delay)
     .listen(listener)?
     .disable_signals()
     .shutdown_timeout(grace)

@@ -194,7 +194,13 @@ impl Brain {
 
     /// Answers the session's unanswered messages in order while holding its lock.
     async fn answer_pending(self: &Arc<Self>, org: OrgId, session: AgentSessionId) {
-        let row = match self.sessions.find(org, session).await {
+        // The session and its first unanswered message are read together (one round trip less
+        // before the first turn).
+        let (row, first) = tokio::join!(
+            self.sessions.find(org, session),
+            self.sessions.next_pending(org, session)
+        );
+        let row = match row {
             Ok(Some(row)) => row,
             Ok(None) => return,
             Err(e) => {
@@ -202,8 +208,13 @@ impl Brain {
                 return;
             }
         };
+        let mut first = Some(first);
         loop {
-            let message = match self.sessions.next_pending(org, session).await {
+            let pending = match first.take() {
+                Some(p) => p,
+                None => self.sessions.next_pending(org, session).await,
+            };
+            let message = match pending {
                 Ok(Some(m)) => m,
                 Ok(None) => return,
                 Err(e) => {
@@ -237,6 +248,7 @@ impl Brain {
     /// One turn: the model answers `message` (calling tools as it needs); its answer or its failure is
     /// appended to the session. Never fails: whatever goes wrong becomes an `error` event.
     async fn turn(self: &Arc<Self>, row: &SessionRow, message: &EventRow) {
+        let began = std::time::Instant::now();
         let org = row.organization_id;
         let session = row.id;
         let user_text = message
@@ -333,10 +345,17 @@ impl Brain {
             deltas: Arc::new(AtomicU32::new(0)),
             usage: Mutex::new(TurnUsage::default()),
             before: tokio::sync::Mutex::new(vec![started]),
+            writes: tokio::sync::Mutex::new(Vec::new()),
         };
         let outcome = agent_loop::run(self.inference.as_ref(), spec, &host).await;
         // Streamed text reaches clients before the answer that ends the turn.
-        host.settle().await;
+        // The answer is stored only after the turn's usage (a client that sees it reads totals that
+        // include it), and after its streamed text went out.
+        tokio::join!(host.settle(), host.written());
+        // The turn's own time: from picking the message up to storing the answer, less the provider's
+        // and the tools'.
+        let mut outcome = outcome;
+        outcome.total_ms = began.elapsed().as_secs_f64() * 1000.0;
         self.metrics.ended("session", &outcome);
         let usage = host.usage.lock().map(|u| u.clone()).unwrap_or_default();
         let turn = json!({
@@ -399,6 +418,21 @@ impl Brain {
         model: &str,
         resp: &ChatResponse,
     ) -> i64 {
+        let (record, cost) = self.usage_record(org, session, run, provider, model, resp);
+        self.write_usage(record).await;
+        cost
+    }
+
+    /// One model call's usage row, with its estimated cost.
+    pub(super) fn usage_record(
+        &self,
+        org: OrgId,
+        session: Option<AgentSessionId>,
+        run: Option<(crate::domain::common::ids::RunId, String)>,
+        provider: Provider,
+        model: &str,
+        resp: &ChatResponse,
+    ) -> (UsageRecord, i64) {
         let cost = self.prices.cost_micros(provider, model, &resp.usage);
         let (run_id, node_id) = match run {
             Some((r, n)) => (Some(r), Some(n)),
@@ -416,8 +450,13 @@ impl Brain {
             latency_ms: resp.latency_ms as i64,
             cost_micros: cost,
         };
-        let recorded = match session {
-            // The session's totals move in the usage row's own transaction.
+        (record, cost)
+    }
+
+    /// Writes a usage row (and moves the session's totals in the same transaction).
+    pub(super) async fn write_usage(&self, record: UsageRecord) {
+        let org = record.org;
+        let recorded = match record.session_id.map(AgentSessionId::from) {
             Some(sid) => {
                 self.usage
                     .record_with(
@@ -440,7 +479,6 @@ impl Brain {
         if let Err(e) = recorded {
             tracing::error!(org_id = %org, error = %e, "LLM usage not recorded");
         }
-        cost
     }
 
     pub(super) async fn budget(&self, org: OrgId) -> Result<(), String> {
@@ -535,9 +573,19 @@ struct SessionHost {
     usage: Mutex<TurnUsage>,
     /// Writes and publications the next event must follow (the turn's start, streamed text).
     before: tokio::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// Usage rows being written.
+    writes: tokio::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 impl SessionHost {
+    /// Waits for the usage rows still being written.
+    async fn written(&self) {
+        let pending: Vec<_> = std::mem::take(&mut *self.writes.lock().await);
+        for task in pending {
+            let _ = task.await;
+        }
+    }
+
     /// Waits for the writes and publications still in flight.
     async fn settle(&self) {
         let pending: Vec<_> = std::mem::take(&mut *self.before.lock().await);
@@ -621,28 +669,34 @@ impl Host for SessionHost {
         resp: &'a ChatResponse,
     ) -> BoxFuture<'a, ()> {
         async move {
-            let cost = self
-                .brain
-                .record_usage(
-                    self.row.organization_id,
-                    Some(self.row.id),
-                    None,
-                    provider,
-                    model,
-                    resp,
-                )
-                .await;
+            let (record, cost) = self.brain.usage_record(
+                self.row.organization_id,
+                Some(self.row.id),
+                None,
+                provider,
+                model,
+                resp,
+            );
             if let Ok(mut u) = self.usage.lock() {
                 u.input_tokens += resp.usage.input_tokens;
                 u.output_tokens += resp.usage.output_tokens;
                 u.cost_micros += cost;
             }
+            // Written beside the turn, not in its way: the next budget check and the turn's end
+            // wait for it.
+            let brain = Arc::clone(&self.brain);
+            let write = tokio::spawn(async move { brain.write_usage(record).await });
+            self.writes.lock().await.push(write);
         }
         .boxed()
     }
 
     fn budget(&self) -> BoxFuture<'_, Result<(), String>> {
-        self.brain.budget(self.row.organization_id).boxed()
+        async move {
+            self.written().await;
+            self.brain.budget(self.row.organization_id).await
+        }
+        .boxed()
     }
 
     fn deltas(&self) -> Option<Deltas> {

@@ -20,6 +20,17 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 pub use crate::platform::validation::{parse_uuid, Invalid};
+
+/// `HttpServer::on_connect` hook: turns Nagle's algorithm off on every accepted connection. Streams of
+/// small frames (WebSocket events and deltas, SSE) otherwise wait for the peer's delayed ACK (40 ms on
+/// Linux) whenever a frame follows another still unacknowledged: exactly the live updates we promise.
+pub fn no_delay(conn: &dyn std::any::Any, _: &mut actix_web::dev::Extensions) {
+    if let Some(tcp) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "TCP_NODELAY not set");
+        }
+    }
+}
 pub use body::{Form, JsonBody};
 pub use error::ApiError;
 
