@@ -346,6 +346,7 @@ impl Brain {
             usage: Mutex::new(TurnUsage::default()),
             before: tokio::sync::Mutex::new(vec![started]),
             writes: tokio::sync::Mutex::new(Vec::new()),
+            last_usage: tokio::sync::Mutex::new(None),
         };
         let outcome = agent_loop::run(self.inference.as_ref(), spec, &host).await;
         // Streamed text reaches clients before the answer that ends the turn.
@@ -388,7 +389,29 @@ impl Brain {
                 payload: json!({"code": code, "turn": turn}),
             },
         };
-        if let Err(e) = self.sessions.append(org, session, event).await {
+        let last = host.last_usage.lock().await.take();
+        let appended = match last {
+            Some(record) => {
+                let sid = session;
+                let also: crate::domain::sessions::Also = Box::new(move |c| {
+                    Box::pin(async move {
+                        crate::domain::usage::record_in(c, &record).await?;
+                        crate::domain::sessions::store::add_usage(
+                            c,
+                            record.org,
+                            sid,
+                            record.input_tokens,
+                            record.output_tokens,
+                            record.cost_micros,
+                        )
+                        .await
+                    })
+                });
+                self.sessions.append_with(org, session, event, also).await
+            }
+            None => self.sessions.append(org, session, event).await,
+        };
+        if let Err(e) = appended {
             tracing::warn!(error = %e, "turn outcome not recorded");
         }
     }
@@ -575,9 +598,19 @@ struct SessionHost {
     before: tokio::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
     /// Usage rows being written.
     writes: tokio::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// The latest model call's usage row, not written yet.
+    last_usage: tokio::sync::Mutex<Option<UsageRecord>>,
 }
 
 impl SessionHost {
+    /// Writes the latest call's row too, and waits for every row (before a budget check).
+    async fn flush_usage(&self) {
+        if let Some(r) = self.last_usage.lock().await.take() {
+            self.brain.write_usage(r).await;
+        }
+        self.written().await;
+    }
+
     /// Waits for the usage rows still being written.
     async fn written(&self) {
         let pending: Vec<_> = std::mem::take(&mut *self.writes.lock().await);
@@ -682,18 +715,22 @@ impl Host for SessionHost {
                 u.output_tokens += resp.usage.output_tokens;
                 u.cost_micros += cost;
             }
-            // Written beside the turn, not in its way: the next budget check and the turn's end
-            // wait for it.
-            let brain = Arc::clone(&self.brain);
-            let write = tokio::spawn(async move { brain.write_usage(record).await });
-            self.writes.lock().await.push(write);
+            // The last call's row commits with the turn's answer (one commit, and a client that sees
+            // the answer reads totals that include it); an earlier call's row, once another call
+            // follows, is written beside the turn.
+            let earlier = self.last_usage.lock().await.replace(record);
+            if let Some(earlier) = earlier {
+                let brain = Arc::clone(&self.brain);
+                let write = tokio::spawn(async move { brain.write_usage(earlier).await });
+                self.writes.lock().await.push(write);
+            }
         }
         .boxed()
     }
 
     fn budget(&self) -> BoxFuture<'_, Result<(), String>> {
         async move {
-            self.written().await;
+            self.flush_usage().await;
             self.brain.budget(self.row.organization_id).await
         }
         .boxed()

@@ -39,6 +39,14 @@ pub const CHANNEL: &str = "session-events";
 
 /// Wakes the brain for a session with a new user message (implemented by the brain; the control-client
 /// socket calls it after each `session_send`). Must not block.
+/// Work that commits with an append (see [`Sessions::append_with`]).
+pub type Also = Box<
+    dyn for<'c> FnOnce(
+            &'c mut diesel_async::AsyncPgConnection,
+        ) -> futures_util::future::BoxFuture<'c, diesel::QueryResult<()>>
+        + Send,
+>;
+
 pub trait TurnScheduler: Send + Sync {
     fn wake(&self, org: OrgId, session: AgentSessionId);
 }
@@ -217,6 +225,33 @@ impl Sessions {
         ev: NewEvent,
     ) -> Result<EventRow, SessionError> {
         let event = self.append_unpublished(org, id, ev).await?;
+        self.publish(&Published::event(&event)).await;
+        Ok(event)
+    }
+
+    /// [`Sessions::append`], with `also` run in the append's transaction before the event is written
+    /// (what must commit with it: a turn's last usage row and the session's totals).
+    pub async fn append_with(
+        &self,
+        org: OrgId,
+        id: AgentSessionId,
+        ev: NewEvent,
+        also: Also,
+    ) -> Result<EventRow, SessionError> {
+        let event = db::tenant_tx(&self.db, TenantCtx::org(org), |c| {
+            async move {
+                let session = store::lock(c, org, id)
+                    .await?
+                    .ok_or(SessionError::NotFound)?;
+                also(c).await?;
+                let seq = session.last_seq + 1;
+                let event = store::insert_event(c, org, id, seq, &ev, None).await?;
+                store::appended(c, id, seq, None).await?;
+                Ok::<_, SessionError>(event)
+            }
+            .scope_boxed()
+        })
+        .await?;
         self.publish(&Published::event(&event)).await;
         Ok(event)
     }

@@ -50,6 +50,15 @@ pub type Also = Box<
         + Send,
 >;
 
+/// Writes one usage row on the caller's open transaction (as `audit::record` does): for a writer whose
+/// own commit must carry the row (a session turn's answer and its last model call commit together).
+pub async fn record_in(
+    c: &mut diesel_async::AsyncPgConnection,
+    r: &UsageRecord,
+) -> diesel::QueryResult<()> {
+    store::insert(c, r).await
+}
+
 impl UsageService {
     pub fn new(parts: UsageParts) -> Self {
         Self {
